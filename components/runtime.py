@@ -1,0 +1,39 @@
+"""The one place that chooses where models run: GPU when present, CPU otherwise."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(prefer: str | None = None) -> torch.device:
+    """`prefer` ('cpu', 'cuda', 'cuda:1') wins; else KDRANK_DEVICE; else CUDA when available."""
+    choice = prefer or os.environ.get("KDRANK_DEVICE")
+    if choice:
+        device = torch.device(choice)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"device '{choice}' requested but CUDA is not available")
+        return device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA, a no-op on CPU (fp32 is both faster and exact there)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)

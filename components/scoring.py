@@ -1,0 +1,118 @@
+"""Batched scoring of pairs with any kdrank checkpoint (teacher, teacher ensemble or student).
+
+Pairs are sorted by length and padded per batch (dynamic padding) under `torch.inference_mode`,
+with bf16 autocast on GPU; results come back in input order. The naive mode (pad to max length,
+input order) exists only as the benchmark's baseline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from components import pairs, storage
+from components.checkpoint import CheckpointInfo, read_info
+from components.runtime import autocast, pick_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Scores:
+    score: np.ndarray  # teacher: expected grade; student: raw score
+    probs: np.ndarray | None = None  # teacher only: (n, K) grade probabilities
+
+
+def load_classifier(path: str | Path, *, role: str, num_labels: int | None = None, dtype=None):
+    """(tokenizer, model) for a Hugging Face directory, ready for sequence classification."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    kwargs = {} if num_labels is None else {"num_labels": num_labels}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    model = AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)
+    if role == pairs.TEACHER:
+        prepare_decoder_tokenizer(tokenizer, model)
+    return tokenizer, model
+
+
+def prepare_decoder_tokenizer(tokenizer, model) -> None:
+    """Decoder LLMs often ship without a pad token; classification needs one to find the last token."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+
+
+class PairScorer:
+    """Scores (query, product) pairs with a kdrank checkpoint directory (local or gs://)."""
+
+    def __init__(self, model_dir: str | Path, *, device: str | None = None, max_length: int | None = None):
+        self._stack = contextlib.ExitStack()
+        local = self._stack.enter_context(storage.local_dir(str(model_dir)))
+        self.source = str(model_dir)
+        self.info: CheckpointInfo = read_info(local)
+        self.role = self.info.role
+        self.num_grades = self.info.num_grades
+        self.max_length = max_length or self.info.max_length
+        self.device = pick_device(device)
+        member_dirs = [Path(local, m) for m in self.info.members] or [Path(local)]
+        self.members = []
+        for member in member_dirs:
+            tokenizer, model = load_classifier(member, role=self.role)
+            model.to(self.device).eval()
+            self.members.append((tokenizer, model))
+        if not storage.is_gcs(model_dir):
+            self._stack.close()
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def to_grade(self, raw: np.ndarray) -> np.ndarray:
+        """Scores on the 0-based grade scale (identity for teachers, the fitted linear map for students)."""
+        if self.role == pairs.TEACHER or not self.info.calibration:
+            return np.asarray(raw, dtype=np.float64)
+        cal = self.info.calibration
+        return cal["scale"] * np.asarray(raw, dtype=np.float64) + cal["offset"]
+
+    def score(self, queries: Sequence[str], products: Sequence[str], *, batch_size: int = 64,
+              naive: bool = False, progress: bool = True, desc: str | None = None) -> Scores:
+        queries, products = list(queries), list(products)
+        n = len(queries)
+        tokenizer = self.members[0][0]
+        if naive:
+            order = np.arange(n)
+        else:
+            lengths = np.array([len(q) + len(p) for q, p in zip(queries, products, strict=True)])
+            order = np.argsort(lengths, kind="stable")
+        outputs = [np.zeros((n, self.num_grades if self.role == pairs.TEACHER else 1), dtype=np.float32)
+                   for _ in self.members]
+        padding = "max_length" if naive else True
+        bar = tqdm(total=n, desc=desc or f"scoring ({self.role})", unit="pair", disable=not progress,
+                   leave=False)
+        with torch.inference_mode(), autocast(self.device):
+            for start in range(0, n, batch_size):
+                idx = order[start:start + batch_size]
+                qs = [queries[i] for i in idx]
+                ps = [products[i] for i in idx]
+                for m, (tok, model) in enumerate(self.members):
+                    batch = pairs.encode_pairs(tok, qs, ps, role=self.role, max_length=self.max_length,
+                                               padding=padding).to(self.device)
+                    logits = model(**batch).logits.float()
+                    if self.role == pairs.TEACHER:
+                        logits = torch.softmax(logits, dim=-1)
+                    outputs[m][idx] = logits.cpu().numpy()
+                bar.update(len(idx))
+        bar.close()
+        del tokenizer
+        if self.role == pairs.TEACHER:
+            probs = np.mean(outputs, axis=0).astype(np.float64)
+            return Scores(score=probs @ np.arange(self.num_grades, dtype=np.float64), probs=probs)
+        return Scores(score=outputs[0][:, 0].astype(np.float64))

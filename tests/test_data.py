@@ -1,0 +1,153 @@
+"""The data layer: readers, mapping, validation errors, split by query, prepare."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from components import data, schema
+from components.schema import DataError
+
+HOMEDEPOT_CSV = (
+    "id,product_uid,product_title,search_term,relevance\n"
+    "2,100001,Simpson Strong-Tie 12-Gauge Angle,angle bracket,3\n"
+    "3,100001,Simpson Strong-Tie 12-Gauge Angle,l bracket,2.5\n"
+    "16,100005,Delta Vero 1-Handle Shower Faucet Trim Kit in Chrome,rain shower head,2.33\n"
+    "17,100005,Delta Vero 1-Handle Shower Faucet Trim Kit in Chrome,shower only faucet,2.67\n"
+    "18,100006,Whirlpool 1.9 cu. ft. Over the Range Microwave,microwave,1\n"
+)
+
+
+def write(tmp_path, name, text, encoding="utf-8"):
+    path = tmp_path / name
+    path.write_bytes(text.encode(encoding))
+    return str(path)
+
+
+def test_homedepot_reader_maps_scale_and_soft_targets(tmp_path):
+    # latin-1 byte in a title: valid in the Kaggle file's encoding
+    path = write(tmp_path, "train.csv", HOMEDEPOT_CSV.replace("Chrome", "Chrome\xae"), "latin-1")
+    frame = data.read_pairs(path, "homedepot")
+    assert list(frame.columns) == schema.LABELLED_COLUMNS
+    assert frame[schema.GRADE].tolist() == pytest.approx([2.0, 1.5, 1.33, 1.67, 0.0])
+    # mean 2.33 on 1..3 = 1.33 on 0..2: p(1) = 2 - 1.33, p(2) = 1.33 - 1
+    assert frame[schema.GRADE_DIST][2] == pytest.approx([0.0, 0.67, 0.33])
+    assert "Chrome®" in frame[schema.PRODUCT_TEXT][2]
+
+
+def test_homedepot_detected_from_header(tmp_path):
+    path = write(tmp_path, "train.csv", HOMEDEPOT_CSV, "latin-1")
+    assert len(data.read_pairs(path)) == 5
+
+
+def test_esci_labels_mapped_by_columns(tmp_path):
+    rows = [{"query": "usb c cable", "product_id": "B1", "product_title": "USB-C cable 2m", "esci_label": "E"},
+            {"query": "usb c cable", "product_id": "B2", "product_title": "USB-C charger", "esci_label": "C"},
+            {"query": "usb c cable", "product_id": "B3", "product_title": "Garden hose", "esci_label": "I"},
+            {"query": "usb c cable", "product_id": "B4", "product_title": "Lightning cable", "esci_label": "S"}]
+    path = tmp_path / "esci.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    frame = data.read_pairs(str(path), "jsonl", data.ESCI)
+    assert frame[schema.GRADE].tolist() == [3.0, 1.0, 0.0, 2.0]
+    assert len(frame[schema.GRADE_DIST][0]) == 4
+
+
+def test_parquet_with_rater_distribution(tmp_path):
+    frame = pd.DataFrame({"q": ["drill", "drill"], "pid": ["a", "b"], "title": ["Cordless drill", "Drill bit"],
+                          "r": [2.0, 1.0], "dist": [[0.0, 0.0, 1.0], [0.2, 0.4, 0.4]]})
+    path = str(tmp_path / "pairs.parquet")
+    frame.to_parquet(path)
+    mapping = data.ColumnMapping(query="q", product_id="pid", product_text="title", grade="r", grade_dist="dist")
+    out = data.read_pairs(path, mapping=mapping)
+    assert out[schema.GRADE_DIST][1] == pytest.approx([0.2, 0.4, 0.4])
+    assert out[schema.GRADE][1] == pytest.approx(1.2)  # the distribution's expected grade
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        (HOMEDEPOT_CSV.replace("search_term", "query_text"), r"column 'search_term'.*missing column"),
+        (HOMEDEPOT_CSV.replace(",l bracket,", ",  ,"), r"row 2, column 'search_term': empty value"),
+        (HOMEDEPOT_CSV.replace("Whirlpool 1.9 cu. ft. Over the Range Microwave", ""),
+         r"row 5, column 'product_title': empty value"),
+        (HOMEDEPOT_CSV.replace("microwave,1", "microwave,4"), r"row 5, column 'relevance': grade 4.0 outside"),
+        (HOMEDEPOT_CSV.replace("l bracket,2.5", "l bracket,two"), r"row 2, column 'relevance': not a number"),
+    ],
+)
+def test_bad_input_names_file_row_and_column(tmp_path, text, match):
+    path = write(tmp_path, "bad.csv", text)
+    with pytest.raises(DataError, match=match) as err:
+        data.read_pairs(path, "homedepot")
+    assert "bad.csv" in str(err.value)
+
+
+def test_undecodable_bytes_named(tmp_path):
+    path = tmp_path / "utf8.csv"
+    path.write_bytes(HOMEDEPOT_CSV.encode() .replace(b"Delta", b"Delta\xff"))
+    mapping = data.ColumnMapping(query="search_term", product_id="product_uid", product_text="product_title",
+                                 grade="relevance", scale=data.HOMEDEPOT.scale, encoding="utf-8")
+    with pytest.raises(DataError, match=r"utf8.csv, row 3: bytes b'\\xff' .* not valid utf-8"):
+        data.read_pairs(str(path), "csv", mapping)
+
+
+def test_drop_mode_counts_in_log(tmp_path, caplog):
+    path = write(tmp_path, "bad.csv", HOMEDEPOT_CSV.replace("microwave,1", "microwave,9"))
+    with caplog.at_level(logging.WARNING):
+        frame = data.read_pairs(path, "homedepot", on_invalid="drop")
+    assert len(frame) == 4
+    assert "dropped 1 of 5 rows" in caplog.text
+
+
+def test_duplicates_are_merged(tmp_path):
+    text = HOMEDEPOT_CSV + "99,100001,Simpson Strong-Tie 12-Gauge Angle,Angle  Bracket,2\n"
+    frame = data.read_pairs(write(tmp_path, "dup.csv", text), "homedepot")
+    row = frame[frame[schema.QUERY_ID] == schema.query_id("angle bracket")]
+    assert len(row) == 1
+    assert row[schema.GRADE].iloc[0] == pytest.approx(1.5)  # mean of 2.0 and 1.0 on the 0..2 scale
+
+
+def test_split_by_query_no_leakage_and_deterministic():
+    rng = np.random.default_rng(0)
+    queries = [f"query {i}" for i in range(400)]
+    frame = pd.DataFrame({schema.QUERY: rng.choice(queries, 3000), schema.PRODUCT_ID: np.arange(3000).astype(str)})
+    frame[schema.QUERY_ID] = frame[schema.QUERY].map(schema.query_id)
+    a = data.split_by_query(frame, val_fraction=0.1, test_fraction=0.2, seed=3)
+    ids = [set(part[schema.QUERY_ID]) for part in a.values()]
+    assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])
+    assert sum(len(p) for p in a.values()) == len(frame)
+    assert 0.12 < len(ids[2]) / 400 < 0.28
+    shuffled = data.split_by_query(frame.sample(frac=1, random_state=1), val_fraction=0.1, test_fraction=0.2, seed=3)
+    assert set(shuffled["test"][schema.QUERY_ID]) == ids[2]
+    other = data.split_by_query(frame, val_fraction=0.1, test_fraction=0.2, seed=4)
+    assert set(other["test"][schema.QUERY_ID]) != ids[2]
+
+
+def test_prepare_data_writes_splits_and_skips_rerun(tmp_path):
+    rows = [f"{i},{1000 + i % 37},Product {i % 37} title,query {i % 50},{1 + (i % 5) / 2}" for i in range(300)]
+    path = write(tmp_path, "hd.csv", "id,product_uid,product_title,search_term,relevance\n" + "\n".join(rows))
+    out = tmp_path / "prepared"
+    paths = data.prepare_data(path, str(out), data.PrepareConfig(fmt="homedepot"))
+    parts = {k: pd.read_parquet(v) for k, v in paths.items()}
+    assert sum(len(parts[k]) for k in ("train", "val", "test")) == 300
+    assert len(parts["catalogue"]) == 37
+    mtime = (out / "train.parquet").stat().st_mtime_ns
+    data.prepare_data(path, str(out), data.PrepareConfig(fmt="homedepot"))
+    assert (out / "train.parquet").stat().st_mtime_ns == mtime
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+
+
+def test_read_table_from_gcs_shards(gcs_emulator, tiny_labelled):
+    base = f"gs://{gcs_emulator}/data-test/shards"
+    data.write_table(tiny_labelled.iloc[:30], f"{base}/shard-0.parquet")
+    data.write_table(tiny_labelled.iloc[30:], f"{base}/shard-1.parquet")
+    back = data.read_table(base)
+    assert back[schema.PRODUCT_ID].tolist() == tiny_labelled[schema.PRODUCT_ID].tolist()
+    csv_uri = f"gs://{gcs_emulator}/data-test/hd.csv"
+    from components import storage
+
+    storage.write_bytes(csv_uri, HOMEDEPOT_CSV.encode("latin-1"))
+    assert len(data.read_pairs(csv_uri, "homedepot")) == 5

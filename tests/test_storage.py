@@ -1,0 +1,46 @@
+"""Storage round trips, local and through a real GCS emulator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from components import storage
+
+
+def test_atomic_path_leaves_nothing_on_error(tmp_path):
+    target = tmp_path / "out.txt"
+    with pytest.raises(RuntimeError), storage.atomic_path(target) as tmp:
+        Path(tmp).write_text("half")
+        raise RuntimeError("crash mid-write")
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_dir_replaces_whole(tmp_path):
+    target = tmp_path / "model"
+    with storage.atomic_dir(target) as tmp:
+        Path(tmp, "a.txt").write_text("1")
+    with pytest.raises(RuntimeError), storage.atomic_dir(target) as tmp:
+        Path(tmp, "b.txt").write_text("2")
+        raise RuntimeError("crash")
+    assert storage.list_files(target) == ["a.txt"]
+
+
+def test_gcs_round_trip(gcs_emulator, tmp_path):
+    uri = f"gs://{gcs_emulator}/storage-test"
+    storage.write_text(f"{uri}/x/hello.txt", "héllo")
+    assert storage.read_text(f"{uri}/x/hello.txt") == "héllo"
+    assert storage.exists(f"{uri}/x/hello.txt")
+    assert not storage.exists(f"{uri}/x/missing.txt")
+    local = tmp_path / "tree"
+    (local / "sub").mkdir(parents=True)
+    (local / "sub" / "f.bin").write_bytes(b"\x00\x01")
+    (local / "g.txt").write_text("g")
+    storage.upload_dir(local, f"{uri}/tree")
+    assert storage.list_files(f"{uri}/tree") == ["g.txt", "sub/f.bin"]
+    with storage.local_dir(f"{uri}/tree") as copy:
+        assert Path(copy, "sub", "f.bin").read_bytes() == b"\x00\x01"
+    with pytest.raises(FileNotFoundError, match="missing.txt"):
+        storage.read_bytes(f"{uri}/x/missing.txt")
