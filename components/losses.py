@@ -28,3 +28,15 @@ def margin_mse_loss(student_a: torch.Tensor, student_b: torch.Tensor, teacher_a:
     if len(shapes) != 1 or len(next(iter(shapes))) != 1:
         raise ValueError(f"margin_mse_loss needs four 1-D tensors of one length, got shapes {sorted(shapes)}")
     return (((student_a - student_b) - (teacher_a - teacher_b)) ** 2).mean()
+
+
+def pointwise_mse_loss(student: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Pointwise MSE: mean of (s - t)^2, the student's score regressed onto the target grade directly.
+
+    The comparison baseline for margin MSE: it also fixes the student's offset, so it spends capacity
+    on absolute calibration that ranking does not need.
+    """
+    if student.shape != target.shape or student.dim() != 1:
+        raise ValueError(f"pointwise_mse_loss needs two 1-D tensors of one length, got shapes "
+                         f"{tuple(student.shape)} and {tuple(target.shape)}")
+    return ((student - target) ** 2).mean()

@@ -116,3 +116,40 @@ class PairScorer:
             probs = np.mean(outputs, axis=0).astype(np.float64)
             return Scores(score=probs @ np.arange(self.num_grades, dtype=np.float64), probs=probs)
         return Scores(score=outputs[0][:, 0].astype(np.float64))
+
+
+def score_file(model_dir: str, input_uri: str, output_uri: str, *, fmt: str | None = None,
+               batch_size: int = 64, device: str | None = None) -> str:
+    """Score every (query, product_text) row of a pairs file; write it back with score columns.
+
+    Teachers add `teacher_probs` and `teacher_score`; students add `student_score` (raw) and
+    `student_grade` (on the grade scale). Output format follows the output name's extension.
+    """
+    from components import data, schema
+
+    mapping = data.PRESETS.get(fmt or "")
+    frame = data.read_raw(input_uri, fmt, mapping.encoding if mapping else "utf-8")
+    if mapping is not None:
+        frame = frame.rename(columns={mapping.query: schema.QUERY, mapping.product_text: schema.PRODUCT_TEXT,
+                                      mapping.product_id: schema.PRODUCT_ID})
+    schema.require_columns(frame, [schema.QUERY, schema.PRODUCT_TEXT], path=input_uri)
+    if frame.empty:
+        raise schema.DataError("no rows to score", path=input_uri)
+    scorer = PairScorer(model_dir, device=device)
+    result = scorer.score(frame[schema.QUERY].astype(str).tolist(),
+                          frame[schema.PRODUCT_TEXT].astype(str).tolist(), batch_size=batch_size)
+    if scorer.role == pairs.TEACHER:
+        frame[schema.TEACHER_PROBS] = list(result.probs)
+        frame[schema.TEACHER_SCORE] = result.score
+    else:
+        frame[schema.STUDENT_SCORE] = result.score
+        frame["student_grade"] = scorer.to_grade(result.score)
+    out_fmt = data.infer_format(output_uri)
+    if out_fmt == "parquet":
+        data.write_table(frame, output_uri)
+    elif out_fmt == "csv":
+        storage.write_text(output_uri, frame.to_csv(index=False))
+    else:
+        storage.write_text(output_uri, frame.to_json(orient="records", lines=True, force_ascii=False))
+    log.info("scored %d pairs with %s -> %s", len(frame), model_dir, output_uri)
+    return output_uri

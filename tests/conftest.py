@@ -21,9 +21,55 @@ from components.checkpoint import CheckpointInfo, write_info
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
-WORDS = ("drill cordless battery charger saw blade hammer wrench screwdriver bit set paint brush roller "
-         "white black red blue steel wood oak pine 12 in 18 volt 1/2 kit lamp bulb led faucet chrome "
-         "kitchen bath shower valve hose garden mower lawn outdoor indoor tile grout glue tape").split()
+WORDS = [
+    "drill",
+    "cordless",
+    "battery",
+    "charger",
+    "saw",
+    "blade",
+    "hammer",
+    "wrench",
+    "screwdriver",
+    "bit",
+    "set",
+    "paint",
+    "brush",
+    "roller",
+    "white",
+    "black",
+    "red",
+    "blue",
+    "steel",
+    "wood",
+    "oak",
+    "pine",
+    "12",
+    "in",
+    "18",
+    "volt",
+    "1/2",
+    "kit",
+    "lamp",
+    "bulb",
+    "led",
+    "faucet",
+    "chrome",
+    "kitchen",
+    "bath",
+    "shower",
+    "valve",
+    "hose",
+    "garden",
+    "mower",
+    "lawn",
+    "outdoor",
+    "indoor",
+    "tile",
+    "grout",
+    "glue",
+    "tape",
+]
 
 
 def make_labelled(n_queries: int = 12, per_query: int = 6, seed: int = 0, num_grades: int = 3) -> pd.DataFrame:
@@ -49,13 +95,27 @@ def save_tiny_student(path) -> str:
 
     tokenizer = AutoTokenizer.from_pretrained(get_model_path())
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=512,
-                        num_labels=1)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        num_labels=1,
+    )
     BertForSequenceClassification(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
-    write_info(path, CheckpointInfo(role=pairs.STUDENT, num_grades=3, max_length=64, base_model="tiny-bert",
-                                    calibration={"scale": 1.0, "offset": 1.0}))
+    write_info(
+        path,
+        CheckpointInfo(
+            role=pairs.STUDENT,
+            num_grades=3,
+            max_length=64,
+            base_model="tiny-bert",
+            calibration={"scale": 1.0, "offset": 1.0},
+        ),
+    )
     return str(path)
 
 
@@ -68,10 +128,13 @@ def make_tiny_decoder_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     corpus = [" ".join(WORDS), pairs.TEACHER_TEMPLATE] * 4
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
-                                   bos_token="<|endoftext|>")
+    tok.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
 
 
 def save_tiny_teacher(path, num_grades: int = 3) -> str:
@@ -79,14 +142,22 @@ def save_tiny_teacher(path, num_grades: int = 3) -> str:
 
     tokenizer = make_tiny_decoder_tokenizer()
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-                         num_labels=num_grades, pad_token_id=tokenizer.eos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        num_labels=num_grades,
+        pad_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+    )
     LlamaForSequenceClassification(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
-    write_info(path, CheckpointInfo(role=pairs.TEACHER, num_grades=num_grades, max_length=96,
-                                    base_model="tiny-llama"))
+    write_info(path, CheckpointInfo(role=pairs.TEACHER, num_grades=num_grades, max_length=96, base_model="tiny-llama"))
     return str(path)
 
 

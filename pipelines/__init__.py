@@ -1,0 +1,1 @@
+"""Kubeflow pipeline definitions (training, monitoring), compile, local run, submit, and the CLI."""
