@@ -1,0 +1,158 @@
+"""Augmentation with the real packaged MiniLM encoder and bm25s, on a small synthetic catalogue."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from components import augment, data, schema, synthetic
+from components.augment import AugmentConfig
+
+SOURCES = {augment.LABELLED, augment.TITLE, augment.BIENCODER, augment.BM25, augment.RANDOM}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("augment")
+    config = synthetic.SyntheticConfig(n_products=240, n_queries=30, pairs_per_query=6, seed=3)
+    paths = synthetic.write_default_data(str(root / "data"), config)
+    return {**paths, "root": str(root), "cache": str(root / "cache")}
+
+
+@pytest.fixture(scope="module")
+def first_run(inputs) -> tuple[dict, pd.DataFrame, str]:
+    output = os.path.join(inputs["root"], "m2.parquet")
+    config = AugmentConfig(multiple=2.0, title_queries=0.3, cache_dir=inputs["cache"], batch_size=64)
+    summary = augment.augment_pairs(inputs["pairs"], inputs["catalogue"], output, config)
+    return summary, data.read_table(output), output
+
+
+def _keys(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    return list(zip(frame[schema.QUERY_ID], frame[schema.PRODUCT_ID], strict=True))
+
+
+def test_new_pairs_match_the_multiple_and_are_new(inputs, first_run):
+    summary, out, _ = first_run
+    labelled = data.read_table(inputs["pairs"])
+    catalogue = data.read_table(inputs["catalogue"]).set_index(schema.PRODUCT_ID)[schema.PRODUCT_TEXT]
+    assert list(out.columns) == schema.UNLABELLED_COLUMNS
+    head, new = out.iloc[:len(labelled)], out.iloc[len(labelled):]
+    assert (head[schema.SOURCE] == augment.LABELLED).all()
+    assert _keys(head) == _keys(labelled)
+    assert len(new) == round(2.0 * len(labelled)) == summary["new"]
+    assert not out.duplicated([schema.QUERY_ID, schema.PRODUCT_ID]).any()
+    assert not set(_keys(new)) & set(_keys(labelled))
+    assert set(out[schema.SOURCE]) == SOURCES
+    assert summary["by_source"] == out[schema.SOURCE].value_counts().to_dict()
+    assert (new[schema.PRODUCT_TEXT].to_numpy() == catalogue.loc[new[schema.PRODUCT_ID]].to_numpy()).all()
+    assert (new[schema.QUERY_ID] == new[schema.QUERY].map(schema.query_id)).all()
+    titled = new[new[schema.SOURCE] == augment.TITLE]
+    assert not set(titled[schema.QUERY_ID]) & set(labelled[schema.QUERY_ID])
+    assert summary["title_queries"] == titled[schema.QUERY_ID].nunique() == round(0.3 * 30)
+    assert summary["embedding_cache"] == summary["query_embedding_cache"] == "miss"
+
+
+def test_bi_encoder_finds_products_of_the_queried_type(first_run):
+    _, out, _ = first_run
+    hits = out[out[schema.SOURCE] == augment.BIENCODER]
+    # the same word in query and title is common for semantic neighbours on this catalogue
+    overlap = [bool(set(q.split()) & set(t.lower().split())) for q, t in
+               zip(hits[schema.QUERY], hits[schema.PRODUCT_TEXT], strict=True)]
+    randoms = out[out[schema.SOURCE] == augment.RANDOM]
+    overlap_random = [bool(set(q.split()) & set(t.lower().split())) for q, t in
+                      zip(randoms[schema.QUERY], randoms[schema.PRODUCT_TEXT], strict=True)]
+    assert np.mean(overlap) > np.mean(overlap_random) + 0.2
+
+
+def test_rerun_skips_and_the_embedding_cache_is_reused(inputs, first_run):
+    summary, out, output = first_run
+    mtime = os.path.getmtime(output)
+    cache_files = list(Path(inputs["cache"], "embeddings").glob("catalogue-*.npy"))
+    assert len(cache_files) == 1
+    cache_mtime = cache_files[0].stat().st_mtime
+    config = AugmentConfig(multiple=2.0, title_queries=0.3, cache_dir=inputs["cache"], batch_size=64)
+    again = augment.augment_pairs(inputs["pairs"], inputs["catalogue"], output, config)
+    assert again["skipped"] and os.path.getmtime(output) == mtime
+    assert again["new"] == summary["new"]
+
+    smaller = os.path.join(inputs["root"], "m1.parquet")
+    config = AugmentConfig(multiple=1.0, title_queries=0.3, cache_dir=inputs["cache"], batch_size=32)
+    one = augment.augment_pairs(inputs["pairs"], inputs["catalogue"], smaller, config)
+    assert one["embedding_cache"] == one["query_embedding_cache"] == "hit" and not one["skipped"]
+    assert one["catalogue_encode_seconds"] < summary["catalogue_encode_seconds"]
+    assert cache_files[0].stat().st_mtime == cache_mtime
+    small_new = data.read_table(smaller).iloc[one["labelled"]:]
+    big_new = out.iloc[summary["labelled"]:]
+    assert _keys(small_new) == _keys(big_new)[:len(small_new)]  # a smaller multiple is a prefix
+
+
+def test_multiple_zero_gives_only_the_labelled_pairs(inputs):
+    output = os.path.join(inputs["root"], "m0.parquet")
+    summary = augment.augment_pairs(inputs["pairs"], inputs["catalogue"], output,
+                                    AugmentConfig(multiple=0.0, cache_dir=inputs["cache"]))
+    out = data.read_table(output)
+    assert summary["new"] == 0 and summary["embedding_cache"] is None
+    assert (out[schema.SOURCE] == augment.LABELLED).all()
+    assert len(out) == len(data.read_table(inputs["pairs"]))
+
+
+def test_shallow_retrieval_searches_deeper_to_fill_the_request(inputs):
+    output = os.path.join(inputs["root"], "deep.parquet")
+    config = AugmentConfig(multiple=1.0, biencoder_k=0, bm25_k=2, random_per_query=0,
+                           cache_dir=inputs["cache"])
+    summary = augment.augment_pairs(inputs["pairs"], inputs["catalogue"], output, config)
+    assert summary["new"] == summary["requested_new"]
+    assert summary["depth"][1] > 2 and summary["embedding_cache"] is None
+    assert set(data.read_table(output)[schema.SOURCE]) == {augment.LABELLED, augment.BM25}
+
+
+def test_a_request_beyond_the_catalogue_yields_what_exists(inputs, caplog):
+    output = os.path.join(inputs["root"], "huge.parquet")
+    config = AugmentConfig(multiple=500.0, biencoder_k=0, bm25_k=0, random_per_query=3,
+                           cache_dir=inputs["cache"])
+    summary = augment.augment_pairs(inputs["pairs"], inputs["catalogue"], output, config)
+    assert 80 <= summary["new"] <= 30 * 3 < summary["requested_new"]  # a random pick may be labelled
+    assert "yields only" in caplog.text
+
+
+@pytest.mark.parametrize("bad", [dict(multiple=-1.0), dict(multiple=float("nan")), dict(bm25_k=-1),
+                                 dict(biencoder_k=0, bm25_k=0, random_per_query=0), dict(title_queries=-0.1),
+                                 dict(batch_size=0)])
+def test_bad_config_is_refused(inputs, bad):
+    with pytest.raises(ValueError, match="AugmentConfig"):
+        augment.augment_pairs(inputs["pairs"], inputs["catalogue"], os.path.join(inputs["root"], "x.parquet"),
+                              AugmentConfig(**bad))
+
+
+def test_bad_inputs_are_named(inputs, tmp_path):
+    labelled = data.read_table(inputs["pairs"])
+    empty = str(tmp_path / "empty.parquet")
+    data.write_table(labelled.iloc[:0], empty)
+    out = str(tmp_path / "out.parquet")
+    with pytest.raises(schema.DataError, match="no labelled pairs"):
+        augment.augment_pairs(empty, inputs["catalogue"], out)
+    no_text = str(tmp_path / "no_text.parquet")
+    data.write_table(data.read_table(inputs["catalogue"])[[schema.PRODUCT_ID]], no_text)
+    with pytest.raises(schema.DataError, match="no_text.parquet.*product_text"):
+        augment.augment_pairs(inputs["pairs"], no_text, out)
+    with pytest.raises(FileNotFoundError):
+        augment.augment_pairs(str(tmp_path / "missing.parquet"), inputs["catalogue"], out)
+    assert not os.path.exists(out)
+
+
+def test_title_query_takes_the_product_words_of_a_title():
+    title = "Voltrex 18-Volt Brushless Cordless Drill/Driver with Lithium-Ion Battery Pack in Red"
+    assert augment.title_query(title, with_brand=False) == "cordless drill/driver"
+    assert augment.title_query(title, with_brand=True) == "voltrex cordless drill/driver"
+    assert augment.title_query("Simpson Strong-Tie 12-Gauge Angle", with_brand=False) == "strong-tie angle"
+    assert augment.title_query("12 in. (2-Pack)", with_brand=True) is None
+
+
+def test_bm25_returns_only_matching_products():
+    index = augment.BM25Index(["Red Cordless Drill", "Garden Hose 50 ft.", "Drill Bit Set", "Claw Hammer"])
+    drill, nothing, stop_words = index.topk(["drill", "xyzzy", "the and"], k=3)
+    assert sorted(drill.tolist()) == [0, 2] and len(nothing) == 0 and len(stop_words) == 0
