@@ -7,9 +7,12 @@ tokenizer trained here in code (no pad token, as real decoder LLMs ship) with a 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Keep converted weights and embedding caches inside the checkout (git-ignored), not in $HOME.
+os.environ.setdefault("KDRANK_CACHE", str(Path(__file__).resolve().parents[1] / ".kdrank-cache"))
 
 import numpy as np
 import pandas as pd

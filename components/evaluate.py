@@ -1,0 +1,254 @@
+"""Ranking metrics against human labels on held-out queries, for teachers, students and baselines.
+
+Definitions (one place, used by every report):
+- NDCG@k: gain 2^g - 1 with g the 0-based grade, averaged over queries with at least two distinct
+  grades; tied scores count at their expected value over random tie orders (tied positions share
+  the mean gain of their group), so a constant scorer gets no credit from input order.
+- pairwise accuracy: over same-query pairs whose grades differ by >= 0.5 grade, the share ordered
+  like the grades; a tie in score counts half. Pooled over all such pairs (not averaged per query).
+- Spearman: one rank correlation between score and grade over all pairs (pooled, not per query).
+- RMSE: between grade and the score mapped onto the grade scale (students: stored calibration).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from components import data, models, pairs, schema, storage
+
+log = logging.getLogger(__name__)
+
+METRIC_KEYS = ("ndcg@5", "ndcg@10", "pairwise_accuracy", "spearman", "rmse", "n_queries", "n_pairs")
+MIN_GRADE_GAP = 0.5  # half a grade: Home Depot's 1..3 scale has the same unit as the 0..2 grades
+BASELINES = ("random", "bm25", "biencoder")
+SCORE = "score"  # raw model score in the per-pair output
+SCORE_GRADE = "score_grade"  # the score mapped onto the grade scale
+
+
+def _expected_dcg(scores: np.ndarray, gains: np.ndarray, k: int) -> float:
+    """DCG@k of ranking by score, in expectation over random orders of tied scores."""
+    _, groups = np.unique(-scores, return_inverse=True)  # group 0 = highest score
+    counts = np.bincount(groups)
+    mean_gain = np.bincount(groups, weights=gains) / counts
+    ranked = np.repeat(mean_gain, counts)[:k]
+    return float((ranked / np.log2(np.arange(2, len(ranked) + 2))).sum())
+
+
+def ndcg_at(scores: np.ndarray, grades: np.ndarray, k: int) -> float:
+    """NDCG@k of one query (gain 2^g - 1); NaN when every grade is equal (nothing to rank)."""
+    gains = np.power(2.0, np.asarray(grades, dtype=np.float64)) - 1.0
+    ideal = np.sort(gains)[::-1][:k]
+    idcg = float((ideal / np.log2(np.arange(2, len(ideal) + 2))).sum())
+    if len(np.unique(np.round(grades, 9))) < 2 or idcg <= 0:
+        return math.nan
+    return _expected_dcg(np.asarray(scores, dtype=np.float64), gains, k) / idcg
+
+
+def _pairwise_counts(scores: np.ndarray, grades: np.ndarray, min_gap: float) -> tuple[float, int]:
+    """(credit, number of pairs) over pairs of one query whose grades differ by >= min_gap."""
+    upper = np.triu_indices(len(grades), k=1)
+    dg = (grades[:, None] - grades[None, :])[upper]
+    ds = (scores[:, None] - scores[None, :])[upper]
+    keep = np.abs(dg) >= min_gap - 1e-9
+    agree = np.sign(ds[keep]) * np.sign(dg[keep])
+    return float((agree > 0).sum() + 0.5 * (agree == 0).sum()), int(keep.sum())
+
+
+def ranking_metrics(frame: pd.DataFrame, score_col: str, grade_col: str = schema.GRADE,
+                    mapped_col: str | None = None, *, min_grade_gap: float = MIN_GRADE_GAP) -> dict:
+    """The metrics of the module docstring for one scored table (one row per (query, product)).
+
+    `mapped_col` holds the score on the grade scale for RMSE; without it `score_col` is taken to be on
+    that scale already (a teacher's expected grade). Metrics with nothing to measure are NaN.
+    """
+    needed = [schema.QUERY_ID, score_col, grade_col] + ([mapped_col] if mapped_col else [])
+    schema.require_columns(frame, needed)
+    if frame.empty:
+        raise ValueError("cannot evaluate an empty table")
+    scores = frame[score_col].to_numpy(dtype=np.float64)
+    grades = frame[grade_col].to_numpy(dtype=np.float64)
+    if not np.isfinite(scores).all():
+        bad = int((~np.isfinite(scores)).sum())
+        raise ValueError(f"column '{score_col}' holds {bad} non-finite score(s)")
+    if not np.isfinite(grades).all():
+        raise ValueError(f"column '{grade_col}' holds {int((~np.isfinite(grades)).sum())} missing grade(s)")
+    ndcg5, ndcg10, credit, n_ordered = [], [], 0.0, 0
+    for rows in frame.groupby(schema.QUERY_ID, sort=False).indices.values():
+        s, g = scores[rows], grades[rows]
+        if len(np.unique(np.round(g, 9))) >= 2:
+            ndcg5.append(ndcg_at(s, g, 5))
+            ndcg10.append(ndcg_at(s, g, 10))
+        c, n = _pairwise_counts(s, g, min_grade_gap)
+        credit, n_ordered = credit + c, n_ordered + n
+    mapped = frame[mapped_col].to_numpy(dtype=np.float64) if mapped_col else scores
+    varies = len(frame) > 1 and np.ptp(scores) > 0 and np.ptp(grades) > 0
+    spearman = stats.spearmanr(scores, grades).statistic if varies else math.nan
+    n_queries = int(frame[schema.QUERY_ID].nunique())
+    log.info("NDCG over %d of %d queries (the rest have one distinct grade); %d ordered pairs",
+             len(ndcg5), n_queries, n_ordered)
+    return {
+        "ndcg@5": float(np.mean(ndcg5)) if ndcg5 else math.nan,
+        "ndcg@10": float(np.mean(ndcg10)) if ndcg10 else math.nan,
+        "pairwise_accuracy": credit / n_ordered if n_ordered else math.nan,
+        "spearman": float(spearman),
+        "rmse": float(np.sqrt(np.mean((mapped - grades) ** 2))),
+        "n_queries": n_queries,
+        "n_pairs": int(len(frame)),
+    }
+
+
+def fit_linear_calibration(raw: np.ndarray, target: np.ndarray) -> dict:
+    """Least-squares map target ~ scale * raw + offset (a student's raw score onto the grade scale)."""
+    raw, target = np.asarray(raw, dtype=np.float64), np.asarray(target, dtype=np.float64)
+    if len(raw) != len(target) or not len(raw):
+        raise ValueError(f"calibration needs equal, non-empty arrays, got {len(raw)} and {len(target)}")
+    if np.std(raw) < 1e-12:
+        log.warning("constant raw scores: calibration maps everything to the mean target")
+        return {"scale": 0.0, "offset": float(np.mean(target))}
+    scale, offset = np.polyfit(raw, target, deg=1)
+    return {"scale": float(scale), "offset": float(offset)}
+
+
+def read_labelled(data_uri: str, fmt: str | None = None) -> pd.DataFrame:
+    """Labelled pairs from a kdrank Parquet table (as is) or any source `data.read_pairs` knows."""
+    fmt = fmt or data.infer_format(data_uri)
+    if fmt == "parquet":
+        frame = data.read_table(data_uri)
+        if {*schema.PAIR_COLUMNS, schema.GRADE} <= set(frame.columns):  # kdrank's own table: as is
+            return frame
+    return data.read_pairs(data_uri, fmt)
+
+
+def evaluate_checkpoint(model_dir: str, data_uri: str, output_dir: str | None = None, *,
+                        fmt: str | None = None, batch_size: int = 64, name: str | None = None) -> dict:
+    """Score labelled pairs with a teacher or student checkpoint and return its metrics.
+
+    With `output_dir` (local or gs://), writes metrics.json, metrics.md and scores.parquet there, whole.
+    Always recomputes: scoring a test set is cheap next to training, and stale metrics mislead.
+    """
+    from components.scoring import PairScorer
+
+    frame = read_labelled(data_uri, fmt)
+    scorer = PairScorer(model_dir)
+    try:
+        data_grades = schema.num_grades_of(frame) if schema.GRADE_DIST in frame.columns else scorer.num_grades
+        if data_grades != scorer.num_grades:
+            log.warning("%s has %d grades but %s was trained for %d", data_uri, data_grades, model_dir,
+                        scorer.num_grades)
+        raw = scorer.score(frame[schema.QUERY].tolist(), frame[schema.PRODUCT_TEXT].tolist(),
+                           batch_size=batch_size, desc=f"evaluating {name or scorer.role}").score
+        mapped = scorer.to_grade(raw)
+        role = scorer.role
+    finally:
+        scorer.close()
+    scored = _scored_frame(frame, raw, mapped)
+    metrics = ranking_metrics(scored, SCORE, mapped_col=SCORE_GRADE)
+    name = name or f"{role} {Path(str(model_dir).rstrip('/')).name}"
+    if output_dir:
+        _write_outputs(output_dir, scored, metrics, name=name, source=f"{role} checkpoint {model_dir}",
+                       data_uri=data_uri)
+    return metrics
+
+
+def evaluate_baseline(kind: str, data_uri: str, output_dir: str | None = None, *, fmt: str | None = None,
+                      seed: int = 13) -> dict:
+    """Metrics of a baseline scorer (see `baseline_scores`); RMSE is NaN: baselines have no grade scale."""
+    frame = read_labelled(data_uri, fmt)
+    scored = _scored_frame(frame, baseline_scores(frame, kind, seed=seed), None)
+    metrics = ranking_metrics(scored, SCORE, mapped_col=SCORE_GRADE)
+    if output_dir:
+        _write_outputs(output_dir, scored, metrics, name=f"baseline {kind}", source=f"baseline {kind}",
+                       data_uri=data_uri)
+    return metrics
+
+
+def _scored_frame(frame: pd.DataFrame, raw: np.ndarray, mapped: np.ndarray | None) -> pd.DataFrame:
+    out = frame[[schema.QUERY_ID, schema.QUERY, schema.PRODUCT_ID, schema.GRADE]].copy()
+    out[SCORE] = np.asarray(raw, dtype=np.float64)
+    out[SCORE_GRADE] = np.full(len(out), np.nan) if mapped is None else np.asarray(mapped, dtype=np.float64)
+    return out
+
+
+def _json_safe(metrics: dict) -> dict:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+
+
+def _write_outputs(output_dir: str, scored: pd.DataFrame, metrics: dict, *, name: str, source: str,
+                   data_uri: str) -> None:
+    with storage.atomic_dir(output_dir) as tmp:
+        Path(tmp, "metrics.json").write_text(json.dumps(_json_safe(metrics), indent=2) + "\n")
+        header = f"# Evaluation: {name}\n\n- model: {source}\n- data: {data_uri}\n\n"
+        Path(tmp, "metrics.md").write_text(header + metrics_table({name: metrics}))
+        scored.to_parquet(os.path.join(tmp, "scores.parquet"), index=False)
+    log.info("wrote metrics of %s to %s", name, output_dir)
+
+
+def metrics_table(results: dict[str, dict]) -> str:
+    """A Markdown table: one row per model, one column per metric."""
+    headers = ["model", "NDCG@5", "NDCG@10", "pairwise acc.", "Spearman", "RMSE", "queries", "pairs"]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(["---"] + ["---:"] * (len(headers) - 1)) + "|"]
+    for model, m in results.items():
+        cells = [model] + [_cell(m.get(k)) for k in METRIC_KEYS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    return f"{value:.4f}"
+
+
+def baseline_scores(frame: pd.DataFrame, kind: str, seed: int = 13, *, encoder: str | None = None,
+                    batch_size: int = 128) -> np.ndarray:
+    """Scores of a reference ranker for every row, higher = more relevant.
+
+    'random': seeded uniform noise. 'bm25': bm25s (Lucene BM25, English stop words) of the query
+    against product texts, indexed once over the table's distinct products so IDF has real counts,
+    read for each query's own candidates. 'biencoder': zero-shot cosine of mean-pooled MiniLM
+    embeddings (`encoder`, default the packaged MiniLM-L6).
+    """
+    if kind == "random":
+        return np.random.default_rng(seed).random(len(frame))
+    if kind == "bm25":
+        return _bm25_scores(frame)
+    if kind == "biencoder":
+        return _biencoder_scores(frame, encoder, batch_size)
+    raise ValueError(f"unknown baseline '{kind}'; expected one of {BASELINES}")
+
+
+def _bm25_scores(frame: pd.DataFrame) -> np.ndarray:
+    import bm25s
+
+    from components.augment import BM25Index
+
+    docs, doc_of_row = np.unique(frame[schema.PRODUCT_TEXT].astype(str).to_numpy(), return_inverse=True)
+    index = BM25Index(list(docs))  # the augmentation step's BM25 settings
+    queries = frame[schema.QUERY].astype(str).to_numpy()
+    out = np.zeros(len(frame))
+    for rows in frame.groupby(schema.QUERY_ID, sort=False).indices.values():
+        tokens = bm25s.tokenize([queries[rows[0]]], stopwords="en", show_progress=False, return_ids=False)[0]
+        out[rows] = index.retriever.get_scores(tokens)[doc_of_row[rows]] if tokens else 0.0
+    return out
+
+
+def _biencoder_scores(frame: pd.DataFrame, encoder: str | None, batch_size: int) -> np.ndarray:
+    from components.augment import Encoder
+
+    model = Encoder(models.resolve_model(encoder, pairs.STUDENT), batch_size=batch_size)
+    queries, query_of_row = np.unique(frame[schema.QUERY].astype(str).to_numpy(), return_inverse=True)
+    products, product_of_row = np.unique(frame[schema.PRODUCT_TEXT].astype(str).to_numpy(),
+                                         return_inverse=True)
+    q = model.encode([pairs.clean_text(t) for t in queries], desc="embedding queries")
+    p = model.encode([pairs.clean_text(t) for t in products], desc="embedding products")
+    return np.einsum("ij,ij->i", q[query_of_row], p[product_of_row]).astype(np.float64)

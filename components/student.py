@@ -1,0 +1,407 @@
+"""Student training: a BERT-family cross-encoder (one score per (query, product)) distilled from the teacher.
+
+Default objective: margin MSE on pairs (a, b) of products of the same query,
+((s_a - s_b) - (t_a - t_b))^2. Both halves of a batch go through the model in one forward pass.
+
+Pair-sampling rule (margin MSE), drawn afresh each epoch from seed and epoch, per query with n >= 2 rows:
+  1. shuffle the query's products and pair neighbours (1st, 2nd), (3rd, 4th), ...; with n odd the last
+     one is paired with a random other product, so every product is in a pair: ceil(n/2) pairs;
+  2. with `pairs_per_query` = m: keep the first m of those when m is smaller, else add distinct random
+     same-query pairs until there are m (or all n(n-1)/2 pairs);
+  3. drop pairs whose targets differ by less than MIN_MARGIN: they carry no ordering to learn.
+One epoch therefore shows every product about once (by default), like one epoch of pointwise training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from components import data, models, pairs, schema, storage
+from components.checkpoint import META_FILE, CheckpointInfo, write_info
+from components.evaluate import SCORE, SCORE_GRADE, fit_linear_calibration, ranking_metrics
+from components.losses import margin_mse_loss, pointwise_mse_loss
+from components.runtime import autocast, pick_device, seed_everything
+from components.schema import DataError
+
+log = logging.getLogger(__name__)
+
+LABELS = {"teacher": schema.TEACHER_SCORE, "human": schema.GRADE}
+LOSSES = ("margin_mse", "pointwise_mse")
+MIN_MARGIN = 1e-6  # pairs whose targets differ by less are skipped (no ordering to learn)
+SORT_WINDOW = 50  # length bucketing: sort within windows of this many batches, then shuffle the batches
+
+
+@dataclass
+class StudentConfig:
+    """How to train the student. `batch_size` counts product pairs (2x sequences) for margin MSE and
+    rows / 2 for pointwise MSE, so both see 2 * batch_size sequences per step.
+
+    learning_rate 5e-5: the usual 2e-5..1e-4 fine-tuning range of 6-layer MiniLM, toward the top because
+    the scoring head starts random and distillation sets are small. `pairs_per_query`: see the module
+    docstring (None = each product in about one pair per epoch).
+    """
+
+    base_model: str | None = None  # HF directory or gs:// URI; None = packaged MiniLM-L6
+    labels: str = "teacher"  # "teacher": teacher_score of teacher-label tables; "human": grade
+    loss: str = "margin_mse"  # "margin_mse" | "pointwise_mse"
+    epochs: float = 3.0
+    learning_rate: float = 5e-5
+    batch_size: int = 32
+    max_length: int = 128
+    pairs_per_query: int | None = None
+    seed: int = 13
+    device: str | None = None
+    max_steps: int | None = None
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    calibration_rows: int = 5000  # whole queries up to this many rows, for the calibration and val metrics
+
+    def __post_init__(self):
+        if self.labels not in LABELS:
+            raise ValueError(f"StudentConfig.labels must be one of {sorted(LABELS)}, got '{self.labels}'")
+        if self.loss not in LOSSES:
+            raise ValueError(f"StudentConfig.loss must be one of {list(LOSSES)}, got '{self.loss}'")
+        for name in ("epochs", "learning_rate", "batch_size", "max_length", "calibration_rows"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"StudentConfig.{name} must be > 0, got {getattr(self, name)}")
+        for name in ("pairs_per_query", "max_steps"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"StudentConfig.{name} must be None or >= 1, got {getattr(self, name)}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"StudentConfig.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+
+
+@dataclass
+class TrainingRows:
+    """A training table reduced to what the loop needs: texts, targets, and row indices per query."""
+
+    queries: list[str]
+    products: list[str]
+    targets: np.ndarray
+    lengths: np.ndarray  # characters of query + product, a cheap proxy for token length
+    groups: list[np.ndarray]
+
+
+def read_training_table(uri: str, labels: str) -> pd.DataFrame:
+    """A teacher-label or labelled table (Parquet file or shard directory; CSV/JSONL via read_pairs)."""
+    fmt = data.infer_format(uri)
+    frame = data.read_table(uri) if fmt == "parquet" else data.read_pairs(uri, fmt)
+    column = LABELS[labels]
+    if column not in frame.columns:
+        hint = ("labels='teacher' needs a teacher-label table (from the labelling step); "
+                "use labels='human' to train on graded pairs") if labels == "teacher" else (
+                "labels='human' needs a labelled table with grades")
+        raise DataError(f"missing column '{column}' ({hint}); found {list(frame.columns)}", path=uri,
+                        column=column)
+    schema.require_columns(frame, [schema.QUERY_ID, schema.QUERY, schema.PRODUCT_TEXT], path=uri)
+    target = frame[column].to_numpy(dtype=np.float64)
+    if not np.isfinite(target).all():
+        row = int(np.flatnonzero(~np.isfinite(target))[0])
+        raise DataError(f"non-finite target {target[row]}", path=uri, row=row + 1, column=column)
+    if frame.empty:
+        raise DataError("no rows to train on", path=uri)
+    return frame.reset_index(drop=True)
+
+
+def _num_grades(frame: pd.DataFrame, uri: str) -> int:
+    if not {schema.GRADE_DIST, schema.TEACHER_PROBS} & set(frame.columns):
+        raise DataError(f"cannot tell the number of grades: neither '{schema.GRADE_DIST}' nor "
+                        f"'{schema.TEACHER_PROBS}' is present", path=uri)
+    return schema.num_grades_of(frame)
+
+
+def training_rows(frame: pd.DataFrame, labels: str) -> TrainingRows:
+    queries = frame[schema.QUERY].astype(str).tolist()
+    products = frame[schema.PRODUCT_TEXT].astype(str).tolist()
+    return TrainingRows(
+        queries=queries, products=products, targets=frame[LABELS[labels]].to_numpy(dtype=np.float64),
+        lengths=np.array([len(q) + len(p) for q, p in zip(queries, products, strict=True)]),
+        groups=list(frame.groupby(schema.QUERY_ID, sort=True).indices.values()),
+    )
+
+
+def sample_margin_pairs(groups: Sequence[np.ndarray], targets: np.ndarray, rng: np.random.Generator,
+                        pairs_per_query: int | None = None) -> np.ndarray:
+    """(m, 2) row indices of same-query pairs for one epoch, by the rule in the module docstring."""
+    chosen: list[np.ndarray] = []
+    for rows in groups:
+        n = len(rows)
+        if n < 2:
+            continue
+        perm = rng.permutation(rows)
+        base = [(perm[i], perm[i + 1]) for i in range(0, n - 1, 2)]
+        if n % 2:
+            base.append((perm[-1], perm[rng.integers(n - 1)]))
+        want = len(base) if pairs_per_query is None else min(pairs_per_query, n * (n - 1) // 2)
+        picked = base[:want]
+        seen = {frozenset(p) for p in picked}
+        while len(picked) < want:
+            a, b = rng.choice(rows, size=2, replace=False)
+            if frozenset((a, b)) not in seen:
+                seen.add(frozenset((a, b)))
+                picked.append((a, b))
+        chosen.append(np.asarray(picked, dtype=np.int64))
+    if not chosen:
+        return np.zeros((0, 2), dtype=np.int64)
+    out = np.concatenate(chosen)
+    return out[np.abs(targets[out[:, 0]] - targets[out[:, 1]]) >= MIN_MARGIN]
+
+
+def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffle, sort by length within windows of SORT_WINDOW batches, cut, shuffle the batches.
+
+    Neighbours in a batch have similar lengths, so dynamic padding wastes little, while batch order
+    stays random.
+    """
+    order = rng.permutation(len(lengths))
+    window = batch_size * SORT_WINDOW
+    batches = []
+    for start in range(0, len(order), window):
+        block = order[start:start + window]
+        block = block[np.argsort(lengths[block], kind="stable")]
+        batches.extend(block[i:i + batch_size] for i in range(0, len(block), batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def student_scores(model, tokenizer, queries: Sequence[str], products: Sequence[str], *, max_length: int,
+                   device: torch.device) -> torch.Tensor:
+    """(n,) float32 scores of a one-label cross-encoder, in one forward pass over the padded batch."""
+    batch = pairs.encode_pairs(tokenizer, queries, products, role=pairs.STUDENT, max_length=max_length)
+    with autocast(device):
+        logits = model(**batch.to(device)).logits
+    if logits.shape[-1] != 1:
+        raise ValueError(f"the student must have one output label, got {logits.shape[-1]}")
+    return logits.float().squeeze(-1)
+
+
+def margin_mse_batch_loss(model, tokenizer, queries: Sequence[str], products_a: Sequence[str],
+                          products_b: Sequence[str], targets_a: Sequence[float],
+                          targets_b: Sequence[float], *, max_length: int,
+                          device: torch.device) -> torch.Tensor:
+    """Margin MSE of same-query pairs; the a and b halves are concatenated into ONE forward pass."""
+    n = len(queries)
+    scores = student_scores(model, tokenizer, [*queries, *queries], [*products_a, *products_b],
+                            max_length=max_length, device=device)
+    t = torch.as_tensor(np.concatenate([targets_a, targets_b]), dtype=torch.float32, device=scores.device)
+    return margin_mse_loss(scores[:n], scores[n:], t[:n], t[n:])
+
+
+def pointwise_mse_batch_loss(model, tokenizer, queries: Sequence[str], products: Sequence[str],
+                             targets: Sequence[float], *, max_length: int,
+                             device: torch.device) -> torch.Tensor:
+    scores = student_scores(model, tokenizer, queries, products, max_length=max_length, device=device)
+    return pointwise_mse_loss(scores, torch.as_tensor(np.asarray(targets), dtype=torch.float32,
+                                                      device=scores.device))
+
+
+def epoch_batches(rows: TrainingRows, config: StudentConfig,
+                   epoch: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """(batches of item indices, items) for one epoch; items are pairs (m, 2) or rows (n, 1)."""
+    rng = np.random.default_rng([config.seed, epoch])
+    if config.loss == "margin_mse":
+        items = sample_margin_pairs(rows.groups, rows.targets, rng, config.pairs_per_query)
+        lengths = np.maximum(rows.lengths[items[:, 0]], rows.lengths[items[:, 1]])
+        return length_batches(lengths, config.batch_size, rng), items
+    items = np.arange(len(rows.targets))[:, None]
+    return length_batches(rows.lengths, 2 * config.batch_size, rng), items
+
+
+def _batch_loss(model, tokenizer, rows: TrainingRows, items: np.ndarray, config: StudentConfig,
+                device: torch.device) -> torch.Tensor:
+    if config.loss == "margin_mse":
+        a, b = items[:, 0], items[:, 1]
+        return margin_mse_batch_loss(
+            model, tokenizer, [rows.queries[i] for i in a], [rows.products[i] for i in a],
+            [rows.products[i] for i in b], rows.targets[a], rows.targets[b],
+            max_length=config.max_length, device=device)
+    idx = items[:, 0]
+    return pointwise_mse_batch_loss(model, tokenizer, [rows.queries[i] for i in idx],
+                                    [rows.products[i] for i in idx], rows.targets[idx],
+                                    max_length=config.max_length, device=device)
+
+
+def _optimizer(model, config: StudentConfig, total_steps: int):
+    from transformers import get_linear_schedule_with_warmup
+
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        (no_decay if param.ndim < 2 or "LayerNorm" in name else decay).append(param)
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.learning_rate)
+    warmup = int(round(config.warmup_ratio * total_steps))
+    return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
+
+
+def _settings(train_uri: str, val_uri: str | None, config: StudentConfig, frame: pd.DataFrame) -> dict:
+    """What determines the result (device aside); a rerun with equal settings skips training."""
+    target = frame[LABELS[config.labels]].to_numpy(dtype=np.float64)
+    fingerprint = {"rows": len(frame), "queries": int(frame[schema.QUERY_ID].nunique()),
+                   "target_sum": round(float(target.sum()), 6)}
+    config_dict = {k: v for k, v in dataclasses.asdict(config).items() if k != "device"}
+    return json.loads(json.dumps({"train": str(train_uri), "val": val_uri, "train_table": fingerprint,
+                                  "config": config_dict}))
+
+
+def _finished(output_dir: str, settings: dict) -> dict | None:
+    meta = storage.join(output_dir, META_FILE)
+    if not storage.exists(meta):
+        return None
+    training = json.loads(storage.read_text(meta)).get("training", {})
+    if training.get("settings") != settings or "summary" not in training:
+        return None
+    log.info("student already trained with these settings in %s; skipping", output_dir)
+    return {**training["summary"], "path": str(output_dir), "skipped": True}
+
+
+def _query_sample(frame: pd.DataFrame, max_rows: int, seed: int) -> pd.DataFrame:
+    """Whole queries, in a seeded random order, up to `max_rows` rows (all when the table is small)."""
+    if len(frame) <= max_rows:
+        return frame.reset_index(drop=True)
+    qids = frame[schema.QUERY_ID].unique()
+    sizes = frame.groupby(schema.QUERY_ID).size()
+    shuffled = np.random.default_rng(seed).permutation(qids)
+    fits = int(np.searchsorted(np.cumsum(sizes[shuffled].to_numpy()), max_rows, side="right"))
+    keep = shuffled[: max(1, fits)]
+    return frame[frame[schema.QUERY_ID].isin(set(keep))].reset_index(drop=True)
+
+
+def _calibration_set(train: pd.DataFrame, val_uri: str | None,
+                     config: StudentConfig) -> tuple[pd.DataFrame, str, str]:
+    """(table, target column, name): val with the preferred target column, else the training table."""
+    preferred = [schema.TEACHER_SCORE, schema.GRADE] if config.labels == "teacher" else [schema.GRADE]
+    if val_uri:
+        fmt = data.infer_format(val_uri)
+        val = data.read_table(val_uri) if fmt == "parquet" else data.read_pairs(val_uri, fmt)
+        for column in preferred:
+            if column in val.columns and len(val):
+                return _query_sample(val, config.calibration_rows, config.seed), column, "val"
+        log.warning("%s has none of %s; calibrating on the training table", val_uri, preferred)
+    return _query_sample(train, config.calibration_rows, config.seed), LABELS[config.labels], "train"
+
+
+def _calibrate(model_dir: str, frame: pd.DataFrame, column: str, config: StudentConfig) -> tuple[dict, dict]:
+    """Fit raw score -> target scale by least squares and measure ranking metrics on the same rows."""
+    from components.scoring import PairScorer
+
+    scorer = PairScorer(model_dir, device=config.device, max_length=config.max_length)
+    try:
+        raw = scorer.score(frame[schema.QUERY].tolist(), frame[schema.PRODUCT_TEXT].tolist(),
+                           desc="calibrating student").score
+    finally:
+        scorer.close()
+    target = frame[column].to_numpy(dtype=np.float64)
+    calibration = fit_linear_calibration(raw, target)
+    scored = pd.DataFrame({schema.QUERY_ID: frame[schema.QUERY_ID].to_numpy(), "target": target, SCORE: raw,
+                           SCORE_GRADE: calibration["scale"] * raw + calibration["offset"]})
+    return calibration, ranking_metrics(scored, SCORE, "target", SCORE_GRADE)
+
+
+def train_student(train_uri: str, val_uri: str | None, output_dir: str,
+                  config: StudentConfig | None = None) -> dict:
+    """Train a cross-encoder student on teacher (or human) labels; save it with tokenizer and kdrank.json.
+
+    The output directory (local or gs://) is written whole; a rerun with the same settings and the same
+    training table skips. Returns a summary: path, seconds, pairs_per_s, losses, val metrics, calibration.
+    """
+    config = config or StudentConfig()
+    frame = read_training_table(train_uri, config.labels)
+    settings = _settings(train_uri, val_uri, config, frame)
+    done = _finished(output_dir, settings)
+    if done:
+        return done
+    num_grades = _num_grades(frame, train_uri)
+    rows = training_rows(frame, config.labels)
+    seed_everything(config.seed)
+    device = pick_device(config.device)
+    from components.scoring import load_classifier
+
+    base = models.resolve_model(config.base_model, pairs.STUDENT)
+    tokenizer, model = load_classifier(base, role=pairs.STUDENT, num_labels=1)
+    model.to(device).train()
+
+    batches, items = epoch_batches(rows, config, 0)
+    if not batches:
+        raise DataError("no same-query pairs with different targets to train on (every query has one "
+                        "product, or equal targets)", path=str(train_uri))
+    total_steps = math.ceil(config.epochs * len(batches))
+    if config.max_steps:
+        total_steps = min(total_steps, config.max_steps)
+    optimizer, scheduler = _optimizer(model, config, total_steps)
+    log.info("student: %d rows, %d queries, %d %s items/epoch, %d steps on %s", len(frame), len(rows.groups),
+             len(items), config.loss, total_steps, device)
+
+    step, sequences, epoch_losses, curve, window = 0, 0, [], [], []
+    log_every = max(1, total_steps // 50)
+    bar = tqdm(total=total_steps, desc=f"student ({config.loss}, {config.labels} labels)", unit="step")
+    start, cpu_start = time.perf_counter(), time.process_time()
+    epoch = empty_epochs = 0
+    while step < total_steps:
+        if epoch:
+            batches, items = epoch_batches(rows, config, epoch)
+        losses = []
+        for batch in batches:
+            loss = _batch_loss(model, tokenizer, rows, items[batch], config, device)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            sequences += items[batch].size
+            losses.append(float(loss.detach()))
+            window.append(losses[-1])
+            if step % log_every == 0 or step == total_steps:
+                curve.append([step, float(np.mean(window))])
+                bar.set_postfix(loss=f"{curve[-1][1]:.4f}", epoch=epoch)
+                window = []
+            bar.update(1)
+            if step >= total_steps:
+                break
+        empty_epochs = 0 if losses else empty_epochs + 1
+        if losses:
+            epoch_losses.append(float(np.mean(losses)))
+        elif empty_epochs > 100:  # a tiny table may draw an empty epoch now and then, never this many in a row
+            raise RuntimeError(f"no training pairs drawn from {train_uri} in {empty_epochs} epochs")
+        epoch += 1
+    bar.close()
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    model.eval()
+
+    cal_frame, cal_column, cal_set = _calibration_set(frame, val_uri, config)
+    summary = {
+        "path": str(output_dir), "loss": config.loss, "labels": config.labels, "device": str(device),
+        "train_rows": len(frame), "train_queries": len(rows.groups), "items_per_epoch": len(items),
+        "steps": step, "epochs_run": round(step / len(batches), 4), "seconds": round(seconds, 3),
+        "cpu_seconds": round(cpu_seconds, 3),  # process CPU time of the loop, all threads
+        "pairs_per_s": sequences / seconds,  # (query, product) pairs through forward + backward per second
+        "margin_pairs_per_s": sequences / 2 / seconds if config.loss == "margin_mse" else None,
+        "losses": epoch_losses, "loss_curve": curve, "final_loss": curve[-1][1],
+    }
+    info = CheckpointInfo(role=pairs.STUDENT, num_grades=num_grades, max_length=config.max_length,
+                          base_model=config.base_model or models.STUDENT_NAME)
+    with storage.atomic_dir(output_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_info(tmp, info)
+        calibration, metrics = _calibrate(tmp, cal_frame, cal_column, config)
+        summary.update(calibration=calibration, calibration_set=f"{cal_set}:{cal_column}",
+                       val_metrics={k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                                    for k, v in metrics.items()})
+        info.calibration = calibration
+        info.training = {"settings": settings, "summary": summary}
+        write_info(tmp, info)
+    log.info("student saved to %s: %.1f s, %.1f pairs/s, final loss %.4f, %s metrics %s", output_dir, seconds,
+             summary["pairs_per_s"], summary["final_loss"], cal_set, summary["val_metrics"])
+    return summary

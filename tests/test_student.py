@@ -1,0 +1,231 @@
+"""Student training: pair sampling, the one-pass margin loss, a short run that learns, variants, errors."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import WORDS, make_labelled
+
+from components import data, pairs, schema
+from components.checkpoint import read_info
+from components.losses import margin_mse_loss
+from components.scoring import PairScorer, load_classifier
+from components.student import (
+    MIN_MARGIN,
+    StudentConfig,
+    length_batches,
+    margin_mse_batch_loss,
+    sample_margin_pairs,
+    student_scores,
+    train_student,
+)
+
+MARKS = {"premium": 2.0, "standard": 1.0, "broken": 0.0}  # a signal a tiny model can learn in a few steps
+
+
+def teacher_table(n_queries: int = 16, per_query: int = 6, seed: int = 0) -> pd.DataFrame:
+    """A teacher-label table whose score depends on one marker word in the product text."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for q in range(n_queries):
+        query = " ".join(rng.choice(WORDS, size=2))
+        for p in range(per_query):
+            mark = list(MARKS)[p % 3]
+            score = float(np.clip(MARKS[mark] + rng.normal(0, 0.05), 0, 2))
+            rows.append((query, f"p{q}-{p}", " ".join(rng.choice(WORDS, size=4)) + f" {mark}", score))
+    frame = pd.DataFrame(rows, columns=[schema.QUERY, schema.PRODUCT_ID, schema.PRODUCT_TEXT,
+                                        schema.TEACHER_SCORE])
+    frame.insert(0, schema.QUERY_ID, frame[schema.QUERY].map(schema.query_id))
+    frame[schema.SOURCE] = "labelled"
+    probs = schema.soft_targets_from_mean(frame[schema.TEACHER_SCORE].to_numpy(), 3)
+    frame[schema.TEACHER_PROBS] = list(probs)
+    return frame[schema.TEACHER_LABEL_COLUMNS]
+
+
+def margin_mse_all_pairs(scores: np.ndarray, frame: pd.DataFrame) -> float:
+    """Margin MSE over every same-query pair of a table: a fixed yardstick for before/after training."""
+    errors = []
+    targets = frame[schema.TEACHER_SCORE].to_numpy()
+    for rows in frame.groupby(schema.QUERY_ID).indices.values():
+        i, j = np.triu_indices(len(rows), k=1)
+        s, t = scores[rows], targets[rows]
+        errors.append(((s[i] - s[j]) - (t[i] - t[j])) ** 2)
+    return float(np.concatenate(errors).mean())
+
+
+def raw_scores(model_dir: str, frame: pd.DataFrame) -> np.ndarray:
+    scorer = PairScorer(model_dir)
+    queries, products = frame[schema.QUERY].tolist(), frame[schema.PRODUCT_TEXT].tolist()
+    return scorer.score(queries, products, progress=False).score
+
+
+def test_pair_sampling_rule():
+    groups = [np.arange(0, 5), np.arange(5, 9), np.array([9])]  # 5 products, 4 products, 1 product
+    targets = np.arange(10, dtype=float)
+    rng = np.random.default_rng(0)
+    pairs_ = sample_margin_pairs(groups, targets, rng)
+    assert len(pairs_) == 3 + 2  # ceil(5/2) + 4/2; the one-product query gives none
+    query_of = np.repeat([0, 1, 2], [5, 4, 1])
+    assert (query_of[pairs_[:, 0]] == query_of[pairs_[:, 1]]).all() and (pairs_[:, 0] != pairs_[:, 1]).all()
+    assert set(pairs_.ravel()) == set(range(9))  # every product of a multi-product query is used
+    more = sample_margin_pairs(groups, targets, rng, pairs_per_query=8)
+    assert len(more) == 8 + 6  # 8 asked; the 4-product query has only 6 distinct pairs
+    assert len({frozenset(p) for p in more.tolist()}) == len(more)
+    assert len(sample_margin_pairs(groups, targets, rng, pairs_per_query=1)) == 2
+
+
+def test_pair_sampling_skips_equal_targets():
+    targets = np.array([1.0, 1.0, 1.0 + MIN_MARGIN / 10, 2.0])
+    pairs_ = sample_margin_pairs([np.arange(4)], targets, np.random.default_rng(1), pairs_per_query=6)
+    assert len(pairs_) == 3  # only the pairs with product 3 differ
+    assert (np.abs(targets[pairs_[:, 0]] - targets[pairs_[:, 1]]) >= MIN_MARGIN).all()
+
+
+def test_length_batches_cover_every_item_once_with_similar_lengths():
+    lengths = np.random.default_rng(0).integers(5, 500, size=1000)
+    batches = length_batches(lengths, 10, np.random.default_rng(0))
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(1000)) and max(len(b) for b in batches) == 10
+    spread = np.mean([np.ptp(lengths[b]) for b in batches])
+    assert spread < 0.2 * np.ptp(lengths)  # random batches would spread over most of the range
+
+
+def test_margin_loss_scores_both_halves_in_one_forward_pass(tiny_student_dir):
+    tokenizer, model = load_classifier(tiny_student_dir, role=pairs.STUDENT)
+    model.eval()
+    calls = []
+    model.register_forward_hook(lambda module, args, kwargs, out: calls.append(kwargs["input_ids"].shape),
+                                with_kwargs=True)
+    queries = ["cordless drill", "paint brush", "garden hose"]
+    a = ["red drill kit 18 volt", "angled paint brush", "hose"]
+    b = ["white paint", "lawn mower with a very long product title for padding", "garden hose 50 ft"]
+    device = torch.device("cpu")
+    with torch.no_grad():
+        loss = margin_mse_batch_loss(model, tokenizer, queries, a, b, [2.0, 2.0, 1.0], [0.0, 0.5, 2.0],
+                                     max_length=32, device=device)
+        assert len(calls) == 1 and calls[0][0] == 6  # one pass over the 2 x 3 sequences
+        s_a = student_scores(model, tokenizer, queries, a, max_length=32, device=device)
+        s_b = student_scores(model, tokenizer, queries, b, max_length=32, device=device)
+    expected = margin_mse_loss(s_a, s_b, torch.tensor([2.0, 2.0, 1.0]), torch.tensor([0.0, 0.5, 2.0]))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_student_dir):
+    """One short margin-MSE run on teacher labels with a teacher-labelled validation table."""
+    root = tmp_path_factory.mktemp("student")
+    train = data.write_table(teacher_table(seed=0), str(root / "teacher" / "part-00000.parquet"))
+    val = data.write_table(teacher_table(n_queries=6, seed=1), str(root / "val.parquet"))
+    config = StudentConfig(base_model=tiny_student_dir, epochs=4, batch_size=8, learning_rate=5e-3,
+                           max_length=32)
+    out = str(root / "out")
+    summary = train_student(str(Path(train).parent), val, out, config)
+    return {"train": str(Path(train).parent), "val": val, "out": out, "config": config, "summary": summary}
+
+
+def test_short_training_run_lowers_margin_mse(trained, tiny_student_dir):
+    frame = data.read_table(trained["train"])
+    before = margin_mse_all_pairs(raw_scores(tiny_student_dir, frame), frame)
+    after = margin_mse_all_pairs(raw_scores(trained["out"], frame), frame)
+    assert after < 0.75 * before, (before, after)
+    summary = trained["summary"]
+    assert summary["steps"] == 4 * math.ceil(summary["items_per_epoch"] / 8)  # 4 epochs of 8-pair batches
+    assert summary["pairs_per_s"] > 0 and summary["margin_pairs_per_s"] == pytest.approx(
+        summary["pairs_per_s"] / 2)
+    assert len(summary["losses"]) == 4 and summary["val_metrics"]["pairwise_accuracy"] > 0.8
+
+
+def test_checkpoint_is_a_hf_directory_with_calibration(trained):
+    out = trained["out"]
+    files = {p.name for p in Path(out).iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "kdrank.json"} <= files
+    info = read_info(out)
+    assert info.role == pairs.STUDENT and info.num_grades == 3 and info.max_length == 32
+    assert info.training["settings"]["config"]["loss"] == "margin_mse"
+    assert trained["summary"]["calibration_set"] == "val:teacher_score"
+    val = data.read_table(trained["val"])
+    raw = raw_scores(out, val)
+    scale, offset = np.polyfit(raw, val[schema.TEACHER_SCORE].to_numpy(), 1)
+    assert info.calibration == pytest.approx({"scale": scale, "offset": offset}, rel=1e-3, abs=1e-4)
+    mapped = PairScorer(out).to_grade(raw)
+    assert mapped == pytest.approx(scale * raw + offset, rel=1e-3, abs=1e-4)
+    # calibrated scores sit on the grade scale: much closer than raw margin-trained scores
+    target = val[schema.TEACHER_SCORE].to_numpy()
+    assert np.sqrt(np.mean((mapped - target) ** 2)) < 0.5
+
+
+def test_rerun_with_same_settings_skips(trained):
+    meta = Path(trained["out"], "kdrank.json")
+    stamp = meta.stat().st_mtime_ns
+    again = train_student(trained["train"], trained["val"], trained["out"], trained["config"])
+    assert again["skipped"] is True and again["steps"] == trained["summary"]["steps"]
+    assert meta.stat().st_mtime_ns == stamp
+
+
+def test_pointwise_mse_on_teacher_labels(tmp_path, tiny_student_dir):
+    train = data.write_table(teacher_table(n_queries=6), str(tmp_path / "t.parquet"))
+    config = StudentConfig(base_model=tiny_student_dir, loss="pointwise_mse", batch_size=4, max_steps=3,
+                           max_length=32, calibration_rows=20)
+    summary = train_student(train, None, str(tmp_path / "out"), config)
+    assert summary["steps"] == 3 and summary["margin_pairs_per_s"] is None
+    assert summary["calibration_set"] == "train:teacher_score"
+    # calibration rows are whole queries (6 rows each) up to the cap of 20
+    assert summary["val_metrics"]["n_pairs"] == 18 and summary["val_metrics"]["n_queries"] == 3
+    info = json.loads(Path(tmp_path / "out" / "kdrank.json").read_text())
+    assert info["training"]["settings"]["config"]["loss"] == "pointwise_mse"
+
+
+def test_human_labels_train_on_grades(tmp_path, tiny_student_dir):
+    train = data.write_table(make_labelled(8, 5, seed=1), str(tmp_path / "train.parquet"))
+    val = data.write_table(make_labelled(4, 5, seed=2), str(tmp_path / "val.parquet"))
+    config = StudentConfig(base_model=tiny_student_dir, labels="human", batch_size=4, max_steps=2,
+                           max_length=32)
+    summary = train_student(train, val, str(tmp_path / "out"), config)
+    assert summary["labels"] == "human" and summary["calibration_set"] == "val:grade"
+    assert summary["val_metrics"]["n_queries"] == 4
+    # a different config is a different student: no skip
+    again = train_student(train, val, str(tmp_path / "out"), StudentConfig(
+        base_model=tiny_student_dir, labels="human", batch_size=4, max_steps=1, max_length=32))
+    assert "skipped" not in again and again["steps"] == 1
+
+
+def test_bad_configs_and_inputs_fail_clearly(tmp_path, tiny_student_dir):
+    with pytest.raises(ValueError, match="loss must be one of"):
+        StudentConfig(loss="listwise")
+    with pytest.raises(ValueError, match="labels must be one of"):
+        StudentConfig(labels="llm")
+    with pytest.raises(ValueError, match="epochs must be > 0"):
+        StudentConfig(epochs=0)
+    labelled = data.write_table(make_labelled(3, 3), str(tmp_path / "labelled.parquet"))
+    with pytest.raises(schema.DataError, match="teacher_score") as err:
+        train_student(labelled, None, str(tmp_path / "out"), StudentConfig(base_model=tiny_student_dir))
+    assert "labelled.parquet" in str(err.value) and "labels='human'" in str(err.value)
+    single = data.write_table(teacher_table(n_queries=3, per_query=1), str(tmp_path / "single.parquet"))
+    with pytest.raises(schema.DataError, match="no same-query pairs"):
+        train_student(single, None, str(tmp_path / "out"), StudentConfig(base_model=tiny_student_dir))
+    assert not (tmp_path / "out").exists()
+
+
+def test_gcs_input_and_output(gcs_emulator, tiny_student_dir):
+    from components import storage
+
+    root = f"gs://{gcs_emulator}/student-test"
+    data.write_table(teacher_table(n_queries=4, seed=0), f"{root}/labels/part-00000.parquet")
+    data.write_table(teacher_table(n_queries=4, seed=1), f"{root}/labels/part-00001.parquet")
+    config = StudentConfig(base_model=tiny_student_dir, batch_size=4, max_steps=2, max_length=32)
+    summary = train_student(f"{root}/labels", None, f"{root}/model", config)
+    assert summary["train_rows"] == 48 and summary["train_queries"] == 8
+    assert {"config.json", "model.safetensors", "kdrank.json"} <= set(storage.list_files(f"{root}/model"))
+    assert train_student(f"{root}/labels", None, f"{root}/model", config)["skipped"] is True
+
+    from components.evaluate import evaluate_checkpoint
+
+    test_uri = data.write_table(make_labelled(3, 4), f"{root}/test.parquet")
+    metrics = evaluate_checkpoint(f"{root}/model", test_uri, f"{root}/eval")
+    assert json.loads(storage.read_text(f"{root}/eval/metrics.json"))["n_pairs"] == metrics["n_pairs"] == 12
