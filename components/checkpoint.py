@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from components import pairs
+from components import pairs, storage
 
 META_FILE = "kdrank.json"
 
@@ -35,7 +35,9 @@ class CheckpointInfo:
 
 
 def write_info(directory: str | Path, info: CheckpointInfo) -> None:
-    Path(directory, META_FILE).write_text(json.dumps(dataclasses.asdict(info), indent=2, sort_keys=True))
+    """Write kdrank.json whole into a local directory or a gs:// prefix."""
+    storage.write_text(storage.join(directory, META_FILE),
+                       json.dumps(dataclasses.asdict(info), indent=2, sort_keys=True))
 
 
 def read_info(directory: str | Path) -> CheckpointInfo:

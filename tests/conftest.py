@@ -11,6 +11,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Idle OpenMP threads sleep instead of spinning: tests run beside servers and step subprocesses.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Keep converted weights and embedding caches inside the checkout (git-ignored), not in $HOME.
 os.environ.setdefault("KDRANK_CACHE", str(Path(__file__).resolve().parents[1] / ".kdrank-cache"))
 

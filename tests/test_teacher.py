@@ -1,0 +1,155 @@
+"""Teacher fine-tuning on tiny Llama classifiers: soft targets, loss goes down, ensembles, LoRA, reruns."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_labelled
+from safetensors.torch import load_file
+
+from components import schema, storage
+from components.checkpoint import read_info
+from components.data import write_table
+from components.scoring import PairScorer
+from components.teacher import TeacherConfig, length_batches, targets_of, train_teacher
+
+FAST = {"batch_size": 8, "max_length": 64, "warmup_ratio": 0.0}
+
+
+@pytest.fixture
+def train_file(tmp_path) -> str:
+    return write_table(make_labelled(n_queries=6, per_query=4), str(tmp_path / "train.parquet"))
+
+
+def _weights(directory) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(directory, "model.safetensors")))
+
+
+def _mean_probs(model_dir: str, frame) -> np.ndarray:
+    scorer = PairScorer(model_dir, device="cpu")
+    return scorer.score(frame[schema.QUERY], frame[schema.PRODUCT_TEXT], progress=False).probs.mean(axis=0)
+
+
+def test_soft_targets_are_learned_as_distributions_and_hard_targets_differ(tiny_teacher_dir, tmp_path):
+    # Every pair is rated half grade 0, half grade 1: soft training learns [.5, .5, 0]; hard learns grade 0.
+    frame = make_labelled(n_queries=4, per_query=4)
+    frame[schema.GRADE] = 0.5
+    frame[schema.GRADE_DIST] = [np.array([0.5, 0.5, 0.0])] * len(frame)
+    uri = write_table(frame, str(tmp_path / "half.parquet"))
+    runs = {}
+    for soft in (True, False):
+        config = TeacherConfig(base_model=tiny_teacher_dir, epochs=8, learning_rate=1e-2, soft_targets=soft,
+                               **FAST)
+        out = str(tmp_path / f"soft-{soft}")
+        train_teacher(uri, None, out, config)
+        runs[soft] = _mean_probs(out, frame)
+    np.testing.assert_allclose(runs[True], [0.5, 0.5, 0.0], atol=0.12)
+    assert runs[False][0] > 0.8
+    assert read_info(str(tmp_path / "soft-False")).training["config"]["soft_targets"] is False
+
+
+def test_targets_of_soft_and_hard():
+    frame = make_labelled(n_queries=2, per_query=3)
+    soft = targets_of(frame, soft=True)
+    hard = targets_of(frame, soft=False)
+    np.testing.assert_allclose(soft, schema.dist_matrix(frame))
+    assert set(np.unique(hard)) <= {0.0, 1.0}
+    np.testing.assert_array_equal(hard.argmax(axis=1), soft.argmax(axis=1))
+
+
+def test_short_training_lowers_the_loss(tiny_teacher_dir, train_file, tmp_path):
+    config = TeacherConfig(base_model=tiny_teacher_dir, epochs=3, learning_rate=3e-3, **FAST)
+    summary = train_teacher(train_file, train_file, str(tmp_path / "teacher"), config)
+    assert summary["val_loss_per_epoch"][-1] < summary["val_loss_initial"]
+    assert summary["train_loss_per_epoch"][-1] < summary["train_loss_per_epoch"][0]
+    assert summary["pairs_per_second"] > 0 and summary["train_pairs"] == 24
+    info = read_info(str(tmp_path / "teacher"))
+    assert (info.role, info.num_grades, info.max_length) == ("teacher", 3, 64)
+    assert info.training["summary"]["final_train_loss"] == summary["final_train_loss"]
+
+
+def test_rerun_with_same_config_skips_and_other_config_retrains(tiny_teacher_dir, train_file, tmp_path):
+    out = tmp_path / "teacher"
+    config = TeacherConfig(base_model=tiny_teacher_dir, epochs=1, **FAST)
+    first = train_teacher(train_file, None, str(out), config)
+    stamp = (out / "model.safetensors").stat().st_mtime_ns
+    again = train_teacher(train_file, None, str(out), config)
+    assert again["skipped"] is True and again["final_train_loss"] == first["final_train_loss"]
+    assert (out / "model.safetensors").stat().st_mtime_ns == stamp
+    changed = train_teacher(train_file, None, str(out), TeacherConfig(base_model=tiny_teacher_dir, epochs=1,
+                                                                       learning_rate=1e-3, **FAST))
+    assert "skipped" not in changed
+    assert read_info(str(out)).training["config"]["learning_rate"] == 1e-3
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary leftovers
+
+
+def test_ensemble_of_two_averages_member_probabilities(tiny_teacher_dir, train_file, tmp_path):
+    out = str(tmp_path / "ensemble")
+    config = TeacherConfig(base_model=tiny_teacher_dir, epochs=1, learning_rate=1e-2, ensemble_size=2, **FAST)
+    summary = train_teacher(train_file, None, out, config)
+    info = read_info(out)
+    assert info.members == ["member-0", "member-1"]
+    assert [m["seed"] for m in summary["members"]] == [13, 14]
+    w0, w1 = _weights(Path(out, "member-0")), _weights(Path(out, "member-1"))
+    assert not torch.equal(w0["score.weight"], w1["score.weight"])
+    frame = make_labelled(n_queries=3, per_query=3, seed=5)
+    queries, products = frame[schema.QUERY], frame[schema.PRODUCT_TEXT]
+    members = [PairScorer(str(Path(out, m)), device="cpu").score(queries, products, progress=False).probs
+               for m in info.members]
+    together = PairScorer(out, device="cpu").score(queries, products, progress=False)
+    np.testing.assert_allclose(together.probs, np.mean(members, axis=0), atol=1e-6)
+    np.testing.assert_allclose(together.score, together.probs @ np.arange(3), atol=1e-9)
+
+
+def test_lora_trains_head_and_adapters_and_saves_a_plain_checkpoint(tiny_teacher_dir, train_file, tmp_path):
+    out = tmp_path / "lora"
+    config = TeacherConfig(base_model=tiny_teacher_dir, epochs=2, learning_rate=1e-2, lora=True, lora_rank=4,
+                           **FAST)
+    train_teacher(train_file, None, str(out), config)
+    assert not (out / "adapter_config.json").exists()
+    assert "peft" not in json.loads((out / "config.json").read_text()).get("architectures", [""])[0].lower()
+    base, tuned = _weights(tiny_teacher_dir), _weights(out)
+    assert set(tuned) == set(base)  # merged: no lora_A / lora_B tensors left
+    assert not torch.equal(base["score.weight"], tuned["score.weight"])  # head trained (modules_to_save)
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(base[q], tuned[q])  # adapters merged into the base weights
+    probs = _mean_probs(str(out), make_labelled(n_queries=2, per_query=2))
+    assert probs.shape == (3,) and abs(probs.sum() - 1) < 1e-5
+
+
+def test_length_batches_cover_every_example_once_in_similar_length_groups():
+    lengths = np.random.default_rng(0).integers(5, 100, size=1000)
+    batches = length_batches(lengths, 16, np.random.default_rng(1))
+    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+    spread = np.mean([np.ptp(lengths[b]) for b in batches])
+    assert spread < 0.2 * np.ptp(lengths)  # bucketed, so far less padding than random batches
+
+
+def test_bad_inputs_are_named(tiny_teacher_dir, train_file, tmp_path):
+    frame = make_labelled(n_queries=2, per_query=2).drop(columns=[schema.GRADE_DIST])
+    uri = write_table(frame, str(tmp_path / "nodist.parquet"))
+    with pytest.raises(schema.DataError, match="grade_dist"):
+        train_teacher(uri, None, str(tmp_path / "t"), TeacherConfig(base_model=tiny_teacher_dir))
+    with pytest.raises(ValueError, match="epochs=0"):
+        TeacherConfig(epochs=0)
+    with pytest.raises(FileNotFoundError, match="model hub"):
+        train_teacher(train_file, None, str(tmp_path / "t"),
+                      TeacherConfig(base_model="HuggingFaceTB/SmolLM2-135M"))
+
+
+def test_gcs_base_model_data_and_output(gcs_emulator, tiny_teacher_dir, train_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("KDRANK_CACHE", str(tmp_path / "cache"))
+    root = f"gs://{gcs_emulator}/teacher-test"
+    storage.upload_dir(tiny_teacher_dir, f"{root}/base")
+    storage.write_bytes(f"{root}/train.parquet", Path(train_file).read_bytes())
+    out = f"{root}/teacher"
+    config = TeacherConfig(base_model=f"{root}/base", epochs=1, **FAST)
+    summary = train_teacher(f"{root}/train.parquet", f"{root}/train.parquet", out, config)
+    assert summary["path"] == out and "model.safetensors" in storage.list_files(out)
+    assert train_teacher(f"{root}/train.parquet", f"{root}/train.parquet", out, config)["skipped"] is True
+    probs = _mean_probs(out, make_labelled(n_queries=2, per_query=2))
+    assert abs(probs.sum() - 1) < 1e-5
