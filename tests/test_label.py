@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_labelled, save_tiny_student
+from kdrank_testing import make_labelled, save_tiny_student
 
 from components import schema, storage
 from components.data import read_table, write_table

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import WORDS, make_labelled
+from kdrank_testing import WORDS, make_labelled
 
 from components import data, pairs, schema
 from components.checkpoint import read_info

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_labelled
+from kdrank_testing import make_labelled
 from safetensors.torch import load_file
 
 from components import schema, storage

@@ -1,0 +1,155 @@
+"""Monitoring thresholds: defaults in thresholds.yaml, overridden per run by a partial file or KEY=VALUE.
+
+The YAML file is the only place defaults live; the dataclasses give them types and reject unknown
+keys, so a typo in an override is an error rather than a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from components import storage
+
+DEFAULTS_FILE = Path(__file__).with_name("thresholds.yaml")
+
+# Evidently drift methods by what their score means: a distance drifts when it is >= the threshold,
+# a p-value when it is < the threshold. Anything else is rejected (the test direction would be a guess).
+DISTANCE_METHODS = frozenset({"wasserstein", "psi", "jensenshannon", "hellinger", "kl_div", "ed",
+                              "empirical_mmd", "abs_text_content_drift"})
+P_VALUE_METHODS = frozenset({"ks", "mannw", "anderson", "cramer_von_mises", "t_test", "es", "chisquare", "z",
+                             "g_test", "fisher_exact", "TVD"})
+
+
+@dataclass
+class AgreementThresholds:
+    mae_max: float
+    rmse_max: float
+    rank_correlation_min: float
+    min_pairs_per_query: int
+    grade_agreement_min: float
+
+
+@dataclass
+class DriftCheck:
+    method: str
+    threshold: float
+    critical: bool
+
+    def __post_init__(self):
+        if self.method not in DISTANCE_METHODS | P_VALUE_METHODS:
+            raise ValueError(f"unknown drift method '{self.method}'; expected one of "
+                             f"{sorted(DISTANCE_METHODS | P_VALUE_METHODS)}")
+
+    @property
+    def is_p_value(self) -> bool:
+        return self.method in P_VALUE_METHODS
+
+
+@dataclass
+class TextDriftCheck(DriftCheck):
+    enabled: bool
+    sample_size: int
+
+
+@dataclass
+class ModelVersionCheck:
+    min_share: float
+    critical: bool
+
+
+@dataclass
+class Thresholds:
+    min_rows: int
+    agreement: AgreementThresholds
+    prediction_drift: DriftCheck
+    teacher_drift: DriftCheck
+    input_drift: DriftCheck
+    source_drift: DriftCheck
+    text_drift: TextDriftCheck
+    model_version: ModelVersionCheck
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _build(cls, data, where: str):
+    """A dataclass from nested dicts, naming the offending key on unknown, missing or mistyped values."""
+    if not dataclasses.is_dataclass(cls):
+        return _coerce(cls, data, where)
+    if not isinstance(data, dict):
+        raise ValueError(f"thresholds: '{where}' must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"thresholds: unknown key(s) {[f'{where}.{k}'.lstrip('.') for k in unknown]}; "
+                         f"known under '{where or 'top level'}': {sorted(names)}")
+    missing = sorted(names - set(data))
+    if missing:
+        raise ValueError(f"thresholds: missing key(s) {[f'{where}.{k}'.lstrip('.') for k in missing]}")
+    return cls(**{k: _build(hints[k], v, f"{where}.{k}".lstrip(".")) for k, v in data.items()})
+
+
+def _coerce(kind, value, where: str):
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"thresholds: '{where}' must be true or false, got {value!r}")
+        return value
+    if kind in (int, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"thresholds: '{where}' must be a number, got {value!r}")
+        return kind(value)
+    if kind is str and not isinstance(value, str):
+        raise ValueError(f"thresholds: '{where}' must be a string, got {value!r}")
+    return value
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_assignment(text: str) -> dict:
+    """'agreement.mae_max=0.3' -> {'agreement': {'mae_max': 0.3}} (the value parsed as YAML)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"threshold override '{text}' is not KEY=VALUE (e.g. agreement.mae_max=0.3)")
+    value = yaml.safe_load(raw)
+    for part in reversed(key.strip().split(".")):
+        value = {part: value}
+    return value
+
+
+def load_thresholds(source: str | Path | dict | Thresholds | None = None,
+                    overrides: list[str] | None = None) -> Thresholds:
+    """Defaults from thresholds.yaml, then `source` (a partial YAML file, local or gs://, or a dict),
+    then `overrides` ('KEY=VALUE' strings)."""
+    if isinstance(source, Thresholds) and not overrides:
+        return source
+    data = yaml.safe_load(DEFAULTS_FILE.read_text())
+    if isinstance(source, Thresholds):
+        data = source.to_dict()
+    elif isinstance(source, dict):
+        data = _merge(data, source)
+    elif source is not None:
+        try:
+            loaded = yaml.safe_load(storage.read_text(str(source))) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"{source}: not valid YAML: {err}") from err
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{source}: a thresholds file must hold a mapping, got {type(loaded).__name__}")
+        data = _merge(data, loaded)
+    for text in overrides or []:
+        data = _merge(data, parse_assignment(text))
+    return _build(Thresholds, data, "")
