@@ -1,0 +1,107 @@
+"""First step of the training pipeline: check every run parameter, then plan the labelling shards.
+
+Bad parameters (unknown profile, a setting a step does not have, a shard count below one, an input
+that does not exist) fail here, before any training, with a message naming the parameter.
+"""
+
+import inspect
+from typing import List  # noqa: UP035 (KFP reads the annotation of the embedded source)
+
+from components.kfp.common import kdrank_component
+
+MAX_SHARDS = 1024
+
+
+def check_profile(profile) -> None:
+    """Build every step's config from the profile, so a bad setting fails now, not hours later."""
+    from components.augment import AugmentConfig
+    from components.data import PrepareConfig
+    from components.evaluate import evaluate_checkpoint
+    from components.label import label_shard
+    from components.student import StudentConfig
+    from components.synthetic import SyntheticConfig
+    from components.teacher import TeacherConfig
+
+    for step, build in (("synthetic", SyntheticConfig), ("prepare", PrepareConfig),
+                        ("teacher", TeacherConfig), ("augment", AugmentConfig), ("student", StudentConfig)):
+        try:
+            config = build(**getattr(profile, step))
+            if hasattr(config, "validate"):
+                config.validate()
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"profile '{profile.name}', step '{step}': {err}") from err
+    # label and evaluate take keyword arguments of the engine function, less those the step sets itself
+    for step, func, own, taken in (("label", label_shard, {"num_shards"}, set()),
+                                   ("evaluate", evaluate_checkpoint, set(), {"name"})):
+        keywords = {name for name, p in inspect.signature(func).parameters.items() if p.kind == p.KEYWORD_ONLY}
+        unknown = sorted(set(getattr(profile, step)) - ((keywords - taken) | own))
+        if unknown:
+            raise ValueError(f"profile '{profile.name}', step '{step}': unknown setting(s) {unknown}")
+
+
+def check_num_shards(num_shards: int) -> list[int]:
+    """The shard indices 0..num_shards-1 of the labelling fan-out."""
+    if isinstance(num_shards, bool) or not isinstance(num_shards, int):
+        raise ValueError(f"num_shards must be an integer, got {num_shards!r}")
+    if not 1 <= num_shards <= MAX_SHARDS:
+        raise ValueError(f"num_shards must be between 1 and {MAX_SHARDS}, got {num_shards}")
+    return list(range(num_shards))
+
+
+def check_inputs(data_uri: str = "", teacher_base: str = "", student_base: str = "", data_format: str = "") -> None:
+    """Every given input exists (local path or gs:// URI; empty means the packaged default), in a known format."""
+    from components import storage
+    from components.data import FORMATS
+
+    if data_format and data_format not in FORMATS:
+        raise ValueError(f"data_format must be one of {list(FORMATS)} or empty (from the name), got '{data_format}'")
+
+    for name, uri, marker in (("data_uri", data_uri, None), ("teacher_base", teacher_base, "config.json"),
+                              ("student_base", student_base, "config.json")):
+        if not uri:
+            continue
+        target = storage.join(uri, marker) if marker else uri
+        found = storage.exists(target)
+        if not found and storage.is_gcs(uri) and not marker:  # a gs:// prefix of Parquet shards
+            found = bool(storage.list_files(uri))
+        if not found:
+            what = "a model directory with config.json" if marker else "an existing file or folder"
+            raise FileNotFoundError(f"{name}: '{uri}' is not {what}")
+
+
+def plan_run(profile: str, num_shards: int, data_uri: str = "", teacher_base: str = "",
+             student_base: str = "", overrides: dict | None = None, data_format: str = "") -> list[int]:
+    """Check all run parameters (`overrides`: step -> settings); the shard indices to fan labelling out over."""
+    from components.kfp.common import resolve_profile
+
+    shards = check_num_shards(num_shards)
+    check_profile(resolve_profile(profile, teacher_base, student_base, overrides))
+    check_inputs(data_uri, teacher_base, student_base, data_format)
+    return shards
+
+
+@kdrank_component
+def plan(
+    profile: str,
+    num_shards: int,
+    data_uri: str = "",
+    data_format: str = "",
+    teacher_base: str = "",
+    student_base: str = "",
+    synthetic_settings: dict = {},  # noqa: B006 (KFP needs a literal default for an optional dict parameter)
+    prepare_settings: dict = {},  # noqa: B006
+    teacher_settings: dict = {},  # noqa: B006
+    augment_settings: dict = {},  # noqa: B006
+    label_settings: dict = {},  # noqa: B006
+    student_settings: dict = {},  # noqa: B006
+    evaluate_settings: dict = {},  # noqa: B006
+) -> List[int]:  # noqa: UP006
+    """Check the run parameters (profile, step settings, shard count, inputs); return the shard indices."""
+    from components.kfp.common import start_step
+    from components.kfp.plan import plan_run
+
+    start_step("plan")
+    overrides = {"synthetic": synthetic_settings, "prepare": prepare_settings, "teacher": teacher_settings,
+                 "augment": augment_settings, "label": label_settings, "student": student_settings,
+                 "evaluate": evaluate_settings}
+    return plan_run(profile, num_shards, data_uri, teacher_base, student_base, overrides, data_format)

@@ -1,0 +1,156 @@
+"""Run the training pipeline on this machine: compile it, then execute that compiled YAML with kfp.local.
+
+Every step runs as a subprocess of this Python environment (SubprocessRunner without a venv per task),
+exactly the component code a cluster runs. Finished steps are cached under the output folder, so a
+failed or repeated run redoes only what did not finish (labelling shards included). This is what
+`kdrank run` and `kdrank pipeline run --local` both call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+from components import storage
+
+log = logging.getLogger(__name__)
+
+PIPELINE_FILE = "distill.yaml"
+ROOT_DIR = "pipeline-root"
+SUMMARY_FILE = "run.json"
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def _step_environment() -> Iterator[None]:
+    """Environment the step subprocesses inherit: this project importable, no model-hub access."""
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM")}
+    paths = [str(PROJECT_ROOT), *filter(None, (saved["PYTHONPATH"] or "").split(os.pathsep))]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _artifact_paths(outputs: dict, order: tuple[str, ...]) -> dict[str, str | list[str]]:
+    """Pipeline outputs (artifacts, or lists of them) as local paths, in pipeline order."""
+    def path(artifact) -> str:
+        return artifact.path if hasattr(artifact, "path") else str(artifact)
+
+    names = [n for n in order if n in outputs] + sorted(set(outputs) - set(order))
+    return {name: [path(a) for a in outputs[name]] if isinstance(outputs[name], list) else path(outputs[name])
+            for name in names}
+
+
+def _link(target: str, link: Path) -> None:
+    """`link` -> `target`, replacing an old link (the stable names a user types: runs/latest/student)."""
+    if link.is_symlink() or link.is_file():
+        link.unlink()
+    elif link.exists():
+        raise FileExistsError(f"{link} exists and is not a link; choose another output folder")
+    link.symlink_to(target)
+
+
+def publish(output_dir: str, artifacts: dict[str, str | list[str]]) -> None:
+    """Stable links under `output_dir` to each artifact (`labels/shard-N` for the shards)."""
+    for name, target in artifacts.items():
+        if isinstance(target, list):
+            folder = Path(output_dir, name)
+            folder.mkdir(exist_ok=True)
+            for old in folder.iterdir():
+                if old.is_symlink():
+                    old.unlink()
+            for index, shard in enumerate(target):
+                _link(shard, folder / f"shard-{index}")
+        else:
+            _link(target, Path(output_dir, name))
+
+
+def run_local(output_dir: str = "runs/latest", profile: str = "demo", data_uri: str | None = None,
+              data_format: str | None = None, teacher_model: str | None = None,
+              student_model: str | None = None, *, num_shards: int | None = None,
+              overrides: dict | None = None, model_name: str | None = None, repository_uri: str | None = None,
+              cache: bool = True, image: str | None = None, quiet: bool = False) -> dict:
+    """Compile the training pipeline into `output_dir` and run that YAML locally; print where it all landed.
+
+    `data_uri` None = the embedded synthetic data; models None = the packaged defaults; both may be
+    gs:// URIs. `overrides` maps a step to config settings ({"teacher": {"epochs": 2}}). Returns
+    {"pipeline", "output", "artifacts", "metrics", "table"}; raises on a failed step.
+    """
+    from components.kfp.plan import check_inputs
+    from pipelines.settings import ClusterSettings
+    from pipelines.training import PIPELINE_NAME, RunDefaults, TrainingOutputs, compile_pipeline, run_arguments
+
+    if storage.is_gcs(output_dir):
+        raise ValueError(f"local runs write to a local folder, not {output_dir}; to keep artifacts on GCS, "
+                         "submit to Kubeflow with a gs:// pipeline root (kdrank pipeline submit)")
+    output = Path(output_dir).expanduser().resolve()
+    defaults = RunDefaults(profile=profile, num_shards=num_shards, data_uri=data_uri or "",
+                           data_format=data_format or "", teacher_base=teacher_model or "",
+                           student_base=student_model or "", repository_uri=repository_uri or "",
+                           overrides=dict(overrides or {}),
+                           **({"model_name": model_name} if model_name else {})).resolved()
+    check_inputs(defaults.data_uri, defaults.teacher_base, defaults.student_base, defaults.data_format)
+    output.mkdir(parents=True, exist_ok=True)
+    pipeline_file = compile_pipeline(str(output / PIPELINE_FILE), ClusterSettings(image=image), defaults)
+
+    from kfp import local
+    from kfp.components import load_component_from_file
+
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(output / ROOT_DIR),
+               enable_caching=cache, raise_on_error=True)
+    pipeline = load_component_from_file(pipeline_file)
+    log.info("running %s (profile %s, %d labelling shards) from %s", PIPELINE_NAME, defaults.profile,
+             defaults.num_shards, pipeline_file)
+    with _step_environment(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*non-Python base image.*")  # the kdrank image is Python
+        warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")  # pod settings
+        try:
+            task = pipeline(**run_arguments(defaults))
+        except RuntimeError as err:
+            message = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # kfp.local colours its messages
+            raise RuntimeError(f"{message} Its log is above; run the same command again to resume: finished "
+                               f"steps are cached under {output / ROOT_DIR}.") from err
+    artifacts = _artifact_paths(task.outputs, TrainingOutputs._fields)
+    publish(str(output), artifacts)
+    metrics = json.loads(Path(artifacts["metrics"]).read_text())
+    table = Path(artifacts["table"]).read_text()
+    result = {"pipeline": pipeline_file, "output": str(output), "artifacts": artifacts, "metrics": metrics,
+              "table": table}
+    storage.write_text(str(output / SUMMARY_FILE), json.dumps(result, indent=2, sort_keys=True) + "\n")
+    if not quiet:
+        print(report(result))
+    return result
+
+
+def report(result: dict) -> str:
+    """Where every artifact landed, then the evaluation table: what a person reads after a run."""
+    output = Path(result["output"])
+
+    def where(path: str) -> str:
+        return str(Path(path).relative_to(output)) if Path(path).is_relative_to(output) else path
+
+    rows = []
+    for name, target in result["artifacts"].items():
+        if isinstance(target, list):
+            rows += [(f"{name}/shard-{i}", where(path)) for i, path in enumerate(target)]
+        else:
+            rows.append((name, where(target)))
+    width = max(len(name) for name, _ in rows) + 2
+    lines = ["", f"Pipeline ran from {result['pipeline']}.",
+             f"Artifacts, under {output} (each also linked there by its name):",
+             *(f"  {name:<{width}}{path}" for name, path in rows)]
+    return "\n".join([*lines, "", "Evaluation on the held-out test queries:", "", result["table"].rstrip()])

@@ -1,0 +1,104 @@
+"""The compiled pipeline YAML executed end to end with kfp.local (SubprocessRunner, this environment).
+
+One module-scoped run: it first fails in the student step (a broken student model), then reruns with
+a good one; the rerun must reuse every finished step (the labelling shards above all) from the cache.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from components import schema
+from components.checkpoint import read_info
+from pipelines.local import PIPELINE_FILE, ROOT_DIR, SUMMARY_FILE, report, run_local
+
+pytestmark = pytest.mark.slow
+
+
+def shard_files(root: Path) -> dict[str, float]:
+    """Every labelling shard file under the pipeline root, with its modification time."""
+    return {str(p): p.stat().st_mtime for p in root.rglob("*.parquet") if "label-shard" in str(p)}
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory, tiny_teacher_dir, tiny_student_dir):
+    output = tmp_path_factory.mktemp("local-run")
+    broken = tmp_path_factory.mktemp("broken-student")
+    (broken / "config.json").write_text("{}")  # passes the existence check, fails to load
+    settings = {"profile": "test", "teacher_model": tiny_teacher_dir, "num_shards": 2,
+                "overrides": {"augment": {"encoder": tiny_student_dir}}, "quiet": True}
+    with pytest.raises(RuntimeError, match="train-student"):
+        run_local(str(output), student_model=str(broken), **settings)
+    before = shard_files(output / ROOT_DIR)
+    result = run_local(str(output), student_model=tiny_student_dir, **settings)
+    return output, result, before
+
+
+def test_every_artifact_exists(local_run):
+    output, result, _ = local_run
+    artifacts = result["artifacts"]
+    assert Path(result["pipeline"]) == output / PIPELINE_FILE
+    assert {Path(artifacts["data"], name).is_file() for name in ("train.parquet", "test.parquet")} == {True}
+    assert read_info(artifacts["teacher"]).role == "teacher"
+    assert read_info(artifacts["student"]).role == "student"
+    assert Path(artifacts["pairs"], "pairs.parquet").is_file()
+    assert len(artifacts["labels"]) == 2
+    labelled = pd.concat(pd.read_parquet(p) for shard in artifacts["labels"] for p in Path(shard).rglob("*.parquet"))
+    assert set(schema.TEACHER_LABEL_COLUMNS) <= set(labelled.columns)
+    assert Path(artifacts["report"], "student", "metrics.json").is_file()
+    assert "| student |" in Path(artifacts["table"]).read_text()
+    assert json.loads(Path(artifacts["repository"], "manifest.json").read_text())["version"] == 1
+    assert Path(artifacts["reference"], "reference.parquet").is_file()
+    # stable names a person types next: runs/latest/student, runs/latest/labels/shard-0
+    assert (output / "student").resolve() == Path(artifacts["student"]).resolve()
+    assert (output / "labels" / "shard-1").resolve() == Path(artifacts["labels"][1]).resolve()
+    assert json.loads((output / SUMMARY_FILE).read_text())["artifacts"] == json.loads(json.dumps(artifacts))
+
+
+def test_the_report_says_where_everything_landed(local_run):
+    output, result, _ = local_run
+    text = report(result)
+    for name in ("data", "teacher", "pairs", "labels/shard-0", "labels/shard-1", "student", "repository",
+                 "reference"):
+        assert f"  {name} " in text, name
+    assert str(output) in text and result["table"].strip() in text
+
+
+def test_metrics_are_finite(local_run):
+    _, result, _ = local_run
+    for model in ("teacher", "student"):
+        for key in ("ndcg@5", "ndcg@10", "pairwise_accuracy", "spearman", "rmse"):
+            assert math.isfinite(result["metrics"][model][key]), (model, key)
+        assert result["metrics"][model]["n_pairs"] > 0
+    assert "| teacher |" in result["table"]
+
+
+def test_rerun_after_a_failure_reuses_the_finished_shards(local_run):
+    output, result, before = local_run
+    assert len(before) == 2, "the failed run should have finished both labelling shards"
+    assert shard_files(output / ROOT_DIR) == before  # not relabelled, not rewritten
+    used = {str(p) for shard in result["artifacts"]["labels"] for p in Path(shard).rglob("*.parquet")}
+    assert used == set(before)
+
+
+def test_a_repeated_run_is_served_from_the_cache(local_run, tiny_teacher_dir, tiny_student_dir):
+    output, first, _ = local_run
+    again = run_local(str(output), profile="test", teacher_model=tiny_teacher_dir, student_model=tiny_student_dir,
+                      num_shards=2, overrides={"augment": {"encoder": tiny_student_dir}}, quiet=True)
+    assert again["artifacts"] == first["artifacts"]
+    assert again["metrics"] == first["metrics"]
+
+
+def test_missing_inputs_fail_before_anything_runs(tmp_path):
+    with pytest.raises(FileNotFoundError, match="data_uri: '/nonexistent/pairs.parquet'"):
+        run_local(str(tmp_path / "run"), profile="test", data_uri="/nonexistent/pairs.parquet", quiet=True)
+    with pytest.raises(ValueError, match="unknown profile"):
+        run_local(str(tmp_path / "run"), profile="nope", quiet=True)
+    with pytest.raises(ValueError, match="num_shards"):
+        run_local(str(tmp_path / "run"), profile="test", num_shards=-3, quiet=True)
+    assert not (tmp_path / "run" / ROOT_DIR).exists()

@@ -1,0 +1,233 @@
+"""Compiling the training pipeline: deterministic IR YAML a cluster accepts, with the cluster settings asked for."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import yaml
+from google.protobuf import json_format
+from kfp.components import load_component_from_file
+from kfp.pipeline_spec import pipeline_spec_pb2
+
+from components.kfp.common import CREDENTIALS_ENV, DEFAULT_IMAGE, IMAGE_ENV, STEPS
+from pipelines import commands
+from pipelines.settings import ClusterSettings, Toleration
+from pipelines.training import PIPELINE_NAME, RunDefaults, compile_pipeline
+
+GPU_EXECUTORS = {"exec-train-teacher", "exec-label-shard", "exec-train-student"}
+STEP_EXECUTORS = GPU_EXECUTORS | {"exec-plan", "exec-prepare-data", "exec-augment-pairs", "exec-evaluate",
+                                  "exec-export-student", "exec-build-reference"}
+PARAMETERS = {"profile", "num_shards", "data_uri", "data_format", "teacher_base", "student_base", "model_name",
+              "repository_uri", *(f"{step}_settings" for step in STEPS)}
+OUTPUTS = {"data", "teacher", "pairs", "labels", "student", "metrics", "table", "report", "repository", "reference"}
+
+
+def documents(path) -> list[dict]:
+    with open(path) as handle:
+        return [d for d in yaml.safe_load_all(handle) if d]
+
+
+def parse_strict(path) -> tuple[pipeline_spec_pb2.PipelineSpec, pipeline_spec_pb2.PlatformSpec | None]:
+    """The YAML as the pipeline-spec protobufs; unknown fields are errors."""
+    docs = documents(path)
+    spec = json_format.ParseDict(docs[0], pipeline_spec_pb2.PipelineSpec(), ignore_unknown_fields=False)
+    platform = None
+    if len(docs) > 1:
+        platform = json_format.ParseDict(docs[1], pipeline_spec_pb2.PlatformSpec(), ignore_unknown_fields=False)
+    return spec, platform
+
+
+def executors(spec: pipeline_spec_pb2.PipelineSpec) -> dict[str, dict]:
+    return {name: json_format.MessageToDict(e) for name, e in spec.deployment_spec.fields["executors"]
+            .struct_value.fields.items()}
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory) -> str:
+    return compile_pipeline(str(tmp_path_factory.mktemp("compiled") / "distill.yaml"))
+
+
+def test_compiling_twice_gives_identical_bytes(tmp_path, compiled):
+    again = compile_pipeline(str(tmp_path / "again.yaml"))
+    with open(compiled, "rb") as a, open(again, "rb") as b:
+        assert a.read() == b.read()
+
+
+def test_yaml_parses_strictly_into_the_pipeline_spec(compiled):
+    spec, _ = parse_strict(compiled)
+    assert spec.pipeline_info.name == PIPELINE_NAME
+    assert set(executors(spec)) == STEP_EXECUTORS
+    params = spec.root.input_definitions.parameters
+    assert set(params) == PARAMETERS
+    assert params["profile"].default_value.string_value == "demo"
+    assert params["num_shards"].default_value.number_value == 2
+
+
+def test_strict_parse_rejects_a_foreign_field(tmp_path, compiled):
+    docs = documents(compiled)
+    docs[0]["pipelineInfo"]["colour"] = "blue"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump_all(docs))
+    with pytest.raises(json_format.ParseError, match="colour"):
+        parse_strict(bad)
+
+
+def test_yaml_loads_back_as_a_component(compiled):
+    pipeline = load_component_from_file(compiled)
+    assert pipeline.name == PIPELINE_NAME
+    assert set(pipeline.component_spec.inputs) == PARAMETERS
+    assert set(pipeline.component_spec.outputs) == OUTPUTS
+
+
+def test_steps_run_the_image_without_installing_anything(compiled):
+    spec, _ = parse_strict(compiled)
+    for name, executor in executors(spec).items():
+        container = executor["container"]
+        assert container["image"] == DEFAULT_IMAGE, name
+        script = " ".join(container["command"])
+        assert "pip install" not in script, name
+        assert "kfp.dsl.executor_main" in script
+
+
+def test_labelling_fans_out_over_the_planned_shards(compiled):
+    spec, _ = parse_strict(compiled)
+    loop = next(t for t in spec.root.dag.tasks.values() if t.WhichOneof("iterator") == "parameter_iterator")
+    assert loop.parameter_iterator.items.input_parameter == "pipelinechannel--plan-Output"
+    body = spec.components[loop.component_ref.name].dag.tasks["label-shard"]
+    assert body.retry_policy.max_retry_count == 2
+    student = spec.root.dag.tasks["train-student"]
+    assert "for-loop-1" in student.dependent_tasks  # the collected shards feed the student
+
+
+def test_gpu_steps_request_accelerators_and_every_step_requests_cpu_and_memory(compiled):
+    spec, _ = parse_strict(compiled)
+    for name, executor in executors(spec).items():
+        resources = executor["container"]["resources"]
+        assert resources["resourceCpuRequest"] and resources["resourceMemoryRequest"], name
+        if name in GPU_EXECUTORS:
+            assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
+            assert resources["accelerator"]["resourceCount"] == "1"
+        else:
+            assert "accelerator" not in resources, name
+
+
+def test_cpu_flag_drops_accelerators(tmp_path):
+    path = compile_pipeline(str(tmp_path / "cpu.yaml"), ClusterSettings(gpu=False))
+    spec, _ = parse_strict(path)
+    assert not any("accelerator" in e["container"]["resources"] for e in executors(spec).values())
+
+
+def test_placement_and_secrets_reach_the_platform_spec(tmp_path):
+    settings = ClusterSettings(
+        image="europe-docker.pkg.dev/proj/kdrank/kdrank:1.2", accelerator_type="nvidia.com/gpu",
+        accelerator_count=2, node_selector=(("cloud.google.com/gke-accelerator", "nvidia-l4"),),
+        tolerations=(Toleration.parse("nvidia.com/gpu=present:NoSchedule"),), gcs_secret="gcs-key")
+    path = compile_pipeline(str(tmp_path / "placed.yaml"), settings, pipeline_root="gs://bucket/kdrank")
+    spec, platform = parse_strict(path)
+    assert spec.default_pipeline_root == "gs://bucket/kdrank"
+    assert {e["container"]["image"] for e in executors(spec).values()} == {settings.image}
+    configs = json_format.MessageToDict(platform)["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(configs) == STEP_EXECUTORS  # every step gets the secret
+    for name, cfg in configs.items():
+        env = cfg["secretAsEnv"][0]["keyToEnv"][0]
+        assert env == {"secretKey": "key.json", "envVar": CREDENTIALS_ENV}
+        if name in GPU_EXECUTORS:
+            assert cfg["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+            assert cfg["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Equal", "value": "present",
+                                           "effect": "NoSchedule"}]
+        else:
+            assert "nodeSelector" not in cfg and "tolerations" not in cfg
+    counts = {e["container"]["resources"].get("accelerator", {}).get("resourceCount") for n, e in
+              executors(spec).items() if n in GPU_EXECUTORS}
+    assert counts == {"2"}
+
+
+def test_image_comes_from_the_environment_when_not_given(tmp_path, monkeypatch):
+    monkeypatch.setenv(IMAGE_ENV, "registry.example/kdrank:test")
+    spec, _ = parse_strict(compile_pipeline(str(tmp_path / "env.yaml"), ClusterSettings()))
+    assert {e["container"]["image"] for e in executors(spec).values()} == {"registry.example/kdrank:test"}
+
+
+@pytest.mark.parametrize(("defaults", "message"), [
+    (RunDefaults(profile="huge"), "unknown profile 'huge'"),
+    (RunDefaults(num_shards=-1), "num_shards must be between 1 and"),
+    (RunDefaults(overrides={"student": {"loss": "hinge"}}), "StudentConfig.loss"),
+])
+def test_bad_defaults_fail_at_compile_time(tmp_path, defaults, message):
+    with pytest.raises(ValueError, match=message):
+        compile_pipeline(str(tmp_path / "bad.yaml"), defaults=defaults)
+    assert not (tmp_path / "bad.yaml").exists()
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("nvidia.com/gpu=present", "KEY\\[=VALUE\\]:EFFECT"),
+    ("nvidia.com/gpu:Sometimes", "effect must be one of"),
+])
+def test_bad_tolerations_are_refused(text, message):
+    with pytest.raises(ValueError, match=message):
+        Toleration.parse(text)
+
+
+def cli(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="kdrank")
+    commands.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(list(argv))
+    return args.handler(args)
+
+
+def test_cli_compiles_with_flags(tmp_path, capsys):
+    out = tmp_path / "distill.yaml"
+    assert cli("pipeline", "compile", "--output", str(out), "--cpu", "--image", "kdrank:dev", "--profile", "test",
+               "--shards", "3", "--set", "teacher.epochs=2", "--set", "label.batch_size=16") == 0
+    assert str(out) in capsys.readouterr().out
+    spec, _ = parse_strict(out)
+    params = json_format.MessageToDict(spec.root.input_definitions)["parameters"]
+    assert params["num_shards"]["defaultValue"] == 3
+    assert params["profile"]["defaultValue"] == "test"
+    assert params["teacher_settings"]["defaultValue"] == {"epochs": 2}
+    assert params["label_settings"]["defaultValue"] == {"batch_size": 16}
+    assert params["student_settings"]["defaultValue"] == {}
+    assert {e["container"]["image"] for e in executors(spec).values()} == {"kdrank:dev"}
+
+
+def test_cli_refuses_a_negative_shard_count(tmp_path):
+    with pytest.raises(ValueError, match="num_shards must be between 1 and"):
+        cli("pipeline", "compile", "--output", str(tmp_path / "x.yaml"), "--shards", "-2")
+
+
+def test_cli_run_needs_local(tmp_path):
+    with pytest.raises(ValueError, match="--local"):
+        cli("pipeline", "run", "--output", str(tmp_path))
+
+
+@pytest.mark.parametrize(("item", "message"), [
+    ("teacher.epochs", "STEP.SETTING=VALUE"), ("epochs=2", "STEP.SETTING=VALUE"), (".epochs=2", "STEP.SETTING=VALUE"),
+    ("teachr.epochs=2", "unknown step 'teachr'"),
+])
+def test_bad_set_items_are_refused(item, message):
+    with pytest.raises(ValueError, match=message):
+        commands.parse_overrides([item])
+
+
+def test_each_step_gets_only_its_own_settings(tmp_path):
+    """Changing the student's settings must leave the teacher's inputs (and so its cache) unchanged."""
+    path = compile_pipeline(str(tmp_path / "s.yaml"), defaults=RunDefaults(overrides={"student": {"epochs": 3}}))
+    spec, _ = parse_strict(path)
+    tasks = spec.root.dag.tasks
+    assert set(tasks["train-teacher"].inputs.parameters) == {"profile", "teacher_base", "settings"}
+    assert tasks["train-teacher"].inputs.parameters["settings"].component_input_parameter == "teacher_settings"
+    assert tasks["train-student"].inputs.parameters["settings"].component_input_parameter == "student_settings"
+
+
+def test_submit_names_an_unreachable_endpoint(tmp_path):
+    from conftest import free_port
+
+    host = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    with pytest.raises(RuntimeError, match=f"Kubeflow Pipelines at {host} refused the run or is unreachable"):
+        cli("pipeline", "submit", "--host", host, "--profile", "test", "--shards", "1")
+
+
+def test_submit_wants_an_http_url():
+    with pytest.raises(ValueError, match="http"):
+        cli("pipeline", "submit", "--host", "kfp.example.com")
