@@ -44,11 +44,11 @@ PROFILES: dict[str, Profile] = {
     "demo": Profile(
         name="demo", description="synthetic default data, real default models, < 10 min on a 2-core CPU",
         # Sized for the 135M teacher on 2 CPU cores (~5 s per training step of 16, ~10 pairs/s labelling).
-        synthetic={"n_products": 2000, "n_queries": 100, "pairs_per_query": 8, "seed": 7},
+        synthetic={"n_products": 1500, "n_queries": 80, "pairs_per_query": 8, "seed": 7},
         prepare={"val_fraction": 0.1, "test_fraction": 0.15},
-        teacher={"epochs": 1.0, "batch_size": 16, "max_length": 64, "max_train_pairs": 320,
+        teacher={"epochs": 1.0, "batch_size": 16, "max_length": 64, "max_train_pairs": 192,
                  "learning_rate": 1e-4},
-        augment={"multiple": 0.5, "biencoder_k": 10, "bm25_k": 10, "random_per_query": 1},
+        augment={"multiple": 0.25, "biencoder_k": 10, "bm25_k": 10, "random_per_query": 1},
         label={"batch_size": 32, "num_shards": 2},
         student={"epochs": 2.0, "batch_size": 16, "max_length": 64, "calibration_rows": 500},
         evaluate={"batch_size": 64},
