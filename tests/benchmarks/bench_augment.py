@@ -16,28 +16,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
+from benchlib import HOMEDEPOT, machine
 
 from components import augment, data, schema
 
-HOMEDEPOT = "/work/shared/data/homedepot/train.csv"
 log = logging.getLogger("bench_augment")
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or "unknown CPU")
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{cpu}, {os.cpu_count()} cores visible, torch {torch.__version__} with "
-            f"{torch.get_num_threads()} threads, load average {load:.1f} at start (cores shared with others)")
 
 
 def timed_run(train_uri: str, catalogue_uri: str, output: str, config: augment.AugmentConfig) -> dict:

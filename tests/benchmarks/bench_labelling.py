@@ -20,7 +20,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -30,22 +29,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from benchlib import HOMEDEPOT, machine
 
 from components import data, models, pairs, schema
 from components.checkpoint import CheckpointInfo, write_info
 from components.label import label_pairs
 from components.scoring import PairScorer, load_classifier
 
-HOMEDEPOT = "/work/shared/data/homedepot/train.csv"
 log = logging.getLogger("bench_labelling")
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or "unknown CPU")
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{cpu}, {os.cpu_count()} cores visible, torch {torch.__version__} with {torch.get_num_threads()} "
-            f"threads, load average {load:.1f} at start (the cores are shared with other work)")
 
 
 def source_pairs(path: str, seed: int) -> tuple[pd.DataFrame, str]:

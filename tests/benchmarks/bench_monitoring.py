@@ -34,7 +34,8 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "benchmarks"), str(ROOT / "tests" / "monitoring")]
 
-from bench_labelling import HOMEDEPOT, machine, real_teacher  # noqa: E402
+from bench_labelling import real_teacher  # noqa: E402
+from benchlib import HOMEDEPOT, machine  # noqa: E402
 from kdrank_testing import save_tiny_student, save_tiny_teacher  # noqa: E402
 
 from components import data, schema  # noqa: E402

@@ -11,13 +11,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from benchlib import HOMEDEPOT, machine
 
 from components import data, models, pairs, schema
 from components.losses import margin_mse_loss
@@ -31,16 +31,7 @@ from components.student import (
     training_rows,
 )
 
-HOMEDEPOT = "/work/shared/data/homedepot/train.csv"
 log = logging.getLogger("bench_student")
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or "unknown CPU")
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{cpu}, {os.cpu_count()} cores visible, torch {torch.__version__} with "
-            f"{torch.get_num_threads()} thread(s), load average {load:.1f} at start")
 
 
 def teacher_labels(frame, seed: int):
