@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from components import pairs, storage
 
 META_FILE = "kdrank.json"
@@ -53,3 +55,14 @@ def read_info(directory: str | Path) -> CheckpointInfo:
         return CheckpointInfo(**{k: v for k, v in raw.items() if k in known})
     except (json.JSONDecodeError, TypeError, ValueError) as err:
         raise ValueError(f"{path}: unreadable checkpoint metadata: {err}") from err
+
+
+def apply_calibration(raw, calibration: dict | None) -> np.ndarray:
+    """Raw student scores on the grade scale: grade = scale * raw + offset (identity without calibration)."""
+    raw = np.asarray(raw, dtype=np.float64)
+    if not calibration:
+        return raw
+    try:
+        return float(calibration["scale"]) * raw + float(calibration["offset"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"unusable student calibration {calibration!r}: expected {{'scale': a, 'offset': b}}") from err

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from components import pairs, storage
-from components.checkpoint import CheckpointInfo, read_info
+from components.checkpoint import CheckpointInfo, apply_calibration, read_info
 from components.runtime import autocast, pick_device
 
 log = logging.getLogger(__name__)
@@ -104,10 +104,9 @@ class PairScorer:
 
     def to_grade(self, raw: np.ndarray) -> np.ndarray:
         """Scores on the 0-based grade scale (identity for teachers, the fitted linear map for students)."""
-        if self.role == pairs.TEACHER or not self.info.calibration:
+        if self.role == pairs.TEACHER:
             return np.asarray(raw, dtype=np.float64)
-        cal = self.info.calibration
-        return cal["scale"] * np.asarray(raw, dtype=np.float64) + cal["offset"]
+        return apply_calibration(raw, self.info.calibration)
 
     def score(self, queries: Sequence[str], products: Sequence[str], *, batch_size: int = 64,
               naive: bool = False, progress: bool = True, desc: str | None = None) -> Scores:

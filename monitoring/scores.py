@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from components import data, pairs, schema
+from components.checkpoint import apply_calibration
 from components.schema import DataError
 
 log = logging.getLogger(__name__)
@@ -76,12 +77,8 @@ def student_calibration(student_dir: str) -> dict:
 
 
 def to_grade_scale(raw: np.ndarray, calibration: dict | None) -> np.ndarray:
-    """Raw student scores on the grade scale: grade = scale * raw + offset (identity without calibration)."""
-    raw = np.asarray(raw, dtype=np.float64)
-    if not calibration:
-        return raw
+    """Raw student scores on the grade scale (components.checkpoint.apply_calibration), as a DataError."""
     try:
-        return float(calibration["scale"]) * raw + float(calibration["offset"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise DataError(f"unusable student calibration {calibration!r}: "
-                        "expected {'scale': a, 'offset': b}") from err
+        return apply_calibration(raw, calibration)
+    except ValueError as err:
+        raise DataError(str(err)) from err
