@@ -52,7 +52,9 @@ def _serve(args: argparse.Namespace) -> int:
               f"metrics {server.metrics_url}\nlog: {server.log_path}   (Ctrl-C stops it)", flush=True)
         code = server.wait()
         if not server.stop_requested:
-            print(f"tritonserver exited on its own with code {code}:\n{server.failure_summary()}", file=sys.stderr)
+            server.stop()  # keeps the log of a server that died
+            print(f"tritonserver exited on its own with code {code}:\n{server.failure_summary()}\n"
+                  f"(full log: {server.log_path})", file=sys.stderr)
             return 1
         note = "" if code == 0 else f" (exit code {code}; models still unloading at the exit timeout)"
         print(f"tritonserver stopped{note}", flush=True)
@@ -102,7 +104,7 @@ def register(subparsers) -> None:
                     help="repository flavour to write (repeatable; default: both)")
     ex.add_argument("--max-batch-size", type=int, default=512, help="pairs per batch and per request")
     ex.add_argument("--queue-delay-us", type=int, default=2000, help="dynamic batcher queue delay")
-    ex.add_argument("--cpu-instances", type=int, default=1, help="local flavour: ONNX Runtime instances")
+    ex.add_argument("--cpu-instances", type=int, default=2, help="local flavour: ONNX Runtime instances")
     ex.add_argument("--cpu-threads", type=int, default=0, help="local flavour: threads each (0 = all)")
     ex.add_argument("--gpu-instances", type=int, default=1, help="production flavour: instances per GPU")
     ex.add_argument("--trt-precision", choices=["FP16", "FP32"], default="FP16")

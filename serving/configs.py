@@ -19,7 +19,7 @@ class ServingOptions:
     max_batch_size: int = 512  # rows (pairs) per batch; also the most candidates one request may carry
     preferred_batch_sizes: tuple[int, ...] = (128, 256, 512)
     max_queue_delay_us: int = 2000  # how long the batcher may hold a request to grow the batch
-    cpu_instances: int = 1  # local flavour: ONNX Runtime instances (each uses cpu_threads threads)
+    cpu_instances: int = 2  # local flavour: ONNX Runtime processes (each with cpu_threads threads)
     cpu_threads: int = 0  # local flavour: ONNX Runtime intra-op threads; 0 = all cores
     cpu_rows_per_run: int = 32  # local flavour: length-sorted rows per ONNX Runtime call (cache-sized)
     cpu_spin: bool = False  # local flavour: ORT threads spin while idle (faster on dedicated cores only)

@@ -131,6 +131,7 @@ class TritonServer:
         self._log_handle = None
         self.log_path: Path | None = None
         self.stop_requested = False  # True once stop() ended a running server (not a crash)
+        self.ready_once = False
 
     @property
     def http_url(self) -> str:
@@ -139,6 +140,11 @@ class TritonServer:
     @property
     def grpc_url(self) -> str:
         return f"{self.config.host}:{self.config.grpc_port}"
+
+    @property
+    def shm_prefix(self) -> str:
+        """Prefix of this server's Python-backend shared-memory regions in /dev/shm (unique per server)."""
+        return f"kdrank{os.getpid()}x{self.config.grpc_port}_"
 
     @property
     def pid(self) -> int | None:
@@ -151,7 +157,7 @@ class TritonServer:
 
     def command(self, repository: Path, backend_dir: Path) -> list[str]:
         cfg = self.config
-        prefix = f"kdrank{os.getpid()}x{cfg.grpc_port}_"
+        prefix = self.shm_prefix
         args = [
             str(tritonserver_home() / "bin" / "tritonserver"),
             f"--model-repository={repository}",
@@ -193,6 +199,9 @@ class TritonServer:
                                          stdin=subprocess.DEVNULL, env=server_env(), start_new_session=True)
         try:
             self.wait_ready(cfg.ready_timeout_s)
+        except ServerError as err:
+            self.stop()  # keeps the log of a failed start
+            raise ServerError(f"{err}\n(full log: {self.log_path})") from None
         except BaseException:
             self.stop()
             raise
@@ -208,6 +217,7 @@ class TritonServer:
             try:
                 with urllib.request.urlopen(url, timeout=2) as response:
                     if response.status == 200:
+                        self.ready_once = True
                         log.info("tritonserver ready at http://%s and grpc %s", self.http_url, self.grpc_url)
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError):
@@ -225,7 +235,7 @@ class TritonServer:
         lines = self.logs().splitlines()
         errors = [ln for ln in lines if ln.startswith("E") or "failed to load" in ln or "UNAVAILABLE" in ln]
         chosen = errors[-tail:] if errors else lines[-tail:]
-        return "\n".join(chosen) + f"\n(full log: {self.log_path})"
+        return "\n".join(chosen)
 
     def is_alive(self) -> bool:
         return self._process is not None and self._process.poll() is None
@@ -253,11 +263,14 @@ class TritonServer:
                 os.killpg(process.pid, signal.SIGKILL)
             code = process.wait()
             self._process = None
+            for region in Path("/dev/shm").glob(f"{self.shm_prefix}*"):  # left by stubs killed mid-unload
+                region.unlink(missing_ok=True)
         if self._log_handle is not None:
             self._log_handle.close()
             self._log_handle = None
         if self._workdir is not None:
-            if self.config.log_path is None and self.log_path is not None:
+            failed = not self.ready_once or code not in (0, None)
+            if failed and self.config.log_path is None and self.log_path is not None:  # keep it to debug
                 keep = Path(tempfile.gettempdir(),
                             f"kdrank-tritonserver-{os.getpid()}-{self.config.grpc_port}.log")
                 with contextlib.suppress(OSError):

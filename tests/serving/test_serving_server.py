@@ -205,3 +205,6 @@ def test_model_that_fails_to_load_stops_startup_with_its_error(exported_repo, tm
     with pytest.raises(ServerError, match="kdrank_student_onnx") as err:
         start_server(str(repo)).stop()
     assert "failed to load" in str(err.value) or "UNAVAILABLE" in str(err.value)
+    kept = str(err.value).rsplit("(full log: ", 1)[1].rstrip(")")
+    assert "kdrank_student_onnx" in Path(kept).read_text()  # the log outlives the failed server
+    Path(kept).unlink()

@@ -112,6 +112,7 @@ def test_serve_cli_loads_a_new_version_and_stops_on_ctrl_c(student_dir, referenc
         assert code == 0 and "tritonserver stopped" in output, output
         assert not any(port_in_use("127.0.0.1", p) for p in chosen.values())
         assert not _processes_with(f"x{chosen['grpc_port']}_"), "Python backend stubs outlived the server"
+        assert not list(Path("/dev/shm").glob(f"kdrank*x{chosen['grpc_port']}_*")), "shared memory left behind"
     finally:
         if proc.poll() is None:  # the CLI stops its tritonserver on SIGINT; kill only as a last resort
             proc.send_signal(signal.SIGINT)
