@@ -221,7 +221,7 @@ def test_each_step_gets_only_its_own_settings(tmp_path):
 
 
 def test_submit_names_an_unreachable_endpoint(tmp_path):
-    from conftest import free_port
+    from kdrank_testing import free_port
 
     host = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     with pytest.raises(RuntimeError, match=f"Kubeflow Pipelines at {host} refused the run or is unreachable"):
