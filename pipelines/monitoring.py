@@ -8,13 +8,11 @@ artifacts. Compiled like the training pipeline, with the same cluster settings (
 
 import dataclasses
 import logging
-import os
-import tempfile
 
 from kfp import dsl
 
 from components.kfp.common import with_image
-from pipelines.settings import ClusterSettings, apply_settings
+from pipelines.settings import ClusterSettings, apply_settings, compile_to
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +63,6 @@ def build_monitoring_pipeline(settings: ClusterSettings | None = None, pipeline_
 def compile_monitoring_pipeline(output_path: str, settings: ClusterSettings | None = None,
                                 pipeline_root: str | None = None) -> str:
     """Compile the monitoring pipeline to IR YAML at `output_path` (a path or gs:// URI), written whole."""
-    from kfp import compiler
-
-    from components import storage
-
-    pipeline = build_monitoring_pipeline(settings, pipeline_root)
-    with tempfile.TemporaryDirectory(prefix="kdrank-compile-") as tmp:
-        local = os.path.join(tmp, "monitor.yaml")
-        compiler.Compiler().compile(pipeline, package_path=local)
-        with open(local, "rb") as handle:
-            storage.write_bytes(output_path, handle.read())
+    compile_to(build_monitoring_pipeline(settings, pipeline_root), output_path)
     log.info("compiled %s to %s", PIPELINE_NAME, output_path)
     return str(output_path)

@@ -113,3 +113,20 @@ def apply_settings(task, step: str, settings: ClusterSettings):
     if step == "label" and settings.label_retries:
         task.set_retry(num_retries=settings.label_retries, backoff_duration="30s")
     return task
+
+
+def compile_to(pipeline, output: str) -> str:
+    """Compile a `@dsl.pipeline` to IR YAML at `output` (a path or gs:// URI), written whole."""
+    import os
+    import tempfile
+
+    from kfp import compiler
+
+    from components import storage
+
+    with tempfile.TemporaryDirectory(prefix="kdrank-compile-") as tmp:
+        local = os.path.join(tmp, "pipeline.yaml")
+        compiler.Compiler().compile(pipeline, package_path=local)
+        with open(local, "rb") as handle:
+            storage.write_bytes(output, handle.read())
+    return str(output)

@@ -10,8 +10,6 @@ annotations` here: KFP reads the pipeline function's annotations as types.)
 import copy
 import dataclasses
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import List, NamedTuple  # noqa: UP035 (KFP reads these annotations)
 
@@ -19,7 +17,7 @@ from kfp import dsl
 from kfp.dsl import Dataset, Markdown, Metrics, Model
 
 from components.kfp.common import STEPS, resolve_profile, with_image
-from pipelines.settings import ClusterSettings, apply_settings
+from pipelines.settings import ClusterSettings, apply_settings, compile_to
 from serving.layout import DEFAULT_MODEL_NAME
 
 log = logging.getLogger(__name__)
@@ -166,15 +164,6 @@ def build_pipeline(settings: ClusterSettings | None = None, defaults: RunDefault
 def compile_pipeline(output: str, settings: ClusterSettings | None = None,
                      defaults: RunDefaults | None = None, pipeline_root: str | None = None) -> str:
     """Compile the training pipeline to IR YAML at `output` (a path or gs:// URI), written whole."""
-    from kfp import compiler
-
-    from components import storage
-
-    pipeline = build_pipeline(settings, defaults, pipeline_root)
-    with tempfile.TemporaryDirectory(prefix="kdrank-compile-") as tmp:
-        local = os.path.join(tmp, "pipeline.yaml")
-        compiler.Compiler().compile(pipeline, package_path=local)
-        with open(local, "rb") as handle:
-            storage.write_bytes(output, handle.read())
+    compile_to(build_pipeline(settings, defaults, pipeline_root), output)
     log.info("compiled %s to %s", PIPELINE_NAME, output)
     return str(output)
