@@ -13,11 +13,10 @@ import logging
 import os
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
-from benchlib import HOMEDEPOT, machine
+from benchlib import HOMEDEPOT, machine, save_report
 
 from components import data, models, pairs, schema
 from components.losses import margin_mse_loss
@@ -180,9 +179,7 @@ def write_report(args, host, labelled, splits, summaries, passes, score) -> None
         "",
     ]
     text = "\n".join(lines)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(text)
-    print(text)
+    save_report(args.output, text)
 
 
 if __name__ == "__main__":

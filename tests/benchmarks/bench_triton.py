@@ -38,7 +38,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "serving"))
 
-from benchlib import HOMEDEPOT, machine  # noqa: E402
+from benchlib import HOMEDEPOT, machine, save_report  # noqa: E402
 from serving_data import make_pairs  # noqa: E402
 
 from components import data, pairs  # noqa: E402
@@ -382,9 +382,7 @@ def write_report(args, results: dict) -> None:
               f"requests, {s['failures']} failed, {s['pairs_per_s']:.1f} pairs/s, p50 {s['p50_ms']:.0f} ms, "
               f"p99 {s['p99_ms']:.0f} ms; server ready afterwards: {s['ready_after']}.", ""]
     text = "\n".join(lines)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(text)
-    print(text)
+    save_report(args.output, text)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ def machine() -> str:
             f"{torch.get_num_threads()} threads, load average {load:.1f} at start")
 
 
-def write_report(path: str, text: str) -> None:
+def save_report(path: str, text: str) -> None:
     """Write a benchmark's Markdown section and echo it."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(text)
