@@ -109,13 +109,17 @@ def atomic_path(uri: str | os.PathLike) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def atomic_dir(uri: str | os.PathLike) -> Iterator[str]:
-    """Yield a local temporary directory; on success it replaces `uri` whole (or is uploaded)."""
+def atomic_dir(uri: str | os.PathLike, *, last: tuple[str, ...] = ()) -> Iterator[str]:
+    """Yield a local temporary directory; on success it replaces `uri` whole (or is uploaded).
+
+    gs:// has no directory rename, so files are uploaded one by one with the relative paths in `last`
+    (a completion marker such as kdrank.json) uploaded after everything else.
+    """
     uri = str(uri)
     if is_gcs(uri):
         with tempfile.TemporaryDirectory(prefix="kdrank-") as tmpdir:
             yield tmpdir
-            upload_dir(tmpdir, uri)
+            upload_dir(tmpdir, uri, last=last)
         return
     target = Path(uri)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -145,10 +149,11 @@ def list_files(uri: str | os.PathLike) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
 
-def upload_dir(local: str | os.PathLike, uri: str) -> None:
+def upload_dir(local: str | os.PathLike, uri: str, *, last: tuple[str, ...] = ()) -> None:
+    """Upload every file under `local` to `uri`; the relative paths in `last` go after the rest."""
     bucket_name, prefix = split_gcs(uri)
     bucket = gcs_client().bucket(bucket_name)
-    for rel in list_files(local):
+    for rel in sorted(list_files(local), key=lambda name: name in last):
         bucket.blob("/".join(p for p in (prefix.rstrip("/"), rel) if p)).upload_from_filename(
             os.path.join(local, rel)
         )

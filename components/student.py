@@ -391,7 +391,8 @@ def train_student(train_uri: str, val_uri: str | None, output_dir: str,
     }
     info = CheckpointInfo(role=pairs.STUDENT, num_grades=num_grades, max_length=config.max_length,
                           base_model=config.base_model or models.STUDENT_NAME)
-    with storage.atomic_dir(output_dir) as tmp:
+    # kdrank.json is what a rerun checks for: on gs:// it is uploaded after the weights.
+    with storage.atomic_dir(output_dir, last=(META_FILE,)) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         write_info(tmp, info)

@@ -44,3 +44,14 @@ def test_gcs_round_trip(gcs_emulator, tmp_path):
         assert Path(copy, "sub", "f.bin").read_bytes() == b"\x00\x01"
     with pytest.raises(FileNotFoundError, match="missing.txt"):
         storage.read_bytes(f"{uri}/x/missing.txt")
+
+
+def test_gcs_directory_upload_puts_the_marker_last(gcs_emulator, tmp_path):
+    uri = f"gs://{gcs_emulator}/storage-test/ordered"
+    with storage.atomic_dir(uri, last=("kdrank.json",)) as tmp:
+        for name in ("a.bin", "kdrank.json", "z.bin"):
+            Path(tmp, name).write_text(name)
+    bucket, prefix = storage.split_gcs(uri)
+    blobs = list(storage.gcs_client().list_blobs(bucket, prefix=prefix + "/"))
+    newest = max(blobs, key=lambda b: b.updated)
+    assert newest.name.endswith("kdrank.json")
