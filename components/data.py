@@ -291,6 +291,7 @@ def prepare_data(input_uri: str, output_dir: str, config: PrepareConfig | None =
             log.info("data already prepared in %s", output_dir)
             return paths
     frame = read_pairs(input_uri, config.fmt, on_invalid=config.on_invalid)
+    catalogue = catalogue_of(frame)  # every product in the source, also when only some queries are kept
     if config.max_queries:
         keep = sorted(frame[schema.QUERY_ID].unique(), key=lambda q: schema.query_id(f"sub:{q}"))
         frame = frame[frame[schema.QUERY_ID].isin(set(keep[: config.max_queries]))].reset_index(drop=True)
@@ -298,9 +299,9 @@ def prepare_data(input_uri: str, output_dir: str, config: PrepareConfig | None =
                             seed=config.seed)
     for name, part in splits.items():
         write_table(part, paths[name])
-    write_table(catalogue_of(frame), paths["catalogue"])
+    write_table(catalogue, paths["catalogue"])
     counts = {name: {"pairs": len(p), "queries": int(p[schema.QUERY_ID].nunique())} for name, p in splits.items()}
-    counts["catalogue"] = {"products": int(frame[schema.PRODUCT_ID].nunique())}
+    counts["catalogue"] = {"products": len(catalogue)}
     storage.write_text(summary_path, json.dumps({"settings": settings, "counts": counts,
                                                  "num_grades": schema.num_grades_of(frame)}, indent=2))
     log.info("prepared %s: %s", input_uri, counts)

@@ -22,6 +22,8 @@ class Profile:
     label: dict = field(default_factory=dict)  # label_shard kwargs: batch_size; num_shards
     student: dict = field(default_factory=dict)  # StudentConfig kwargs
     evaluate: dict = field(default_factory=dict)  # evaluate_checkpoint kwargs: batch_size
+    # `kdrank experiment` plan: multiples (augmented sizes of the scaling curve), seeds, ensemble_size
+    experiments: dict = field(default_factory=dict)
 
     def with_models(self, teacher_base: str | None, student_base: str | None) -> Profile:
         """The same profile with other base models (tests pass tiny model directories here)."""
@@ -40,6 +42,7 @@ PROFILES: dict[str, Profile] = {
         label={"batch_size": 32, "num_shards": 2},
         student={"epochs": 1.0, "batch_size": 8, "max_length": 64},
         evaluate={"batch_size": 32},
+        experiments={"multiples": [0, 1, 2], "seeds": [13, 14], "ensemble_size": 2},
     ),
     "demo": Profile(
         name="demo", description="synthetic default data, real default models, < 10 min on a 2-core CPU",
@@ -54,25 +57,30 @@ PROFILES: dict[str, Profile] = {
         evaluate={"batch_size": 64},
     ),
     "reduced": Profile(
-        name="reduced", description="Home Depot subset on a 2-core CPU in under 2 hours (estimated, see docs)",
-        # Estimated from measured step costs on 2 CPU cores (teacher ~0.5 s per training pair, ~0.1 s per
-        # labelled pair; student ~36 pairs/s): about 70 minutes. Not yet run end to end.
-        prepare={"max_queries": 1200, "val_fraction": 0.1, "test_fraction": 0.2},
-        teacher={"epochs": 1.0, "batch_size": 16, "max_length": 64, "max_train_pairs": 2000,
-                 "learning_rate": 5e-5},
+        name="reduced", description="Home Depot subset: the experiment plan on a 2-core CPU in under 2 hours",
+        # Sized from measured costs on 2 CPU cores (docs/bench/throughput-cpu.md): the teacher trains at
+        # ~2-3 pairs/s and labels ~10 pairs/s, the student trains ~40 pairs/s. 360 queries give ~680
+        # training, ~150 validation and ~1,400 test pairs; the catalogue is still every product in the file.
+        prepare={"max_queries": 360, "val_fraction": 0.08, "test_fraction": 0.6},
+        teacher={"epochs": 2.0, "batch_size": 16, "max_length": 96, "learning_rate": 1e-4},
         augment={"multiple": 2.0},
         label={"batch_size": 64, "num_shards": 2},
-        student={"epochs": 2.0, "batch_size": 32, "max_length": 64},
+        student={"epochs": 3.0, "batch_size": 32, "max_length": 64, "learning_rate": 1e-4},
         evaluate={"batch_size": 64},
+        experiments={"multiples": [0, 2, 4, 8, 16], "seeds": [13]},
     ),
     "full": Profile(
         name="full", description="all Home Depot data on one GPU",
+        # `kdrank run --profile full` is sized for well under 10 minutes on one H100 from the step rates
+        # seen there (teacher ~450 training pairs/s, ~10k labelled pairs/s; student ~2k training pairs/s);
+        # not yet run end to end. The experiment plan adds seeds, 16x and a 3-teacher ensemble.
         prepare={"val_fraction": 0.1, "test_fraction": 0.2},
         teacher={"epochs": 2.0, "batch_size": 64, "max_length": 96, "learning_rate": 5e-5},
         augment={"multiple": 8.0},
         label={"batch_size": 512, "num_shards": 4},
-        student={"epochs": 3.0, "batch_size": 64, "max_length": 96},
+        student={"epochs": 1.0, "batch_size": 128, "max_length": 64, "learning_rate": 1e-4},
         evaluate={"batch_size": 512},
+        experiments={"multiples": [0, 2, 4, 8, 16], "seeds": [13, 14], "ensemble_size": 3},
     ),
 }
 

@@ -1,7 +1,8 @@
 """`kdrank`: one console script whose subcommands each call into one package.
 
 Engine commands (run, data, score, evaluate) are defined here; `export`/`serve`/`rerank` come from
-serving.cli, `monitor` from monitoring.cli and `pipeline` from pipelines.commands. Heavy imports
+serving.cli, `monitor` from monitoring.cli, `pipeline` from pipelines.commands and `experiment` from
+pipelines.experiments. Heavy imports
 happen inside the handlers, so `kdrank --help` is quick.
 """
 
@@ -118,11 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     from monitoring.cli import register as register_monitoring
     from pipelines.commands import register as register_pipeline
+    from pipelines.experiments import register as register_experiments
     from serving.cli import register as register_serving
 
     register_serving(sub)
     register_monitoring(sub)
     register_pipeline(sub)
+    register_experiments(sub)
     return parser
 
 

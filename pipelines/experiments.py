@@ -1,0 +1,405 @@
+"""`kdrank experiment run|report`: the paper's experiments on real labelled data, one named run at a time.
+
+A profile's `experiments` settings give the plan: baselines (random, BM25, zero-shot bi-encoder), the
+teacher with soft and with hard targets, a student on human labels, margin-MSE students on teacher labels
+of the training pairs plus 0x..Nx augmented pairs (the scaling curve), pointwise MSE at the largest size,
+and optionally a teacher ensemble with its own largest distillation run and extra seeds.
+
+Every run is idempotent: its checkpoint and metrics live under `--output`, a rerun skips what is done,
+and `--only NAME` runs one experiment (and whatever it needs). Each finished run adds one row to
+`results.jsonl` with its settings, metrics, timings, hardware and the command that reproduces it;
+`kdrank experiment report` turns those rows into a Markdown table and the scaling-curve PNG.
+
+The augmented sets are nested: augmentation runs once at the largest multiple and the teacher labels
+that set once; the m-x set is the training pairs plus the first m x N augmented pairs in fill order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import platform
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from components.flow import PROFILES, get_profile
+
+log = logging.getLogger(__name__)
+
+BASELINES = ("random", "bm25", "biencoder")
+RESULTS = "results.jsonl"
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    kind: str  # baseline | teacher | student
+    description: str
+    labels: str = "human"  # human | teacher-soft | teacher-ensemble (what the model learned from)
+    augmented: float | None = None  # augmented multiple of a distilled student
+    loss: str = ""
+    seed: int = 13
+    settings: dict = field(default_factory=dict)  # overrides of the step's config
+
+
+def plan(profile_name: str) -> list[Experiment]:
+    """Every experiment of a profile, in the order they run (each one's needs come before it)."""
+    profile = get_profile(profile_name)
+    spec = profile.experiments
+    if not spec:
+        raise ValueError(f"profile '{profile_name}' has no experiment plan; use one of "
+                         f"{sorted(n for n, p in PROFILES.items() if p.experiments)}")
+    multiples = sorted(float(m) for m in spec["multiples"])
+    top = multiples[-1]
+    seeds = [int(s) for s in spec.get("seeds", [13])]
+    runs = [Experiment(f"baseline-{kind}", "baseline", f"{kind} baseline") for kind in BASELINES]
+    runs += [Experiment("teacher-soft", "teacher", "teacher, soft targets", loss="soft_ce"),
+             Experiment("teacher-hard", "teacher", "teacher, hard targets (arg-max grade)", loss="hard_ce",
+                        settings={"soft_targets": False})]
+    for seed in seeds:
+        tag = "" if seed == seeds[0] else f"-seed{seed}"
+        runs.append(Experiment(f"student-human{tag}", "student", "student on human labels", loss="pointwise_mse",
+                               seed=seed, settings={"labels": "human", "loss": "pointwise_mse", "seed": seed}))
+        chosen = multiples if not tag else [m for m in multiples if m in (0.0, top)]
+        runs += [Experiment(f"student-margin-{_fmt(m)}x{tag}", "student", f"margin MSE, {_fmt(m)}x augmented",
+                            labels="teacher-soft", augmented=m, loss="margin_mse", seed=seed,
+                            settings={"seed": seed}) for m in chosen]
+        runs.append(Experiment(f"student-pointwise-{_fmt(top)}x{tag}", "student",
+                               f"pointwise MSE on teacher scores, {_fmt(top)}x augmented", labels="teacher-soft",
+                               augmented=top, loss="pointwise_mse", seed=seed,
+                               settings={"loss": "pointwise_mse", "seed": seed}))
+    if spec.get("ensemble_size", 1) > 1:
+        runs += [Experiment("teacher-ensemble", "teacher", f"ensemble of {spec['ensemble_size']} soft teachers",
+                            loss="soft_ce", settings={"ensemble_size": spec["ensemble_size"]}),
+                 Experiment(f"student-margin-{_fmt(top)}x-ensemble", "student",
+                            f"margin MSE on the ensemble's labels, {_fmt(top)}x augmented",
+                            labels="teacher-ensemble", augmented=top, loss="margin_mse")]
+    return runs
+
+
+def _fmt(multiple: float) -> str:
+    return f"{multiple:g}"
+
+
+def hardware() -> str:
+    """The accelerator if one is used, else the CPU model and core count."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"1x {torch.cuda.get_device_name()}"
+    cpu = platform.processor() or "CPU"
+    with contextlib.suppress(OSError, StopIteration):
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    return f"{cpu}, {os.cpu_count()} cores (CPU only)"
+
+
+class Runner:
+    """Runs a profile's experiments on one labelled source, under one output folder."""
+
+    def __init__(self, profile: str, data: str, output: str, *, fmt: str | None = None,
+                 teacher_model: str | None = None, student_model: str | None = None):
+        self.profile = get_profile(profile).with_models(teacher_model, student_model)
+        self.data, self.fmt, self.out = data, fmt, Path(output)
+        self.experiments = {e.name: e for e in plan(profile)}
+        self.top = max(float(m) for m in self.profile.experiments["multiples"])
+        self._paths: dict[str, str] | None = None
+        self._hardware = hardware()
+
+    # ----- shared steps --------------------------------------------------------------------------------
+    def paths(self) -> dict[str, str]:
+        if self._paths is None:
+            from components.data import PrepareConfig, prepare_data
+
+            self._paths = prepare_data(self.data, str(self.out / "data"),
+                                       PrepareConfig(fmt=self.fmt, **self.profile.prepare))
+        return self._paths
+
+    def teacher(self, labels: str) -> str:
+        """The checkpoint folder of a teacher run ('teacher-soft', 'teacher-ensemble'), trained if needed."""
+        self.run_one(labels)
+        return str(self.out / "models" / labels)
+
+    def augmented(self) -> str:
+        from components.augment import AugmentConfig, augment_pairs
+
+        target = str(self.out / "data" / f"augmented-{_fmt(self.top)}x.parquet")
+        settings = {**self.profile.augment, "multiple": self.top}
+        augment_pairs(self.paths()["train"], self.paths()["catalogue"], target, AugmentConfig(**settings))
+        return target
+
+    def teacher_labelled(self, labels: str) -> str:
+        from components.label import label_pairs
+
+        pairs_uri = self.augmented()
+        teacher = self.teacher(labels)
+        target = self.out / "data" / f"labelled-{labels}-{_fmt(self.top)}x"
+        label_pairs(pairs_uri, teacher, str(target), num_shards=1,
+                    batch_size=int(self.profile.label.get("batch_size", 64)))
+        return str(target)
+
+    def distill_set(self, labels: str, multiple: float) -> str:
+        """Training pairs plus the first multiple x N augmented pairs (fill order), with teacher labels."""
+        import pandas as pd
+
+        from components import schema
+        from components.augment import LABELLED
+        from components.data import read_table, write_table
+
+        target = self.out / "data" / f"distill-{labels}-{_fmt(multiple)}x.parquet"
+        if target.exists():
+            return str(target)
+        labelled = read_table(self.teacher_labelled(labels))
+        base = labelled[labelled[schema.SOURCE] == LABELLED]
+        new = labelled[labelled[schema.SOURCE] != LABELLED]
+        want = round(multiple * len(base))
+        if want > len(new):
+            raise RuntimeError(f"{_fmt(multiple)}x needs {want} augmented pairs but augmentation made {len(new)}")
+        write_table(pd.concat([base, new.iloc[:want]], ignore_index=True), str(target))
+        return str(target)
+
+    # ----- experiments ---------------------------------------------------------------------------------
+    def run(self, only: list[str] | None = None, force: bool = False) -> list[dict]:
+        names = only or list(self.experiments)
+        unknown = [n for n in names if n not in self.experiments]
+        if unknown:
+            raise ValueError(f"unknown experiment(s) {unknown}; this profile has {list(self.experiments)}")
+        return [self.run_one(name, force=force and name in names) for name in names]
+
+    def run_one(self, name: str, force: bool = False) -> dict:
+        exp = self.experiments[name]
+        done = {row["run"]: row for row in read_results(self.out)}
+        if name in done and not force:
+            return done[name]
+        log.info("experiment %s: %s", name, exp.description)
+        if exp.kind == "baseline":
+            row = self._baseline(exp)
+        elif exp.kind == "teacher":
+            row = self._teacher(exp)
+        else:
+            row = self._student(exp)
+        row = {"run": name, "kind": exp.kind, "description": exp.description, "labels": exp.labels,
+               "augmented": exp.augmented, "loss": exp.loss, "seed": exp.seed, "profile": self.profile.name,
+               "hardware": self._hardware, "command": self.command(name), **row}
+        append_result(self.out, row)
+        return row
+
+    def _evaluate(self, model_dir: str, name: str) -> dict:
+        from components.evaluate import evaluate_checkpoint
+
+        test = self.paths()["test"]
+        start = time.perf_counter()
+        metrics = evaluate_checkpoint(model_dir, test, str(self.out / "eval" / name), name=name,
+                                      batch_size=int(self.profile.evaluate.get("batch_size", 64)))
+        seconds = time.perf_counter() - start  # includes loading the model
+        return {"metrics": metrics, "eval_seconds": round(seconds, 2),
+                "eval_pairs_per_s": round(metrics["n_pairs"] / seconds, 1)}
+
+    def _baseline(self, exp: Experiment) -> dict:
+        from components.evaluate import evaluate_baseline
+
+        kind = exp.name.removeprefix("baseline-")
+        metrics = evaluate_baseline(kind, self.paths()["test"], str(self.out / "eval" / exp.name))
+        return {"model": {"random": "random order", "bm25": "BM25 (bm25s)",
+                          "biencoder": "MiniLM-L6 bi-encoder, zero-shot"}[kind],
+                "train_pairs": 0, "train_seconds": 0.0, "metrics": metrics, "settings": {}}
+
+    def _teacher(self, exp: Experiment) -> dict:
+        from components.teacher import TeacherConfig, train_teacher
+
+        settings = {**self.profile.teacher, **exp.settings}
+        target = str(self.out / "models" / exp.name)
+        summary = train_teacher(self.paths()["train"], self.paths()["val"], target, TeacherConfig(**settings))
+        return {"model": (settings.get("base_model") or "SmolLM2-135M-Instruct") + " teacher",
+                "train_pairs": int(summary["train_pairs"]), "train_seconds": round(float(summary["train_seconds"]), 1),
+                "train_pairs_per_s": summary["pairs_per_second"], "settings": settings,
+                **self._evaluate(target, exp.name)}
+
+    def _student(self, exp: Experiment) -> dict:
+        from components.student import StudentConfig, train_student
+
+        train = self.paths()["train"] if exp.labels == "human" else self.distill_set(exp.labels, exp.augmented)
+        settings = {**self.profile.student, **exp.settings}
+        target = str(self.out / "models" / exp.name)
+        summary = train_student(train, self.paths()["val"], target, StudentConfig(**settings))
+        return {"model": (settings.get("base_model") or "MiniLM-L6") + " cross-encoder",
+                "train_pairs": int(summary["train_rows"]), "train_seconds": round(float(summary["seconds"]), 1),
+                "train_pairs_per_s": round(float(summary["pairs_per_s"]), 1), "settings": settings,
+                **self._evaluate(target, exp.name)}
+
+    def command(self, name: str) -> str:
+        parts = ["kdrank", "experiment", "run", "--profile", self.profile.name, "--data", self.data]
+        if self.fmt:
+            parts += ["--format", self.fmt]
+        parts += ["--output", str(self.out), "--only", name]
+        return shlex.join(parts)
+
+
+def read_results(out: str | Path) -> list[dict]:
+    path = Path(out, RESULTS)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def append_result(out: str | Path, row: dict) -> None:
+    """Add (or replace) one run's row; the file is rewritten whole through a temporary file."""
+    rows = [r for r in read_results(out) if r["run"] != row["run"]] + [_json_safe(row)]
+    path = Path(out, RESULTS)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    tmp.replace(path)
+
+
+def _json_safe(value):
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+# ----- report --------------------------------------------------------------------------------------------
+METRICS = (("ndcg@5", "NDCG@5"), ("ndcg@10", "NDCG@10"), ("pairwise_accuracy", "pairwise acc."),
+           ("spearman", "Spearman"), ("rmse", "RMSE"))
+
+
+def results_table(rows: list[dict]) -> str:
+    head = ["run", "model", "labels", "augmented", "loss", *(label for _, label in METRICS), "train pairs",
+            "train time", "hardware"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        m = r["metrics"]
+        cells = [r["run"], r["model"], r["labels"] if r["kind"] != "baseline" else "none",
+                 "" if r["augmented"] is None else f"{_fmt(r['augmented'])}x", r["loss"] or "",
+                 *(_num(m.get(key)) for key, _ in METRICS), f"{r['train_pairs']:,}" if r["train_pairs"] else "",
+                 f"{r['train_seconds']:.0f} s" if r["train_seconds"] else "", r["hardware"]]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def _num(value) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.3f}"
+
+
+def scaling_plot(rows: list[dict], path: str, title: str) -> str:
+    """NDCG@5 and pairwise accuracy of the margin-MSE students against augmented size, with references."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_run = {r["run"]: r for r in rows}
+    curve = sorted((r for r in rows if r["run"].startswith("student-margin-") and r["labels"] == "teacher-soft"
+                    and "-seed" not in r["run"]), key=lambda r: r["augmented"])
+    if not curve:
+        raise ValueError("no margin-MSE student runs to plot yet")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, (key, label) in zip(axes, (("ndcg@5", "NDCG@5"), ("pairwise_accuracy", "pairwise accuracy")),
+                                strict=True):
+        xs = [r["augmented"] for r in curve]
+        ax.plot(xs, [r["metrics"][key] for r in curve], "o-", color="tab:blue", label="student, margin MSE")
+        refs = (("teacher-soft", "teacher (soft targets)", "tab:red"),
+                ("student-human", "student on human labels", "tab:green"),
+                ("baseline-bm25", "BM25", "tab:gray"))
+        for run, name, color in refs:
+            if run in by_run:
+                ax.axhline(by_run[run]["metrics"][key], linestyle="--", color=color, label=name)
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_xticks(xs, [f"{_fmt(x)}x" for x in xs])
+        ax.set_xlabel("augmented pairs (multiple of the labelled training pairs)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(runs_dir: str, output: str, plot: str | None = None) -> str:
+    rows = read_results(runs_dir)
+    if not rows:
+        raise FileNotFoundError(f"no {RESULTS} in {runs_dir}: run `kdrank experiment run` first")
+    profile = rows[0]["profile"]
+    parts = [f"<!-- generated by: kdrank experiment report --runs {runs_dir} -->",
+             f"Profile `{profile}`, data summary: {_data_counts(runs_dir)}.", "", results_table(rows), ""]
+    if plot:
+        scaling_plot(rows, plot, f"kdrank {profile} profile: distilled student vs augmented size (test queries)")
+        parts += [f"![scaling curve]({os.path.relpath(plot, Path(output).parent)})", ""]
+    parts += ["Commands:", "", "```", *(r["command"] for r in rows), "```", ""]
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    Path(output).write_text("\n".join(parts))
+    return output
+
+
+def _data_counts(runs_dir: str) -> str:
+    path = Path(runs_dir, "data", "summary.json")
+    if not path.exists():
+        return "unknown"
+    counts = json.loads(path.read_text())["counts"]
+    return ", ".join(f"{k} {', '.join(f'{n:,} {what}' for what, n in v.items())}" for k, v in counts.items())
+
+
+# ----- CLI ---------------------------------------------------------------------------------------------------
+def _run(args: argparse.Namespace) -> int:
+    runner = Runner(args.profile, args.data, args.output, fmt=args.format, teacher_model=args.teacher_model,
+                    student_model=args.student_model)
+    only = [n.strip() for item in args.only or [] for n in item.split(",") if n.strip()]
+    for row in runner.run(only or None, force=args.force):
+        m = row["metrics"]
+        print(f"{row['run']:<34} NDCG@5 {_num(m.get('ndcg@5'))}  pairwise {_num(m.get('pairwise_accuracy'))}  "
+              f"RMSE {_num(m.get('rmse'))}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    for exp in plan(args.profile):
+        print(f"{exp.name:<34} {exp.description}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    print(write_report(args.runs, args.output, args.plot))
+    return 0
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add `experiment run|list|report` to the `kdrank` subcommands."""
+    choices = sorted(name for name, p in PROFILES.items() if p.experiments)
+    exp = subparsers.add_parser("experiment", help="the paper's experiments on real data (results table, plot)")
+    sub = exp.add_subparsers(dest="experiment_command", required=True, metavar="ACTION")
+
+    run = sub.add_parser("run", help="run every experiment of a profile, or --only some (resumable)")
+    run.add_argument("--profile", default="reduced", choices=choices, help="sizes and plan (default: %(default)s)")
+    run.add_argument("--data", required=True, help="labelled pairs (path or gs:// URI)")
+    run.add_argument("--format", choices=["homedepot", "esci", "csv", "parquet", "jsonl"])
+    run.add_argument("--output", required=True, help="folder of data splits, checkpoints, metrics, results.jsonl")
+    run.add_argument("--only", action="append", metavar="NAME[,NAME]", help="run just these (see `list`)")
+    run.add_argument("--force", action="store_true", help="rerun --only runs that already have a result row")
+    run.add_argument("--teacher-model", help="teacher base model folder (default: SmolLM2-135M)")
+    run.add_argument("--student-model", help="student base model folder (default: MiniLM-L6)")
+    run.set_defaults(handler=_run)
+
+    lst = sub.add_parser("list", help="the experiments of a profile, in run order")
+    lst.add_argument("--profile", default="reduced", choices=choices)
+    lst.set_defaults(handler=_list)
+
+    rep = sub.add_parser("report", help="Markdown table (and scaling plot) from a results.jsonl")
+    rep.add_argument("--runs", required=True, help="the --output folder of `experiment run`")
+    rep.add_argument("--output", required=True, help="Markdown file to write")
+    rep.add_argument("--plot", help="also draw the scaling curve to this PNG")
+    rep.set_defaults(handler=_report)
+    return exp
+

@@ -1,0 +1,123 @@
+"""`kdrank experiment`: the whole plan on a small Home Depot-format file with tiny models, resumable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from kdrank_testing import make_labelled
+
+from components import schema
+from pipelines import cli, experiments
+from pipelines.experiments import Runner, plan, read_results
+
+
+def write_homedepot_csv(path: Path, n_queries: int = 30) -> str:
+    """make_labelled pairs in the Kaggle file's layout: 1-3 relevance scale, latin-1."""
+    frame = make_labelled(n_queries=n_queries, per_query=6, seed=3)
+    out = pd.DataFrame({
+        "id": range(1, len(frame) + 1),
+        "product_uid": [100000 + i for i in range(len(frame))],
+        "product_title": frame[schema.PRODUCT_TEXT] + " \xae",
+        "search_term": frame[schema.QUERY],
+        "relevance": (1.0 + frame[schema.GRADE]).round(2),
+    })
+    out.to_csv(path, index=False, encoding="latin-1")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, tiny_teacher_dir, tiny_student_dir):
+    root = tmp_path_factory.mktemp("experiments")
+    data = write_homedepot_csv(root / "train.csv")
+    runner = Runner("test", data, str(root / "runs"), fmt="homedepot", teacher_model=tiny_teacher_dir,
+                    student_model=tiny_student_dir)
+    rows = runner.run()
+    return runner, rows, root
+
+
+def test_every_planned_run_has_a_row_with_metrics_and_its_command(finished):
+    runner, rows, root = finished
+    names = [e.name for e in plan("test")]
+    assert [r["run"] for r in rows] == names
+    stored = {r["run"]: r for r in read_results(root / "runs")}
+    assert set(stored) == set(names)
+    for row in stored.values():
+        m = row["metrics"]
+        assert 0.0 <= m["ndcg@5"] <= 1.0 and 0.0 <= m["pairwise_accuracy"] <= 1.0
+        assert m["n_pairs"] > 0
+        assert row["command"].endswith(f"--only {row['run']}") and "--profile test" in row["command"]
+        assert row["hardware"]
+    assert stored["teacher-hard"]["settings"]["soft_targets"] is False
+    assert stored["teacher-soft"]["settings"].get("soft_targets", True) is True
+    assert stored["student-pointwise-2x"]["settings"]["loss"] == "pointwise_mse"
+    assert stored["student-human"]["settings"]["labels"] == "human"
+    assert stored["student-margin-2x-seed14"]["seed"] == 14
+    assert stored["student-margin-2x-ensemble"]["labels"] == "teacher-ensemble"
+
+
+def test_distillation_sets_are_nested_and_sized_by_multiple(finished):
+    runner, rows, root = finished
+    counts = json.loads((root / "runs" / "data" / "summary.json").read_text())["counts"]
+    n = counts["train"]["pairs"]
+    sizes = {r["run"]: r["train_pairs"] for r in rows}
+    assert sizes["student-margin-0x"] == n
+    assert sizes["student-margin-1x"] == 2 * n
+    assert sizes["student-margin-2x"] == 3 * n
+    one = pd.read_parquet(root / "runs" / "data" / "distill-teacher-soft-1x.parquet")
+    two = pd.read_parquet(root / "runs" / "data" / "distill-teacher-soft-2x.parquet")
+    key = [schema.QUERY_ID, schema.PRODUCT_ID]
+    assert one[key].equals(two[key].iloc[: len(one)])
+    assert two[schema.TEACHER_SCORE].notna().all()
+    # the catalogue is every product in the file, even though the split keeps only some queries for training
+    assert counts["catalogue"]["products"] == 30 * 6
+
+
+def test_rerun_skips_finished_runs(finished):
+    runner, rows, root = finished
+    model = root / "runs" / "models" / "teacher-soft" / "kdrank.json"
+    before = model.stat().st_mtime_ns
+    again = Runner("test", runner.data, str(root / "runs"), fmt="homedepot").run(["teacher-soft", "student-human"])
+    assert model.stat().st_mtime_ns == before
+    wanted = ("teacher-soft", "student-human")
+    assert [r["metrics"] for r in again] == [r["metrics"] for r in rows if r["run"] in wanted]
+
+
+def test_only_runs_one_experiment_and_what_it_needs(tmp_path, tiny_teacher_dir, tiny_student_dir):
+    data = write_homedepot_csv(tmp_path / "train.csv", n_queries=20)
+    runner = Runner("test", data, str(tmp_path / "runs"), fmt="homedepot", teacher_model=tiny_teacher_dir,
+                    student_model=tiny_student_dir)
+    runner.run(["student-margin-1x"])
+    assert sorted(r["run"] for r in read_results(tmp_path / "runs")) == ["student-margin-1x", "teacher-soft"]
+
+
+def test_report_writes_table_and_scaling_plot(finished, tmp_path):
+    runner, rows, root = finished
+    md, png = tmp_path / "results.md", tmp_path / "plots" / "scaling.png"
+    assert cli.main(["experiment", "report", "--runs", str(root / "runs"), "--output", str(md),
+                     "--plot", str(png)]) == 0
+    text = md.read_text()
+    for name in ("baseline-bm25", "teacher-soft", "student-margin-2x", "student-pointwise-2x"):
+        assert f"| {name} |" in text
+    assert "![scaling curve](plots/scaling.png)" in text
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_bad_requests_name_what_is_wrong(tmp_path, finished, capsys):
+    runner, rows, root = finished
+    with pytest.raises(ValueError, match="student-margin-3x"):
+        runner.run(["student-margin-3x"])
+    with pytest.raises(ValueError, match="profile 'demo' has no experiment plan"):
+        plan("demo")
+    assert cli.main(["experiment", "report", "--runs", str(tmp_path), "--output", str(tmp_path / "r.md")]) == 2
+    assert "no results.jsonl" in capsys.readouterr().err
+    assert not (tmp_path / "r.md").exists()
+
+
+def test_list_prints_the_plan(capsys):
+    assert cli.main(["experiment", "list", "--profile", "reduced"]) == 0
+    out = capsys.readouterr().out
+    assert "student-margin-16x" in out and "teacher-hard" in out and "ensemble" not in out
+    assert experiments.plan("full")[-1].name == "student-margin-16x-ensemble"
