@@ -105,6 +105,34 @@ def ranking_metrics(frame: pd.DataFrame, score_col: str, grade_col: str = schema
     }
 
 
+def query_bootstrap(frame: pd.DataFrame, score_col: str, grade_col: str = schema.GRADE, *,
+                    samples: int = 1000, seed: int = 0, min_grade_gap: float = MIN_GRADE_GAP) -> dict:
+    """95% intervals of NDCG@5 and pairwise accuracy when the test queries are resampled with replacement.
+
+    Queries are the unit of sampling (pairs of one query are not independent), so the interval says how
+    much a metric would move on another draw of test queries of the same size.
+    """
+    schema.require_columns(frame, [schema.QUERY_ID, score_col, grade_col])
+    ndcg, credit, ordered = [], [], []
+    for rows in frame.groupby(schema.QUERY_ID, sort=True).indices.values():
+        s, g = frame[score_col].to_numpy(np.float64)[rows], frame[grade_col].to_numpy(np.float64)[rows]
+        ndcg.append(ndcg_at(s, g, 5) if len(np.unique(np.round(g, 9))) >= 2 else math.nan)
+        c, n = _pairwise_counts(s, g, min_grade_gap)
+        credit.append(c)
+        ordered.append(n)
+    ndcg_a, credit_a, ordered_a = np.array(ndcg), np.array(credit), np.array(ordered, dtype=np.float64)
+    pick = np.random.default_rng(seed).integers(0, len(ndcg_a), size=(samples, len(ndcg_a)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pairwise = credit_a[pick].sum(axis=1) / ordered_a[pick].sum(axis=1)
+        ndcg5 = np.nanmean(ndcg_a[pick], axis=1)
+
+    def interval(values: np.ndarray) -> list[float] | None:
+        values = values[np.isfinite(values)]
+        return [float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975))] if len(values) else None
+
+    return {"ndcg@5": interval(ndcg5), "pairwise_accuracy": interval(pairwise), "samples": samples}
+
+
 def fit_linear_calibration(raw: np.ndarray, target: np.ndarray) -> dict:
     """Least-squares map target ~ scale * raw + offset (a student's raw score onto the grade scale)."""
     raw, target = np.asarray(raw, dtype=np.float64), np.asarray(target, dtype=np.float64)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from kdrank_testing import make_labelled
 
 from components import data, schema
 from components.evaluate import (
@@ -165,3 +166,20 @@ def test_evaluate_baseline_writes_null_rmse(tmp_path, tiny_labelled):
     metrics = evaluate_baseline("bm25", test_path, str(tmp_path / "bm25"))
     assert math.isnan(metrics["rmse"])
     assert json.loads(Path(tmp_path / "bm25" / "metrics.json").read_text())["rmse"] is None
+
+
+def test_query_bootstrap_intervals_cover_the_metric_and_shrink_with_more_queries():
+    from components.evaluate import query_bootstrap
+
+    small, large = make_labelled(n_queries=20, seed=1), make_labelled(n_queries=200, seed=1)
+    for frame in (small, large):
+        frame["perfect"] = frame[schema.GRADE]
+        frame["noise"] = np.random.default_rng(0).normal(size=len(frame))
+    assert query_bootstrap(small, "perfect")["pairwise_accuracy"] == [1.0, 1.0]
+    narrow = query_bootstrap(large, "noise")["pairwise_accuracy"]
+    wide = query_bootstrap(small, "noise")["pairwise_accuracy"]
+    point = ranking_metrics(large, "noise")["pairwise_accuracy"]
+    assert narrow[0] <= point <= narrow[1]
+    assert narrow[1] - narrow[0] < wide[1] - wide[0]
+    with pytest.raises(schema.DataError):
+        query_bootstrap(large.drop(columns=[schema.GRADE]), "noise")

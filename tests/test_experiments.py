@@ -101,7 +101,7 @@ def test_report_writes_table_and_scaling_plot(finished, tmp_path):
     text = md.read_text()
     for name in ("baseline-bm25", "teacher-soft", "student-margin-2x", "student-pointwise-2x"):
         assert f"| {name} |" in text
-    assert "![scaling curve](plots/scaling.png)" in text
+    assert "![scaling curve](plots/scaling.png)" in text and "pairwise 95% CI" in text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 

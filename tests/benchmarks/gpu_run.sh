@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# On the lent GPU machine, from the repository root, after .gpu/a, .gpu/b and .gpu/c have been carried
+# (tests/benchmarks/gpu_stage.py). Usage: bash tests/benchmarks/gpu_run.sh [EXPERIMENT,...]
+# Writes the GPU throughput section and the experiment results (no checkpoints) under $OUT.
+set -euo pipefail
+OUT=${OUT:-/tmp/kdrank-out}
+ONLY=${1:-baseline-random,baseline-bm25,baseline-biencoder,teacher-soft,student-human,student-margin-0x,student-margin-16x}
+WORK=/tmp/kdrank-gpu
+mkdir -p "$WORK" "$OUT"
+pip install -q --no-deps .gpu/a/wheels/*.whl
+cat .gpu/b/teacher.gguf.b .gpu/c/teacher.gguf.c > "$WORK/SmolLM2-135M-Instruct.Q4_1.gguf"
+python - "$WORK" <<'PY'
+import sys, torch
+from transformers import AutoModel, AutoTokenizer
+work = sys.argv[1]
+AutoModel.from_pretrained(".gpu/a/minilm", dtype=torch.float32).save_pretrained(f"{work}/minilm")
+AutoTokenizer.from_pretrained(".gpu/a/minilm").save_pretrained(f"{work}/minilm")
+PY
+export KDRANK_STUDENT_BASE="$WORK/minilm" KDRANK_TEACHER_GGUF="$WORK/SmolLM2-135M-Instruct.Q4_1.gguf"
+export KDRANK_CACHE="$WORK/cache" HF_HUB_OFFLINE=1 PYTHONPATH=.
+nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
+timeout 150 python tests/benchmarks/bench_throughput.py --data .gpu/a/data/train.csv \
+    --output "$OUT/throughput-gpu.md" || echo "throughput benchmark failed or timed out" >&2
+timeout "${KDRANK_EXPERIMENT_TIMEOUT:-420}" python -m pipelines.cli experiment run --profile full \
+    --data .gpu/a/data/train.csv --format homedepot --output "$WORK/results-full" --only "$ONLY" \
+    || echo "experiment run stopped (timeout or error); finished runs are kept" >&2
+cp "$WORK/results-full/results.jsonl" "$OUT/" 2>/dev/null || true
+cp "$WORK/results-full/data/summary.json" "$OUT/data-summary.json" 2>/dev/null || true
