@@ -347,22 +347,30 @@ def scaling_plot(rows: list[dict], path: str, title: str) -> str:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, (key, label) in zip(axes, (("ndcg@5", "NDCG@5"), ("pairwise_accuracy", "pairwise accuracy")),
                                 strict=True):
-        xs = [r["augmented"] for r in curve]
-        ax.plot(xs, [r["metrics"][key] for r in curve], "o-", color="tab:blue", label="student, margin MSE")
+        xs = list(range(len(curve)))  # evenly spaced sizes: 0x, 2x, 4x, ... read better than a log axis
+        ys = [r["metrics"][key] for r in curve]
+        bounds = [r.get("ci", {}).get(key) for r in curve]
+        if all(bounds):  # query-bootstrap 95% intervals
+            yerr = [[y - b[0] for y, b in zip(ys, bounds, strict=True)],
+                    [b[1] - y for y, b in zip(ys, bounds, strict=True)]]
+            ax.errorbar(xs, ys, yerr=yerr, fmt="o-", capsize=4, color="tab:blue",
+                        label="student, margin MSE (95% CI)")
+        else:
+            ax.plot(xs, ys, "o-", color="tab:blue", label="student, margin MSE")
         refs = (("teacher-soft", "teacher (soft targets)", "tab:red"),
                 ("student-human", "student on human labels", "tab:green"),
                 ("baseline-bm25", "BM25", "tab:gray"))
         for run, name, color in refs:
             if run in by_run:
                 ax.axhline(by_run[run]["metrics"][key], linestyle="--", color=color, label=name)
-        ax.set_xscale("symlog", linthresh=1)
-        ax.set_xticks(xs, [f"{_fmt(x)}x" for x in xs])
+        ax.set_xticks(xs, [f"{_fmt(r['augmented'])}x" for r in curve])
         ax.set_xlabel("augmented pairs (multiple of the labelled training pairs)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

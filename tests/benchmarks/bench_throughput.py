@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
         params = sum(p.numel() for p in model.parameters())
         details[role] = {"flops": flops_per_pair(model, args.seq_len), "scoring": scoring}
         rows.append(f"| {role} ({models.TEACHER_NAME if role == pairs.TEACHER else 'MiniLM-L6'}) | "
-                    f"{params / 1e6:.1f} M | {details[role]['flops'] / 1e9:.2f} | {scoring:,.0f} | {training:,.1f} |")
+                    f"{params / 1e6:.1f} M | {details[role]['flops'] / 1e9:.2f} | {scoring:,.1f} | {training:,.1f} |")
         print(rows[-1], flush=True)
         del model
 
