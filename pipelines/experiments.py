@@ -6,7 +6,8 @@ of the training pairs plus 0x..Nx augmented pairs (the scaling curve), pointwise
 and optionally a teacher ensemble with its own largest distillation run and extra seeds.
 
 Every run is idempotent: its checkpoint and metrics live under `--output`, a rerun skips what is done,
-and `--only NAME` runs one experiment (and whatever it needs). Each finished run adds one row to
+and `--only NAME` runs one experiment (and whatever it needs). A finished run is found by name, so after
+changing a profile's settings rerun with `--force` or use a new `--output`. Each finished run adds one row to
 `results.jsonl` with its settings, metrics, timings, hardware and the command that reproduces it;
 `kdrank experiment report` turns those rows into a Markdown table and the scaling-curve PNG.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -136,15 +138,23 @@ class Runner:
         augment_pairs(self.paths()["train"], self.paths()["catalogue"], target, AugmentConfig(**settings))
         return target
 
-    def teacher_labelled(self, labels: str) -> str:
+    def teacher_labelled(self, labels: str) -> tuple[str, str]:
+        """(folder of teacher labels of the augmented set, version tag of those labels).
+
+        The tag hashes the teacher's kdrank.json and the augmented file, so a retrained teacher or a new
+        augmented set labels into a new folder instead of reusing stale labels.
+        """
         from components.label import label_pairs
 
         pairs_uri = self.augmented()
         teacher = self.teacher(labels)
-        target = self.out / "data" / f"labelled-{labels}-{_fmt(self.top)}x"
+        digest = hashlib.sha256(Path(teacher, "kdrank.json").read_bytes())
+        digest.update(str(Path(pairs_uri).stat().st_mtime_ns).encode())
+        tag = digest.hexdigest()[:10]
+        target = self.out / "data" / f"labelled-{labels}-{_fmt(self.top)}x-{tag}"
         label_pairs(pairs_uri, teacher, str(target), num_shards=1,
                     batch_size=int(self.profile.label.get("batch_size", 64)))
-        return str(target)
+        return str(target), tag
 
     def distill_set(self, labels: str, multiple: float) -> str:
         """Training pairs plus the first multiple x N augmented pairs (fill order), with teacher labels."""
@@ -154,10 +164,11 @@ class Runner:
         from components.augment import LABELLED
         from components.data import read_table, write_table
 
-        target = self.out / "data" / f"distill-{labels}-{_fmt(multiple)}x.parquet"
+        source, tag = self.teacher_labelled(labels)
+        target = self.out / "data" / f"distill-{labels}-{_fmt(multiple)}x-{tag}.parquet"
         if target.exists():
             return str(target)
-        labelled = read_table(self.teacher_labelled(labels))
+        labelled = read_table(source)
         base = labelled[labelled[schema.SOURCE] == LABELLED]
         new = labelled[labelled[schema.SOURCE] != LABELLED]
         want = round(multiple * len(base))
@@ -172,7 +183,7 @@ class Runner:
         unknown = [n for n in names if n not in self.experiments]
         if unknown:
             raise ValueError(f"unknown experiment(s) {unknown}; this profile has {list(self.experiments)}")
-        return [self.run_one(name, force=force and name in names) for name in names]
+        return [self.run_one(name, force=force) for name in names]
 
     def run_one(self, name: str, force: bool = False) -> dict:
         exp = self.experiments[name]

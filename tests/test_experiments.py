@@ -66,8 +66,8 @@ def test_distillation_sets_are_nested_and_sized_by_multiple(finished):
     assert sizes["student-margin-0x"] == n
     assert sizes["student-margin-1x"] == 2 * n
     assert sizes["student-margin-2x"] == 3 * n
-    one = pd.read_parquet(root / "runs" / "data" / "distill-teacher-soft-1x.parquet")
-    two = pd.read_parquet(root / "runs" / "data" / "distill-teacher-soft-2x.parquet")
+    one = pd.read_parquet(next((root / "runs" / "data").glob("distill-teacher-soft-1x-*.parquet")))
+    two = pd.read_parquet(next((root / "runs" / "data").glob("distill-teacher-soft-2x-*.parquet")))
     key = [schema.QUERY_ID, schema.PRODUCT_ID]
     assert one[key].equals(two[key].iloc[: len(one)])
     assert two[schema.TEACHER_SCORE].notna().all()
@@ -128,3 +128,19 @@ def test_seed_spread_summarises_repeated_runs(finished):
     text = experiments.seed_spread(rows)
     assert "| student-human | 13, 14 |" in text and "| student-margin-0x | 13, 14 |" in text
     assert "student-margin-1x |" not in text  # not repeated in the test plan
+
+
+def test_a_retrained_teacher_labels_into_a_new_folder(tmp_path, tiny_teacher_dir, tiny_student_dir):
+    import dataclasses
+
+    data = write_homedepot_csv(tmp_path / "train.csv", n_queries=16)
+    runner = Runner("test", data, str(tmp_path / "runs"), fmt="homedepot", teacher_model=tiny_teacher_dir,
+                    student_model=tiny_student_dir)
+    runner.run(["student-margin-1x"])
+    runner.profile = dataclasses.replace(runner.profile, teacher={**runner.profile.teacher, "epochs": 2.0})
+    runner.run(["teacher-soft", "student-margin-1x"], force=True)
+    labelled = sorted((tmp_path / "runs" / "data").glob("labelled-teacher-soft-2x-*"))
+    sets = sorted((tmp_path / "runs" / "data").glob("distill-teacher-soft-1x-*.parquet"))
+    assert len(labelled) == 2 and len(sets) == 2
+    rows = {r["run"]: r for r in read_results(tmp_path / "runs")}
+    assert rows["teacher-soft"]["settings"]["epochs"] == 2.0
