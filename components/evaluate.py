@@ -205,14 +205,21 @@ def _scored_frame(frame: pd.DataFrame, raw: np.ndarray, mapped: np.ndarray | Non
     return out
 
 
-def _json_safe(metrics: dict) -> dict:
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+def json_safe(value):
+    """`value` with every non-finite float (NaN, inf), at any depth of dicts and lists, made None for JSON."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _write_outputs(output_dir: str, scored: pd.DataFrame, metrics: dict, *, name: str, source: str,
                    data_uri: str) -> None:
     with storage.atomic_dir(output_dir) as tmp:
-        Path(tmp, "metrics.json").write_text(json.dumps(_json_safe(metrics), indent=2) + "\n")
+        Path(tmp, "metrics.json").write_text(json.dumps(json_safe(metrics), indent=2) + "\n")
         header = f"# Evaluation: {name}\n\n- model: {source}\n- data: {data_uri}\n\n"
         Path(tmp, "metrics.md").write_text(header + metrics_table({name: metrics}))
         scored.to_parquet(os.path.join(tmp, "scores.parquet"), index=False)

@@ -18,13 +18,11 @@ that set once; the m-x set is the training pairs plus the first m x N augmented 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import logging
 import math
 import os
-import platform
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -97,10 +95,9 @@ def hardware() -> str:
 
     if torch.cuda.is_available():
         return f"1x {torch.cuda.get_device_name()}"
-    cpu = platform.processor() or "CPU"
-    with contextlib.suppress(OSError, StopIteration):
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
+    from components.runtime import cpu_model
+
+    cpu = cpu_model()
     return f"{cpu}, {os.cpu_count()} cores (CPU only)"
 
 
@@ -263,22 +260,14 @@ def read_results(out: str | Path) -> list[dict]:
 
 def append_result(out: str | Path, row: dict) -> None:
     """Add (or replace) one run's row; the file is rewritten whole through a temporary file."""
-    rows = [r for r in read_results(out) if r["run"] != row["run"]] + [_json_safe(row)]
+    from components.evaluate import json_safe
+
+    rows = [r for r in read_results(out) if r["run"] != row["run"]] + [json_safe(row)]
     path = Path(out, RESULTS)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
     tmp.replace(path)
-
-
-def _json_safe(value):
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 # ----- report --------------------------------------------------------------------------------------------

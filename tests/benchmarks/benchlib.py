@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-import platform
 from pathlib import Path
 
 import torch
+
+from components.runtime import cpu_model
 
 ROOT = Path(__file__).resolve().parents[2]
 # The Home Depot sample lies beside the checkout (../shared/data/homedepot) and is never copied into it.
@@ -15,8 +16,7 @@ HOMEDEPOT = str(Path(os.environ.get("KDRANK_HOMEDEPOT", ROOT.parent / "shared" /
 
 def machine() -> str:
     """CPU model, cores, torch threads and load: printed with every figure, since they decide it."""
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or "unknown CPU")
+    cpu = cpu_model()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return (f"{cpu}, {os.cpu_count()} cores visible{gpu}, torch {torch.__version__} with "
