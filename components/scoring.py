@@ -18,13 +18,11 @@ import torch
 from tqdm.auto import tqdm
 
 from components import pairs, storage
+from components.batching import TokenTable
 from components.checkpoint import CheckpointInfo, apply_calibration, read_info
 from components.runtime import autocast, pick_device
 
 log = logging.getLogger(__name__)
-
-ENCODE_SLICE = 2048  # pairs tokenised at a time when scoring (bounds the tokenizer's transient memory)
-
 
 @dataclass
 class Scores:
@@ -51,31 +49,6 @@ def prepare_decoder_tokenizer(tokenizer, model) -> None:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
-
-
-def encode_unpadded(tokenizer, queries: Sequence[str], products: Sequence[str], *, role: str,
-                    max_length: int) -> dict[str, list[np.ndarray]]:
-    """Unpadded token ids (and token types) of every pair via `pairs.encode_pairs`, as small int32 arrays.
-
-    Tokenised in slices: a fast tokenizer's full encodings take kilobytes per pair, which would make
-    memory grow with the number of pairs held at once.
-    """
-    out: dict[str, list[np.ndarray]] = {"input_ids": []}
-    for start in range(0, len(queries), ENCODE_SLICE):
-        enc = pairs.encode_pairs(tokenizer, list(queries[start:start + ENCODE_SLICE]),
-                                 list(products[start:start + ENCODE_SLICE]), role=role, max_length=max_length,
-                                 padding=False, return_tensors=None)
-        for key in ("input_ids", "token_type_ids"):
-            if key in enc:
-                out.setdefault(key, []).extend(np.asarray(row, dtype=np.int32) for row in enc[key])
-    return out
-
-
-def pad_batch(tokenizer, encoded: dict[str, list[np.ndarray]], idx: Sequence[int]):
-    """Rows `idx` of `encode_unpadded` output, padded to the longest of them (dynamic padding), as tensors."""
-    rows = {key: [values[i] for i in idx] for key, values in encoded.items()}
-    rows["attention_mask"] = [np.ones(len(ids), dtype=np.int32) for ids in rows["input_ids"]]
-    return tokenizer.pad(rows, padding=True, return_tensors="pt")
 
 
 class PairScorer:
@@ -112,40 +85,41 @@ class PairScorer:
               naive: bool = False, progress: bool = True, desc: str | None = None) -> Scores:
         queries, products = list(queries), list(products)
         n = len(queries)
-        tokenizer = self.members[0][0]
-        encoded = None
+        tables = None
         if naive:
             order = np.arange(n)
         else:  # tokenise once, unpadded, and sort by exact token length so each batch pads little
-            encoded = [encode_unpadded(tok, queries, products, role=self.role, max_length=self.max_length)
-                       for tok, _ in self.members]
-            order = np.argsort([len(ids) for ids in encoded[0]["input_ids"]], kind="stable")
-        outputs = [np.zeros((n, self.num_grades if self.role == pairs.TEACHER else 1), dtype=np.float32)
-                   for _ in self.members]
+            tables = [TokenTable.encode(tok, queries, products, role=self.role, max_length=self.max_length)
+                      for tok, _ in self.members]
+            order = np.argsort(tables[0].lengths, kind="stable")
+        # Outputs stay on the device until the end: no host sync per batch, so batches queue back to back.
+        outputs: list[list[torch.Tensor]] = [[] for _ in self.members]
         bar = tqdm(total=n, desc=desc or f"scoring ({self.role})", unit="pair", disable=not progress,
                    leave=False)
         with torch.inference_mode(), autocast(self.device):
             for start in range(0, n, batch_size):
                 idx = order[start:start + batch_size]
                 for m, (tok, model) in enumerate(self.members):
-                    if encoded is None:  # naive baseline: tokenise per batch, pad to max_length
+                    if tables is None:  # naive baseline: tokenise per batch, pad to max_length
                         batch = pairs.encode_pairs(tok, [queries[i] for i in idx], [products[i] for i in idx],
                                                    role=self.role, max_length=self.max_length,
-                                                   padding="max_length")
+                                                   padding="max_length").to(self.device)
                     else:
-                        batch = pad_batch(tok, encoded[m], idx)
-                    batch = batch.to(self.device)
+                        batch = tables[m].batch(idx, self.device)
                     logits = model(**batch).logits.float()
-                    if self.role == pairs.TEACHER:
-                        logits = torch.softmax(logits, dim=-1)
-                    outputs[m][idx] = logits.cpu().numpy()
+                    outputs[m].append(torch.softmax(logits, dim=-1) if self.role == pairs.TEACHER else logits)
                 bar.update(len(idx))
+        results = []
+        for member_outputs in outputs:
+            result = np.zeros((n, self.num_grades if self.role == pairs.TEACHER else 1), dtype=np.float32)
+            if n:
+                result[order] = torch.cat(member_outputs).cpu().numpy()
+            results.append(result)
         bar.close()
-        del tokenizer
         if self.role == pairs.TEACHER:
-            probs = np.mean(outputs, axis=0).astype(np.float64)
+            probs = np.mean(results, axis=0).astype(np.float64)
             return Scores(score=probs @ np.arange(self.num_grades, dtype=np.float64), probs=probs)
-        return Scores(score=outputs[0][:, 0].astype(np.float64))
+        return Scores(score=results[0][:, 0].astype(np.float64))
 
 
 def score_file(model_dir: str, input_uri: str, output_uri: str, *, fmt: str | None = None,

@@ -28,10 +28,11 @@ import torch
 from tqdm.auto import tqdm
 
 from components import data, models, pairs, schema, storage
+from components.batching import TokenTable, length_batches, to_device
 from components.checkpoint import META_FILE, CheckpointInfo, write_info
 from components.evaluate import SCORE, SCORE_GRADE, fit_linear_calibration, ranking_metrics
 from components.losses import margin_mse_loss, pointwise_mse_loss
-from components.runtime import autocast, pick_device, seed_everything
+from components.runtime import adamw, autocast, pick_device, seed_everything
 from components.schema import DataError
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,6 @@ log = logging.getLogger(__name__)
 LABELS = {"teacher": schema.TEACHER_SCORE, "human": schema.GRADE}
 LOSSES = ("margin_mse", "pointwise_mse")
 MIN_MARGIN = 1e-6  # pairs whose targets differ by less are skipped (no ordering to learn)
-SORT_WINDOW = 50  # length bucketing: sort within windows of this many batches, then shuffle the batches
 
 
 @dataclass
@@ -85,13 +85,15 @@ class StudentConfig:
 
 @dataclass
 class TrainingRows:
-    """A training table reduced to what the loop needs: texts, targets, and row indices per query."""
+    """A training table reduced to what the loop needs: token ids, targets, and row indices per query."""
 
-    queries: list[str]
-    products: list[str]
+    tokens: TokenTable
     targets: np.ndarray
-    lengths: np.ndarray  # characters of query + product, a cheap proxy for token length
     groups: list[np.ndarray]
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.tokens.lengths
 
 
 def read_training_table(uri: str, labels: str) -> pd.DataFrame:
@@ -122,14 +124,13 @@ def _num_grades(frame: pd.DataFrame, uri: str) -> int:
     return schema.num_grades_of(frame)
 
 
-def training_rows(frame: pd.DataFrame, labels: str) -> TrainingRows:
-    queries = frame[schema.QUERY].astype(str).tolist()
-    products = frame[schema.PRODUCT_TEXT].astype(str).tolist()
-    return TrainingRows(
-        queries=queries, products=products, targets=frame[LABELS[labels]].to_numpy(dtype=np.float64),
-        lengths=np.array([len(q) + len(p) for q, p in zip(queries, products, strict=True)]),
-        groups=list(frame.groupby(schema.QUERY_ID, sort=True).indices.values()),
-    )
+def training_rows(frame: pd.DataFrame, labels: str, tokenizer, max_length: int) -> TrainingRows:
+    """Tokenise every row once (the loop then only gathers and pads ids)."""
+    tokens = TokenTable.encode(tokenizer, frame[schema.QUERY].astype(str).tolist(),
+                               frame[schema.PRODUCT_TEXT].astype(str).tolist(), role=pairs.STUDENT,
+                               max_length=max_length)
+    return TrainingRows(tokens=tokens, targets=frame[LABELS[labels]].to_numpy(dtype=np.float64),
+                        groups=list(frame.groupby(schema.QUERY_ID, sort=True).indices.values()))
 
 
 def sample_margin_pairs(groups: Sequence[np.ndarray], targets: np.ndarray, rng: np.random.Generator,
@@ -159,51 +160,27 @@ def sample_margin_pairs(groups: Sequence[np.ndarray], targets: np.ndarray, rng: 
     return out[np.abs(targets[out[:, 0]] - targets[out[:, 1]]) >= MIN_MARGIN]
 
 
-def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Shuffle, sort by length within windows of SORT_WINDOW batches, cut, shuffle the batches.
-
-    Neighbours in a batch have similar lengths, so dynamic padding wastes little, while batch order
-    stays random.
-    """
-    order = rng.permutation(len(lengths))
-    window = batch_size * SORT_WINDOW
-    batches = []
-    for start in range(0, len(order), window):
-        block = order[start:start + window]
-        block = block[np.argsort(lengths[block], kind="stable")]
-        batches.extend(block[i:i + batch_size] for i in range(0, len(block), batch_size))
-    return [batches[i] for i in rng.permutation(len(batches))]
-
-
-def student_scores(model, tokenizer, queries: Sequence[str], products: Sequence[str], *, max_length: int,
-                   device: torch.device) -> torch.Tensor:
-    """(n,) float32 scores of a one-label cross-encoder, in one forward pass over the padded batch."""
-    batch = pairs.encode_pairs(tokenizer, queries, products, role=pairs.STUDENT, max_length=max_length)
+def pair_scores(model, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+    """(n,) float32 scores of a one-label cross-encoder for a padded batch already on `device`."""
     with autocast(device):
-        logits = model(**batch.to(device)).logits
+        logits = model(**batch).logits
     if logits.shape[-1] != 1:
         raise ValueError(f"the student must have one output label, got {logits.shape[-1]}")
     return logits.float().squeeze(-1)
 
 
-def margin_mse_batch_loss(model, tokenizer, queries: Sequence[str], products_a: Sequence[str],
-                          products_b: Sequence[str], targets_a: Sequence[float],
-                          targets_b: Sequence[float], *, max_length: int,
-                          device: torch.device) -> torch.Tensor:
-    """Margin MSE of same-query pairs; the a and b halves are concatenated into ONE forward pass."""
-    n = len(queries)
-    scores = student_scores(model, tokenizer, [*queries, *queries], [*products_a, *products_b],
-                            max_length=max_length, device=device)
-    t = torch.as_tensor(np.concatenate([targets_a, targets_b]), dtype=torch.float32, device=scores.device)
-    return margin_mse_loss(scores[:n], scores[n:], t[:n], t[n:])
+def batch_loss(model, rows: TrainingRows, items: np.ndarray, loss: str, device: torch.device) -> torch.Tensor:
+    """The loss of one batch of items ((m, 2) pairs for margin MSE, (n, 1) rows for pointwise MSE).
 
-
-def pointwise_mse_batch_loss(model, tokenizer, queries: Sequence[str], products: Sequence[str],
-                             targets: Sequence[float], *, max_length: int,
-                             device: torch.device) -> torch.Tensor:
-    scores = student_scores(model, tokenizer, queries, products, max_length=max_length, device=device)
-    return pointwise_mse_loss(scores, torch.as_tensor(np.asarray(targets), dtype=torch.float32,
-                                                      device=scores.device))
+    Margin MSE puts the a and b halves into ONE forward pass (2m sequences), not two.
+    """
+    idx = np.concatenate([items[:, 0], items[:, 1]]) if loss == "margin_mse" else items[:, 0]
+    scores = pair_scores(model, rows.tokens.batch(idx, device), device)
+    t = to_device(torch.from_numpy(rows.targets[idx].astype(np.float32)), device)
+    if loss == "margin_mse":
+        m = len(items)
+        return margin_mse_loss(scores[:m], scores[m:], t[:m], t[m:])
+    return pointwise_mse_loss(scores, t)
 
 
 def epoch_batches(rows: TrainingRows, config: StudentConfig,
@@ -218,28 +195,14 @@ def epoch_batches(rows: TrainingRows, config: StudentConfig,
     return length_batches(rows.lengths, 2 * config.batch_size, rng), items
 
 
-def _batch_loss(model, tokenizer, rows: TrainingRows, items: np.ndarray, config: StudentConfig,
-                device: torch.device) -> torch.Tensor:
-    if config.loss == "margin_mse":
-        a, b = items[:, 0], items[:, 1]
-        return margin_mse_batch_loss(
-            model, tokenizer, [rows.queries[i] for i in a], [rows.products[i] for i in a],
-            [rows.products[i] for i in b], rows.targets[a], rows.targets[b],
-            max_length=config.max_length, device=device)
-    idx = items[:, 0]
-    return pointwise_mse_batch_loss(model, tokenizer, [rows.queries[i] for i in idx],
-                                    [rows.products[i] for i in idx], rows.targets[idx],
-                                    max_length=config.max_length, device=device)
-
-
-def _optimizer(model, config: StudentConfig, total_steps: int):
+def _optimizer(model, config: StudentConfig, total_steps: int, device: torch.device):
     from transformers import get_linear_schedule_with_warmup
 
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         (no_decay if param.ndim < 2 or "LayerNorm" in name else decay).append(param)
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.learning_rate)
+    optimizer = adamw([{"params": decay, "weight_decay": config.weight_decay},
+                       {"params": no_decay, "weight_decay": 0.0}], device, lr=config.learning_rate)
     warmup = int(round(config.warmup_ratio * total_steps))
     return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
 
@@ -322,7 +285,6 @@ def train_student(train_uri: str, val_uri: str | None, output_dir: str,
     if done:
         return done
     num_grades = _num_grades(frame, train_uri)
-    rows = training_rows(frame, config.labels)
     seed_everything(config.seed)
     device = pick_device(config.device)
     from components.scoring import load_classifier
@@ -330,6 +292,7 @@ def train_student(train_uri: str, val_uri: str | None, output_dir: str,
     base = models.resolve_model(config.base_model, pairs.STUDENT)
     tokenizer, model = load_classifier(base, role=pairs.STUDENT, num_labels=1)
     model.to(device).train()
+    rows = training_rows(frame, config.labels, tokenizer, config.max_length)
 
     batches, items = epoch_batches(rows, config, 0)
     if not batches:
@@ -338,10 +301,12 @@ def train_student(train_uri: str, val_uri: str | None, output_dir: str,
     total_steps = math.ceil(config.epochs * len(batches))
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
-    optimizer, scheduler = _optimizer(model, config, total_steps)
+    optimizer, scheduler = _optimizer(model, config, total_steps, device)
     log.info("student: %d rows, %d queries, %d %s items/epoch, %d steps on %s", len(frame), len(rows.groups),
              len(items), config.loss, total_steps, device)
 
+    # Losses stay on the device and are read once per log point: a read waits for the GPU, and a wait
+    # every step would leave it idle while the host prepares the next batch.
     step, sequences, epoch_losses, curve, window = 0, 0, [], [], []
     log_every = max(1, total_steps // 50)
     bar = tqdm(total=total_steps, desc=f"student ({config.loss}, {config.labels} labels)", unit="step")
@@ -350,9 +315,9 @@ def train_student(train_uri: str, val_uri: str | None, output_dir: str,
     while step < total_steps:
         if epoch:
             batches, items = epoch_batches(rows, config, epoch)
-        losses = []
+        epoch_sum, epoch_steps = torch.zeros((), device=device), 0
         for batch in batches:
-            loss = _batch_loss(model, tokenizer, rows, items[batch], config, device)
+            loss = batch_loss(model, rows, items[batch], config.loss, device)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()
@@ -360,18 +325,19 @@ def train_student(train_uri: str, val_uri: str | None, output_dir: str,
             optimizer.zero_grad(set_to_none=True)
             step += 1
             sequences += items[batch].size
-            losses.append(float(loss.detach()))
-            window.append(losses[-1])
+            epoch_sum += loss.detach()
+            epoch_steps += 1
+            window.append(loss.detach())
             if step % log_every == 0 or step == total_steps:
-                curve.append([step, float(np.mean(window))])
+                curve.append([step, torch.stack(window).mean().item()])
                 bar.set_postfix(loss=f"{curve[-1][1]:.4f}", epoch=epoch)
                 window = []
             bar.update(1)
             if step >= total_steps:
                 break
-        empty_epochs = 0 if losses else empty_epochs + 1
-        if losses:
-            epoch_losses.append(float(np.mean(losses)))
+        empty_epochs = 0 if epoch_steps else empty_epochs + 1
+        if epoch_steps:
+            epoch_losses.append(epoch_sum.item() / epoch_steps)
         elif empty_epochs > 100:  # a tiny table may draw an empty epoch now and then, never this many in a row
             raise RuntimeError(f"no training pairs drawn from {train_uri} in {empty_epochs} epochs")
         epoch += 1

@@ -22,16 +22,16 @@ import torch
 from tqdm.auto import tqdm
 
 from components import models, pairs, schema, storage
+from components.batching import TokenTable, length_batches, to_device
 from components.checkpoint import META_FILE, CheckpointInfo, write_info
 from components.data import read_table
 from components.losses import soft_target_cross_entropy
-from components.runtime import autocast, pick_device, seed_everything
-from components.scoring import encode_unpadded, load_classifier, pad_batch
+from components.runtime import adamw, autocast, pick_device, seed_everything
+from components.scoring import load_classifier
 
 log = logging.getLogger(__name__)
 
-BUCKET_BATCHES = 50  # batches per length bucket: sorted within, shuffled across
-
+LOSS_READ_EVERY = 50  # training batches between reads of the running loss (each read syncs the GPU)
 
 @dataclass
 class TeacherConfig:
@@ -140,31 +140,6 @@ def targets_of(frame: pd.DataFrame, soft: bool) -> np.ndarray:
     return np.eye(dist.shape[1])[dist.argmax(axis=1)]
 
 
-def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Shuffled batches of similar-length examples: shuffle, sort within buckets, shuffle batch order."""
-    order = rng.permutation(len(lengths))
-    batches = []
-    span = batch_size * BUCKET_BATCHES
-    for start in range(0, len(order), span):
-        bucket = order[start:start + span]
-        bucket = bucket[np.argsort(lengths[bucket], kind="stable")]
-        batches.extend(bucket[i:i + batch_size] for i in range(0, len(bucket), batch_size))
-    return [batches[i] for i in rng.permutation(len(batches))]
-
-
-class _Encoded:
-    """Token ids of every pair, tokenised once (compactly), padded per batch."""
-
-    def __init__(self, tokenizer, frame: pd.DataFrame, max_length: int):
-        self.encoded = encode_unpadded(tokenizer, frame[schema.QUERY].tolist(), frame[schema.PRODUCT_TEXT].tolist(),
-                                       role=pairs.TEACHER, max_length=max_length)
-        self.lengths = np.array([len(ids) for ids in self.encoded["input_ids"]])
-        self.tokenizer = tokenizer
-
-    def batch(self, idx: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
-        return pad_batch(self.tokenizer, self.encoded, idx).to(device)
-
-
 def _train_member(base: str, train: pd.DataFrame, val: pd.DataFrame | None, out: Path, config: TeacherConfig,
                   num_grades: int, *, seed: int, device: torch.device, desc: str) -> dict:
     seed_everything(seed)
@@ -172,17 +147,17 @@ def _train_member(base: str, train: pd.DataFrame, val: pd.DataFrame | None, out:
     if config.lora:
         model = _with_lora(model, config.lora_rank)
     model.to(device)
-    data = _Encoded(tokenizer, train, config.max_length)
+    data = _encode(tokenizer, train, config.max_length)
     targets = torch.tensor(targets_of(train, config.soft_targets), dtype=torch.float32)
-    val_data = _Encoded(tokenizer, val, config.max_length) if val is not None else None
+    val_data = _encode(tokenizer, val, config.max_length) if val is not None else None
     val_targets = torch.tensor(targets_of(val, True), dtype=torch.float32) if val is not None else None
 
     rng = np.random.default_rng(seed)
     per_epoch = math.ceil(len(train) / config.batch_size)
     total_batches = max(1, math.ceil(config.epochs * per_epoch))
     total_steps = math.ceil(total_batches / config.grad_accumulation)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
-                                  lr=config.learning_rate, weight_decay=0.01)
+    optimizer = adamw([p for p in model.parameters() if p.requires_grad], device, lr=config.learning_rate,
+                      weight_decay=0.01)
     from transformers import get_linear_schedule_with_warmup
 
     warmup = int(config.warmup_ratio * total_steps)
@@ -194,11 +169,13 @@ def _train_member(base: str, train: pd.DataFrame, val: pd.DataFrame | None, out:
     start = time.perf_counter()
     while done < total_batches:
         model.train()
-        losses = []
+        # Losses are summed on the device and read at most every LOSS_READ_EVERY batches: a read waits for
+        # the GPU, and a wait every step would leave it idle while the host prepares the next batch.
+        epoch_sum, epoch_batches, recent = torch.zeros((), device=device), 0, []
         for idx in length_batches(data.lengths, config.batch_size, rng)[:total_batches - done]:
             with autocast(device):
                 logits = model(**data.batch(idx, device)).logits
-            loss = soft_target_cross_entropy(logits.float(), targets[idx].to(device))
+            loss = soft_target_cross_entropy(logits.float(), to_device(targets[idx], device))
             (loss / config.grad_accumulation).backward()
             done += 1
             pairs_seen += len(idx)
@@ -207,10 +184,14 @@ def _train_member(base: str, train: pd.DataFrame, val: pd.DataFrame | None, out:
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
+            epoch_sum += loss.detach()
+            epoch_batches += 1
+            recent.append(loss.detach())
             bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-        epoch_losses.append(float(np.mean(losses)))
+            if len(recent) == LOSS_READ_EVERY:
+                bar.set_postfix(loss=f"{torch.stack(recent).mean().item():.4f}")
+                recent = []
+        epoch_losses.append(epoch_sum.item() / max(epoch_batches, 1))
         if val_data is not None:
             val_losses.append(_val_loss(model, val_data, val_targets, device, config.batch_size))
             bar.set_postfix(loss=f"{epoch_losses[-1]:.4f}", val=f"{val_losses[-1]:.4f}")
@@ -239,17 +220,23 @@ def _with_lora(model, rank: int):
     return model
 
 
-def _val_loss(model, data: _Encoded, targets: torch.Tensor, device: torch.device, batch_size: int) -> float:
+def _encode(tokenizer, frame: pd.DataFrame, max_length: int) -> TokenTable:
+    return TokenTable.encode(tokenizer, frame[schema.QUERY].tolist(), frame[schema.PRODUCT_TEXT].tolist(),
+                             role=pairs.TEACHER, max_length=max_length)
+
+
+def _val_loss(model, data: TokenTable, targets: torch.Tensor, device: torch.device, batch_size: int) -> float:
     """Soft-target cross-entropy on validation pairs (always against the raters' distribution)."""
     model.eval()
     order = np.argsort(data.lengths, kind="stable")
-    total = 0.0
+    total = torch.zeros((), device=device)
     with torch.inference_mode(), autocast(device):
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             logits = model(**data.batch(idx, device)).logits
-            total += soft_target_cross_entropy(logits.float(), targets[idx].to(device)).item() * len(idx)
-    return total / len(order)
+            loss = soft_target_cross_entropy(logits.float(), to_device(targets[idx], device))
+            total += loss * len(idx)
+    return total.item() / len(order)
 
 
 def _combine(members: list[dict], output_dir: str) -> dict:

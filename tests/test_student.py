@@ -19,11 +19,11 @@ from components.scoring import PairScorer, load_classifier
 from components.student import (
     MIN_MARGIN,
     StudentConfig,
-    length_batches,
-    margin_mse_batch_loss,
+    batch_loss,
+    pair_scores,
     sample_margin_pairs,
-    student_scores,
     train_student,
+    training_rows,
 )
 
 MARKS = {"premium": 2.0, "standard": 1.0, "broken": 0.0}  # a signal a tiny model can learn in a few steps
@@ -87,33 +87,34 @@ def test_pair_sampling_skips_equal_targets():
     assert (np.abs(targets[pairs_[:, 0]] - targets[pairs_[:, 1]]) >= MIN_MARGIN).all()
 
 
-def test_length_batches_cover_every_item_once_with_similar_lengths():
-    lengths = np.random.default_rng(0).integers(5, 500, size=1000)
-    batches = length_batches(lengths, 10, np.random.default_rng(0))
-    flat = np.concatenate(batches)
-    assert sorted(flat.tolist()) == list(range(1000)) and max(len(b) for b in batches) == 10
-    spread = np.mean([np.ptp(lengths[b]) for b in batches])
-    assert spread < 0.2 * np.ptp(lengths)  # random batches would spread over most of the range
-
-
 def test_margin_loss_scores_both_halves_in_one_forward_pass(tiny_student_dir):
     tokenizer, model = load_classifier(tiny_student_dir, role=pairs.STUDENT)
     model.eval()
     calls = []
     model.register_forward_hook(lambda module, args, kwargs, out: calls.append(kwargs["input_ids"].shape),
                                 with_kwargs=True)
-    queries = ["cordless drill", "paint brush", "garden hose"]
-    a = ["red drill kit 18 volt", "angled paint brush", "hose"]
-    b = ["white paint", "lawn mower with a very long product title for padding", "garden hose 50 ft"]
+    frame = pd.DataFrame({
+        schema.QUERY_ID: ["q1", "q1", "q2", "q2", "q3", "q3"],
+        schema.QUERY: ["cordless drill"] * 2 + ["paint brush"] * 2 + ["garden hose"] * 2,
+        schema.PRODUCT_TEXT: ["red drill kit 18 volt", "white paint", "angled paint brush",
+                              "lawn mower with a very long product title for padding", "hose", "garden hose 50 ft"],
+        schema.TEACHER_SCORE: [2.0, 0.0, 2.0, 0.5, 1.0, 2.0]})
+    rows = training_rows(frame, "teacher", tokenizer, max_length=32)
+    targets = torch.tensor(rows.targets, dtype=torch.float32)
+    items = np.array([[0, 1], [2, 3], [4, 5]])
     device = torch.device("cpu")
     with torch.no_grad():
-        loss = margin_mse_batch_loss(model, tokenizer, queries, a, b, [2.0, 2.0, 1.0], [0.0, 0.5, 2.0],
-                                     max_length=32, device=device)
+        loss = batch_loss(model, rows, items, "margin_mse", device)
         assert len(calls) == 1 and calls[0][0] == 6  # one pass over the 2 x 3 sequences
-        s_a = student_scores(model, tokenizer, queries, a, max_length=32, device=device)
-        s_b = student_scores(model, tokenizer, queries, b, max_length=32, device=device)
-    expected = margin_mse_loss(s_a, s_b, torch.tensor([2.0, 2.0, 1.0]), torch.tensor([0.0, 0.5, 2.0]))
+        s_a = pair_scores(model, rows.tokens.batch(items[:, 0]), device)
+        s_b = pair_scores(model, rows.tokens.batch(items[:, 1]), device)
+    expected = margin_mse_loss(s_a, s_b, targets[items[:, 0]], targets[items[:, 1]])
     assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
+    by_text = pairs.encode_pairs(tokenizer, frame[schema.QUERY].tolist(), frame[schema.PRODUCT_TEXT].tolist(),
+                                 role=pairs.STUDENT, max_length=32)
+    with torch.no_grad():  # the token table scores exactly as tokenising the texts in one batch does
+        direct = model(**by_text).logits.squeeze(-1)
+    assert torch.allclose(torch.cat([s_a, s_b])[[0, 3, 1, 4, 2, 5]], direct, atol=1e-5)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from components import schema, storage
 from components.checkpoint import read_info
 from components.data import write_table
 from components.scoring import PairScorer
-from components.teacher import TeacherConfig, length_batches, targets_of, train_teacher
+from components.teacher import TeacherConfig, targets_of, train_teacher
 
 FAST = {"batch_size": 8, "max_length": 64, "warmup_ratio": 0.0}
 
@@ -119,14 +119,6 @@ def test_lora_trains_head_and_adapters_and_saves_a_plain_checkpoint(tiny_teacher
     assert not torch.equal(base[q], tuned[q])  # adapters merged into the base weights
     probs = _mean_probs(str(out), make_labelled(n_queries=2, per_query=2))
     assert probs.shape == (3,) and abs(probs.sum() - 1) < 1e-5
-
-
-def test_length_batches_cover_every_example_once_in_similar_length_groups():
-    lengths = np.random.default_rng(0).integers(5, 100, size=1000)
-    batches = length_batches(lengths, 16, np.random.default_rng(1))
-    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
-    spread = np.mean([np.ptp(lengths[b]) for b in batches])
-    assert spread < 0.2 * np.ptp(lengths)  # bucketed, so far less padding than random batches
 
 
 def test_bad_inputs_are_named(tiny_teacher_dir, train_file, tmp_path):

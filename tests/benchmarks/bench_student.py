@@ -21,14 +21,7 @@ from benchlib import HOMEDEPOT, machine, save_report
 from components import data, models, pairs, schema
 from components.losses import margin_mse_loss
 from components.scoring import PairScorer, load_classifier
-from components.student import (
-    StudentConfig,
-    epoch_batches,
-    margin_mse_batch_loss,
-    student_scores,
-    train_student,
-    training_rows,
-)
+from components.student import StudentConfig, batch_loss, epoch_batches, pair_scores, train_student, training_rows
 
 log = logging.getLogger("bench_student")
 
@@ -50,33 +43,29 @@ def one_vs_two_passes(train_uri: str, steps: int, batch_size: int, max_length: i
     sentence-transformers way), same batches, same step (backward + AdamW)."""
     frame = data.read_table(train_uri)
     config = StudentConfig(batch_size=batch_size, max_length=max_length)
-    rows = training_rows(frame, "teacher")
-    batches, items = epoch_batches(rows, config, 0)
-    batches = batches[:steps]
     device = torch.device("cpu")
     result = {}
     for mode in ("one pass", "two passes"):
         torch.manual_seed(0)
         tokenizer, model = load_classifier(models.default_student_path(), role=pairs.STUDENT, num_labels=1)
+        rows = training_rows(frame, "teacher", tokenizer, max_length)
+        targets = torch.tensor(rows.targets, dtype=torch.float32)
+        batches, items = epoch_batches(rows, config, 0)
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5)
         start, cpu = time.perf_counter(), time.process_time()
-        for batch in batches:
-            a, b = items[batch, 0], items[batch, 1]
-            qs = [rows.queries[i] for i in a]
-            pa, pb = [rows.products[i] for i in a], [rows.products[i] for i in b]
+        for batch in batches[:steps]:
             if mode == "one pass":
-                loss = margin_mse_batch_loss(model, tokenizer, qs, pa, pb, rows.targets[a], rows.targets[b],
-                                             max_length=max_length, device=device)
+                loss = batch_loss(model, rows, items[batch], "margin_mse", device)
             else:
-                s_a = student_scores(model, tokenizer, qs, pa, max_length=max_length, device=device)
-                s_b = student_scores(model, tokenizer, qs, pb, max_length=max_length, device=device)
-                loss = margin_mse_loss(s_a, s_b, torch.tensor(rows.targets[a], dtype=torch.float32),
-                                       torch.tensor(rows.targets[b], dtype=torch.float32))
+                a, b = items[batch, 0], items[batch, 1]
+                s_a = pair_scores(model, rows.tokens.batch(a), device)
+                s_b = pair_scores(model, rows.tokens.batch(b), device)
+                loss = margin_mse_loss(s_a, s_b, targets[a], targets[b])
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        result[mode] = ((time.perf_counter() - start) / len(batches), (time.process_time() - cpu) / len(batches))
+        result[mode] = ((time.perf_counter() - start) / steps, (time.process_time() - cpu) / steps)
         log.info("%s: %.3f s/step wall, %.3f CPU-s/step", mode, *result[mode])
     return result
 
