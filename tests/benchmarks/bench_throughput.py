@@ -22,7 +22,7 @@ import torch
 from benchlib import HOMEDEPOT, machine, save_report
 
 from components import losses, models, pairs
-from components.runtime import autocast, pick_device
+from components.runtime import adamw, autocast, pick_device
 from components.scoring import load_classifier
 
 # Dense bf16 tensor-core peaks (no sparsity), from NVIDIA's data sheets.
@@ -92,7 +92,7 @@ def time_scoring(model, batches, device, seconds: float) -> tuple[float, int]:
 
 def time_training(model, batches, device, seconds: float, step) -> tuple[float, int]:
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    optimizer = adamw(model.parameters(), device, lr=1e-5)  # fused on CUDA, as in training
     done, start = 0, None
     for i in range(10**9):
         if i == 2:

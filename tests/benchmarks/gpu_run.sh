@@ -19,10 +19,19 @@ PY
 export KDRANK_STUDENT_BASE="$WORK/minilm" KDRANK_TEACHER_GGUF="$WORK/SmolLM2-135M-Instruct.Q4_1.gguf"
 export KDRANK_CACHE="$WORK/cache" HF_HUB_OFFLINE=1 PYTHONPATH=.
 (nvidia-smi --query-gpu=name,memory.total --format=csv || echo "no nvidia-smi: CPU dry run") | tee "$OUT/gpu.txt"
-timeout "${KDRANK_BENCH_TIMEOUT:-150}" python tests/benchmarks/bench_throughput.py --data .gpu/a/data/train.csv \
-    --seconds "${KDRANK_BENCH_SECONDS:-10}" --output "$OUT/throughput-gpu.md" || echo "throughput benchmark failed or timed out" >&2
+# GPU utilisation every 2 s for the rest of the script: low utilisation during a training run means the
+# host (Python, kernel launches) and not the GPU sets its rate.
+if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 2 > "$OUT/gpu-util.csv" &
+    trap 'kill $! 2>/dev/null || true' EXIT
+fi
+timeout "${KDRANK_BENCH_TIMEOUT:-90}" python tests/benchmarks/bench_throughput.py --data .gpu/a/data/train.csv \
+    --seconds "${KDRANK_BENCH_SECONDS:-5}" --output "$OUT/throughput-gpu.md" || echo "throughput benchmark failed or timed out" >&2
+rc=0
 timeout "${KDRANK_EXPERIMENT_TIMEOUT:-420}" python -m pipelines.cli experiment run --profile full \
     --data .gpu/a/data/train.csv --format homedepot --output "$WORK/results-full" --only "$ONLY" \
-    || echo "experiment run stopped (timeout or error); finished runs are kept" >&2
+    > "$OUT/experiment.log" 2>&1 || rc=$?
+[ "$rc" -eq 0 ] || echo "experiment run stopped (exit $rc: timeout or error); finished runs are kept" >&2
+tr '\r' '\n' < "$OUT/experiment.log" | grep -v '%|' | tail -40
 cp "$WORK/results-full/results.jsonl" "$OUT/" 2>/dev/null || true
 cp "$WORK/results-full/data/summary.json" "$OUT/data-summary.json" 2>/dev/null || true
