@@ -63,6 +63,9 @@ class StudentConfig:
     seed: int = 13
     device: str | None = None
     max_steps: int | None = None
+    # At least this many steps (more epochs over a small table): in a scaling curve, the small sets are
+    # then trained to convergence rather than for fewer steps than the large ones.
+    min_steps: int | None = None
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
@@ -76,7 +79,7 @@ class StudentConfig:
         for name in ("epochs", "learning_rate", "batch_size", "max_length", "calibration_rows"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"StudentConfig.{name} must be > 0, got {getattr(self, name)}")
-        for name in ("pairs_per_query", "max_steps"):
+        for name in ("pairs_per_query", "max_steps", "min_steps"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"StudentConfig.{name} must be None or >= 1, got {getattr(self, name)}")
         if not 0 <= self.warmup_ratio < 1:
@@ -299,6 +302,8 @@ def train_student(train_uri: str, val_uri: str | None, output_dir: str,
         raise DataError("no same-query pairs with different targets to train on (every query has one "
                         "product, or equal targets)", path=str(train_uri))
     total_steps = math.ceil(config.epochs * len(batches))
+    if config.min_steps:
+        total_steps = max(total_steps, config.min_steps)
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
     optimizer, scheduler = _optimizer(model, config, total_steps, device)

@@ -196,6 +196,17 @@ def test_human_labels_train_on_grades(tmp_path, tiny_student_dir):
     assert "skipped" not in again and again["steps"] == 1
 
 
+def test_min_steps_trains_a_small_table_for_more_epochs(tmp_path, tiny_student_dir):
+    train = data.write_table(make_labelled(4, 4, seed=1), str(tmp_path / "train.parquet"))  # 16 rows
+    config = StudentConfig(base_model=tiny_student_dir, labels="human", loss="pointwise_mse", batch_size=4,
+                           epochs=1, min_steps=5, max_length=32, calibration_rows=16)
+    summary = train_student(train, None, str(tmp_path / "out"), config)
+    # one epoch is 2 steps of 8 rows; min_steps asks for 5, so 3 epochs are drawn
+    assert summary["steps"] == 5 and summary["epochs_run"] == 2.5 and len(summary["losses"]) == 3
+    with pytest.raises(ValueError, match="min_steps must be None or >= 1"):
+        StudentConfig(min_steps=0)
+
+
 def test_bad_configs_and_inputs_fail_clearly(tmp_path, tiny_student_dir):
     with pytest.raises(ValueError, match="loss must be one of"):
         StudentConfig(loss="listwise")
