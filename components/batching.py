@@ -13,10 +13,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from components import pairs
 
 ENCODE_SLICE = 2048  # pairs tokenised per tokenizer call (bounds the fast tokenizer's transient memory)
+PROGRESS_FROM = 50_000  # tables of at least this many pairs show a progress bar while tokenising
 PAD_MULTIPLE = 8  # padded lengths are rounded up to a multiple of 8: tensor-core shapes, fewer distinct shapes
 
 
@@ -31,29 +33,26 @@ class TokenTable:
     pad_left: bool = False
 
     @classmethod
-    def encode(
-        cls, tokenizer, queries: Sequence[str], products: Sequence[str], *, role: str, max_length: int
-    ) -> TokenTable:
+    def encode(cls, tokenizer, queries: Sequence[str], products: Sequence[str], *, role: str,
+               max_length: int) -> TokenTable:
         if len(queries) != len(products):
             raise ValueError(f"{len(queries)} queries but {len(products)} products")
         if tokenizer.pad_token_id is None:
             raise ValueError(f"tokenizer {type(tokenizer).__name__} has no pad token")
         ids, types, lengths = [], [], []
+        bar = tqdm(total=len(queries), desc=f"tokenising ({role})", unit="pair", leave=False,
+                   disable=len(queries) < PROGRESS_FROM)
         for start in range(0, len(queries), ENCODE_SLICE):
-            enc = pairs.encode_pairs(
-                tokenizer,
-                list(queries[start : start + ENCODE_SLICE]),
-                list(products[start : start + ENCODE_SLICE]),
-                role=role,
-                max_length=max_length,
-                padding=False,
-                return_tensors=None,
-            )
+            enc = pairs.encode_pairs(tokenizer, list(queries[start:start + ENCODE_SLICE]),
+                                     list(products[start:start + ENCODE_SLICE]), role=role, max_length=max_length,
+                                     padding=False, return_tensors=None)
             rows = enc["input_ids"]
             lengths.extend(len(row) for row in rows)
             ids.append(np.fromiter((t for row in rows for t in row), dtype=np.int32))
             if "token_type_ids" in enc:
                 types.append(np.fromiter((t for row in enc["token_type_ids"] for t in row), dtype=np.int8))
+            bar.update(len(rows))
+        bar.close()
         offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         return cls(
@@ -82,10 +81,8 @@ class TokenTable:
         if self.pad_left:
             mask = mask[:, ::-1]
         src = np.where(mask, starts[:, None] + np.cumsum(mask, axis=1) - 1, 0)
-        out = {
-            "input_ids": np.where(mask, self.ids[src], self.pad_id).astype(np.int64),
-            "attention_mask": mask.astype(np.int64),
-        }
+        out = {"input_ids": np.where(mask, self.ids[src], self.pad_id).astype(np.int64),
+               "attention_mask": mask.astype(np.int64)}
         if self.token_types is not None:
             out["token_type_ids"] = np.where(mask, self.token_types[src], 0).astype(np.int64)
         return {key: to_device(torch.from_numpy(value), device) for key, value in out.items()}
@@ -101,9 +98,8 @@ def to_device(tensor: torch.Tensor, device: torch.device | None) -> torch.Tensor
     return tensor.to(device)
 
 
-def length_batches(
-    lengths: np.ndarray, batch_size: int, rng: np.random.Generator, window_batches: int = 50
-) -> list[np.ndarray]:
+def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
+                   window_batches: int = 50) -> list[np.ndarray]:
     """Shuffle, sort by length within windows of `window_batches` batches, cut, shuffle the batches.
 
     Neighbours in a batch have similar lengths, so dynamic padding wastes little, while batch order
@@ -113,7 +109,7 @@ def length_batches(
     window = batch_size * window_batches
     batches = []
     for start in range(0, len(order), window):
-        block = order[start : start + window]
+        block = order[start:start + window]
         block = block[np.argsort(lengths[block], kind="stable")]
-        batches.extend(block[i : i + batch_size] for i in range(0, len(block), batch_size))
+        batches.extend(block[i:i + batch_size] for i in range(0, len(block), batch_size))
     return [batches[i] for i in rng.permutation(len(batches))]
