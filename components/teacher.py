@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 LOSS_READ_EVERY = 50  # training batches between reads of the running loss (each read syncs the GPU)
 
+
 @dataclass
 class TeacherConfig:
     base_model: str | None = None  # HF decoder directory or gs:// URI; None = packaged SmolLM2-135M-Instruct
