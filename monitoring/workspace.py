@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -85,6 +86,9 @@ def serve_ui(workspace_dir: str, *, port: int = 8000) -> int:
     command = ui_command(workspace_dir, port=port)
     print(f"Evidently UI on http://127.0.0.1:{port} (workspace {workspace_dir}); Ctrl-C stops it", flush=True)
     env = {**os.environ, "DO_NOT_TRACK": os.environ.get("DO_NOT_TRACK", "1")}  # no usage telemetry offline
+    # A process started in the background by a non-interactive shell (`nohup ... &`) inherits SIGINT
+    # ignored, and Python then never raises KeyboardInterrupt: restore it so Ctrl-C/SIGINT always stops us.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     process = subprocess.Popen(command, env=env)
     try:
         return process.wait()

@@ -88,8 +88,8 @@ def test_monitor_ui_serves_the_workspace_on_loopback(snapshot, tmp_path):
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGINT)  # `kdrank monitor ui` stops its Evidently server on Ctrl-C
-            try:  # it gives the server 10 s to stop, then kills it; a busy 2-core CI machine needs margin
-                process.wait(timeout=60)
+            try:
+                process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
