@@ -32,6 +32,7 @@ from components.scoring import load_classifier
 log = logging.getLogger(__name__)
 
 LOSS_READ_EVERY = 50  # training batches between reads of the running loss (each read syncs the GPU)
+HEAD_INITS = ("random", "verbaliser")
 
 
 @dataclass
@@ -50,6 +51,10 @@ class TeacherConfig:
     device: str | None = None
     grad_accumulation: int = 1
     warmup_ratio: float = 0.1
+    # "random": a new linear head on the last token. "verbaliser": the head starts as the LM's own output
+    # rows for one word per grade (`verbaliser`, lowest grade first), prompt-based fine-tuning's start.
+    head_init: str = "random"
+    verbaliser: tuple[str, ...] = ("Low", "Medium", "High")
 
     def __post_init__(self):
         checks = {
@@ -59,6 +64,8 @@ class TeacherConfig:
             "ensemble_size": self.ensemble_size >= 1, "grad_accumulation": self.grad_accumulation >= 1,
             "warmup_ratio": 0 <= self.warmup_ratio < 1,
             "max_train_pairs": self.max_train_pairs is None or self.max_train_pairs >= 1,
+            "head_init": self.head_init in HEAD_INITS,
+            "verbaliser": len(self.verbaliser) >= 2 and all(str(w).strip() for w in self.verbaliser),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -145,6 +152,9 @@ def _train_member(base: str, train: pd.DataFrame, val: pd.DataFrame | None, out:
                   num_grades: int, *, seed: int, device: torch.device, desc: str) -> dict:
     seed_everything(seed)
     tokenizer, model = load_classifier(base, role=pairs.TEACHER, num_labels=num_grades)
+    if config.head_init == "verbaliser":
+        words = init_head_from_verbaliser(model, tokenizer, base, config.verbaliser)
+        log.info("classification head started from the LM's rows for %s", words)
     if config.lora:
         model = _with_lora(model, config.lora_rank)
     model.to(device)
@@ -207,6 +217,44 @@ def _train_member(base: str, train: pd.DataFrame, val: pd.DataFrame | None, out:
             "optimizer_steps": total_steps,
             "train_loss_per_epoch": epoch_losses, "final_train_loss": epoch_losses[-1],
             "val_loss_initial": val_initial, "val_loss_per_epoch": val_losses}
+
+
+def init_head_from_verbaliser(model, tokenizer, base: str | Path, words) -> list[str]:
+    """Start the classification head from the LM's output rows of one word per grade (lowest grade first).
+
+    The head's logits then equal the LM's next-token logits of those words after the prompt, so training
+    starts from the model's own reading of the answer words instead of a random projection (the few-shot
+    recipe of prompt-based fine-tuning). Each word counts by its first token; the tokens must differ.
+    """
+    head = getattr(model, "score", None)
+    if not isinstance(head, torch.nn.Linear):
+        raise ValueError(f"head_init='verbaliser' needs a decoder classifier with a linear 'score' head; "
+                         f"{type(model).__name__} has none")
+    if len(words) != head.out_features:
+        raise ValueError(f"the verbaliser has {len(words)} words {list(words)} but the teacher has "
+                         f"{head.out_features} grades; give one word per grade, lowest first")
+    ids = [tokenizer.encode(" " + str(w).strip(), add_special_tokens=False)[0] for w in words]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"verbaliser words {list(words)} share first tokens "
+                         f"{[tokenizer.decode([i]) for i in ids]}; pick words that start differently")
+    with torch.no_grad():
+        head.weight.copy_(_output_rows(model, base)[ids].to(head.weight.dtype))
+    return [tokenizer.decode([i]) for i in ids]
+
+
+def _output_rows(model, base: str | Path) -> torch.Tensor:
+    """The LM head's weight matrix: the input embeddings when tied, else `lm_head.weight` of the checkpoint."""
+    if model.config.get_text_config().tie_word_embeddings:
+        return model.get_input_embeddings().weight
+    from safetensors import safe_open
+
+    for file in sorted(Path(base).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            names = set(f.keys())
+            if "lm_head.weight" in names:
+                return f.get_tensor("lm_head.weight")
+    raise ValueError(f"{base} has untied output embeddings but no 'lm_head.weight' in its safetensors files; "
+                     "head_init='verbaliser' needs the LM head (use head_init='random')")
 
 
 def _with_lora(model, rank: int):

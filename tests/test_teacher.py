@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from kdrank_testing import make_labelled
+from kdrank_testing import make_labelled, make_tiny_decoder_tokenizer
 from safetensors.torch import load_file
 
-from components import schema, storage
+from components import pairs, schema, storage
 from components.checkpoint import read_info
 from components.data import write_table
-from components.scoring import PairScorer
-from components.teacher import TeacherConfig, targets_of, train_teacher
+from components.scoring import PairScorer, load_classifier
+from components.teacher import TeacherConfig, init_head_from_verbaliser, targets_of, train_teacher
 
 FAST = {"batch_size": 8, "max_length": 64, "warmup_ratio": 0.0}
 
@@ -145,3 +145,67 @@ def test_gcs_base_model_data_and_output(gcs_emulator, tiny_teacher_dir, train_fi
     assert train_teacher(f"{root}/train.parquet", f"{root}/train.parquet", out, config)["skipped"] is True
     probs = _mean_probs(out, make_labelled(n_queries=2, per_query=2))
     assert abs(probs.sum() - 1) < 1e-5
+
+
+def _tiny_causal_lm(path, *, tied: bool) -> str:
+    """A tiny Llama *language model* checkpoint (with its LM head), as real teacher bases are."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = make_tiny_decoder_tokenizer()
+    torch.manual_seed(1)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=tied, pad_token_id=tokenizer.eos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+# Words whose first tokens differ under the tiny tokenizer (lowest grade first).
+TINY_WORDS = ("query", "product", "relevant")
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_verbaliser_head_gives_the_lm_logits_of_the_grade_words(tmp_path, tied):
+    from transformers import AutoModelForCausalLM
+
+    base = _tiny_causal_lm(tmp_path / "lm", tied=tied)
+    tokenizer, model = load_classifier(base, role=pairs.TEACHER, num_labels=3)
+    words = init_head_from_verbaliser(model, tokenizer, base, TINY_WORDS)
+    lm = AutoModelForCausalLM.from_pretrained(base).eval()
+    ids = [tokenizer.encode(" " + w, add_special_tokens=False)[0] for w in TINY_WORDS]
+    assert words == [tokenizer.decode([i]) for i in ids] and words[0].strip() == "query"
+    prompt = tokenizer(pairs.TEACHER_TEMPLATE.format(query="cordless drill", product="drill bit set"),
+                       return_tensors="pt")
+    with torch.no_grad():
+        head_logits = model.eval()(**prompt).logits[0]
+        lm_logits = lm(**prompt).logits[0, -1, ids]
+    torch.testing.assert_close(head_logits, lm_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_teacher_trains_from_a_verbaliser_head(tmp_path, train_file):
+    base = _tiny_causal_lm(tmp_path / "lm", tied=False)
+    out = tmp_path / "teacher"
+    config = TeacherConfig(base_model=base, epochs=2, learning_rate=1e-2, head_init="verbaliser",
+                           verbaliser=TINY_WORDS, **FAST)
+    summary = train_teacher(train_file, train_file, str(out), config)
+    assert summary["train_loss_per_epoch"][-1] < summary["train_loss_per_epoch"][0]
+    stored = read_info(str(out)).training["config"]
+    assert (stored["head_init"], stored["verbaliser"]) == ("verbaliser", list(TINY_WORDS))
+
+
+def test_verbaliser_errors_name_the_problem(tmp_path, tiny_teacher_dir):
+    base = _tiny_causal_lm(tmp_path / "lm", tied=False)
+    tokenizer, model = load_classifier(base, role=pairs.TEACHER, num_labels=3)
+    with pytest.raises(ValueError, match="2 words .* 3 grades"):
+        init_head_from_verbaliser(model, tokenizer, base, ("query", "product"))
+    with pytest.raises(ValueError, match="share first tokens"):
+        init_head_from_verbaliser(model, tokenizer, base, ("Low", "Medium", "High"))  # all start with one byte
+    tokenizer, model = load_classifier(tiny_teacher_dir, role=pairs.TEACHER, num_labels=3)
+    with pytest.raises(ValueError, match="no 'lm_head.weight'"):  # a classifier checkpoint has no LM head
+        init_head_from_verbaliser(model, tokenizer, tiny_teacher_dir, TINY_WORDS)
+    with pytest.raises(ValueError, match="head_init='nope'"):
+        TeacherConfig(head_init="nope")
+    with pytest.raises(ValueError, match="verbaliser="):
+        TeacherConfig(verbaliser=("Low", " "))
