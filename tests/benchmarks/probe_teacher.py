@@ -1,16 +1,23 @@
 """Teacher probe: how a teacher recipe's ranking quality grows epoch by epoch, on held-out queries.
 
-The reduced profile's teacher (1 epoch of 1,374 pairs, 86 steps) ranks near chance. This probe asks
-whether that is a lack of training or of data: it trains the teacher on the reduced training pairs
-with the same loop pieces as `components.teacher` and, after every epoch, scores a probe set drawn from
-the *full* split's validation queries that are not in the reduced subset at all. The reduced test
-queries stay untouched. It also scores reference models on the same probe set (BM25, the zero-shot
-bi-encoder, and any checkpoints given with --checkpoint) so the curve has something to stand against.
+With a random classification head, the reduced profile's teacher (1 epoch of 1,374 pairs, 86 steps)
+ranked near chance. This probe asks what a recipe needs to learn there. It trains the teacher on the
+reduced training pairs with the same loop pieces as `components.teacher` and, after every epoch,
+scores a probe set: validation queries of the *full* split that the reduced subset never uses, so
+the reduced test queries stay untouched. It also scores reference models on the same probe set
+(BM25, the zero-shot bi-encoder, and any checkpoints given with --checkpoint).
 
-    PYTHONPATH=. python tests/benchmarks/probe_teacher.py --epochs 4 --output runs/probe/teacher-e4.json
+The two probes of docs/results.md (each about 30 minutes on 2 CPU cores; results in docs/results/probes/):
 
-Knobs: --freeze-layers N keeps the embeddings and the bottom N decoder layers frozen (cheaper steps on
-a CPU); --lora trains LoRA adapters instead of every weight. Results go to the JSON named by --output.
+    PYTHONPATH=. python tests/benchmarks/probe_teacher.py --epochs 4 --output runs/probe/teacher-e4.json \
+        --checkpoint teacher-soft-1ep=runs/results-reduced/models/teacher-soft \
+        --checkpoint student-human=runs/results-reduced/models/student-human
+    PYTHONPATH=. python tests/benchmarks/probe_teacher.py --epochs 3 --learning-rate 5e-5 \
+        --verbaliser Low,Medium,High --eval-initial --no-baselines --output runs/probe/teacher-verbaliser-e3.json
+
+--verbaliser starts the head from the LM's rows of one word per grade (`head_init='verbaliser'` of
+`components.teacher`); --lora R trains LoRA adapters of rank R instead of every weight. It needs the
+reduced and full data folders of `kdrank experiment run` (the defaults point at runs/).
 """
 
 from __future__ import annotations
@@ -20,7 +27,6 @@ import json
 import logging
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -33,7 +39,7 @@ from tqdm.auto import tqdm
 from components import evaluate, models, pairs, schema
 from components.batching import TokenTable, length_batches, to_device
 from components.losses import soft_target_cross_entropy
-from components.runtime import adamw, autocast, pick_device, seed_everything
+from components.runtime import adamw, autocast, cpu_model, pick_device, seed_everything
 from components.scoring import PairScorer, load_classifier
 from components.teacher import init_head_from_verbaliser, targets_of
 
@@ -73,17 +79,6 @@ def metrics_of(frame: pd.DataFrame, scores: np.ndarray) -> dict:
             "spearman": round(m["spearman"], 4), "pairwise_ci": ci.get("pairwise_accuracy")}
 
 
-def freeze_bottom(model, n_layers: int) -> int:
-    """Freeze the embeddings and the first `n_layers` decoder layers; returns the trainable parameter count."""
-    base = model.base_model
-    for p in base.embed_tokens.parameters():
-        p.requires_grad_(False)
-    for layer in base.layers[:n_layers]:
-        for p in layer.parameters():
-            p.requires_grad_(False)
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reduced", default="runs/results-reduced/data", help="reduced profile's data folder")
@@ -95,7 +90,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-length", type=int, default=96)
     ap.add_argument("--warmup-ratio", type=float, default=0.1)
     ap.add_argument("--hard", action="store_true", help="one-hot arg-max targets instead of soft")
-    ap.add_argument("--freeze-layers", type=int, default=0)
     ap.add_argument("--lora", type=int, default=0, help="LoRA rank (0: train every weight)")
     ap.add_argument("--verbaliser", default="",
                     help="comma-separated words, one per grade (e.g. 'Not,Somewhat,Very'): start the "
@@ -115,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("probe: %d pairs over %d queries; train: %d pairs", len(probe), probe[schema.QUERY_ID].nunique(),
              len(train))
     result = {"settings": vars(args), "probe_pairs": len(probe), "train_pairs": len(train),
-              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+              "machine": f"{cpu_model()}, {os.cpu_count()} cores",
               "references": {}, "epochs": []}
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -146,8 +140,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.lora:
         from components.teacher import _with_lora
         model = _with_lora(model, args.lora)
-    elif args.freeze_layers:
-        result["trainable_parameters"] = freeze_bottom(model, args.freeze_layers)
     model.to(device)
     table = TokenTable.encode(tokenizer, train[schema.QUERY].tolist(), train[schema.PRODUCT_TEXT].tolist(),
                               role=pairs.TEACHER, max_length=args.max_length)
