@@ -73,8 +73,12 @@ class TeacherConfig:
             raise ValueError(f"invalid TeacherConfig value(s): {values}")
 
 
-def train_teacher(train_uri: str, val_uri: str | None, output_dir: str, config: TeacherConfig) -> dict:
+def train_teacher(train_uri: str, val_uri: str | None, output_dir: str, config: TeacherConfig, *,
+                  on_epoch_end=None) -> dict:
     """Train the teacher on labelled pairs and save a kdrank checkpoint at `output_dir` (local or gs://).
+
+    `on_epoch_end(epoch, model, tokenizer, device)`, when given, is called after every epoch of every
+    member (the model is put back in training mode afterwards); probes use it to score a recipe epoch by epoch.
 
     The directory is written whole or not at all; a rerun with the same data and config finds the
     finished checkpoint and returns its stored summary without training.
@@ -106,7 +110,8 @@ def train_teacher(train_uri: str, val_uri: str | None, output_dir: str, config: 
             member_dir = Path(tmp, member_names[m]) if member_names else Path(tmp)
             member_summaries.append(_train_member(base, train, val, member_dir, config, num_grades,
                                                   seed=config.seed + m, device=device,
-                                                  desc=f"teacher {m + 1}/{config.ensemble_size}"))
+                                                  desc=f"teacher {m + 1}/{config.ensemble_size}",
+                                                  on_epoch_end=on_epoch_end))
             if member_names:  # each member is a usable teacher on its own too
                 write_info(member_dir, CheckpointInfo(role=pairs.TEACHER, num_grades=num_grades,
                                                       max_length=config.max_length, base_model=base_name,
@@ -149,7 +154,7 @@ def targets_of(frame: pd.DataFrame, soft: bool) -> np.ndarray:
 
 
 def _train_member(base: str, train: pd.DataFrame, val: pd.DataFrame | None, out: Path, config: TeacherConfig,
-                  num_grades: int, *, seed: int, device: torch.device, desc: str) -> dict:
+                  num_grades: int, *, seed: int, device: torch.device, desc: str, on_epoch_end=None) -> dict:
     seed_everything(seed)
     tokenizer, model = load_classifier(base, role=pairs.TEACHER, num_labels=num_grades)
     if config.head_init == "verbaliser":
@@ -206,6 +211,8 @@ def _train_member(base: str, train: pd.DataFrame, val: pd.DataFrame | None, out:
         if val_data is not None:
             val_losses.append(_val_loss(model, val_data, val_targets, device, config.batch_size))
             bar.set_postfix(loss=f"{epoch_losses[-1]:.4f}", val=f"{val_losses[-1]:.4f}")
+        if on_epoch_end is not None:
+            on_epoch_end(len(epoch_losses), model, tokenizer, device)
     bar.close()
     seconds = time.perf_counter() - start
     if config.lora:

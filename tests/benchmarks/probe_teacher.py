@@ -2,7 +2,7 @@
 
 With a random classification head, the reduced profile's teacher (1 epoch of 1,374 pairs, 86 steps)
 ranked near chance. This probe asks what a recipe needs to learn there. It trains the teacher on the
-reduced training pairs with the same loop pieces as `components.teacher` and, after every epoch,
+reduced training pairs with `components.teacher.train_teacher` itself and, after every epoch,
 scores a probe set: validation queries of the *full* split that the reduced subset never uses, so
 the reduced test queries stay untouched. It also scores reference models on the same probe set
 (BM25, the zero-shot bi-encoder, and any checkpoints given with --checkpoint).
@@ -34,14 +34,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from components import evaluate, models, pairs, schema
-from components.batching import TokenTable, length_batches, to_device
-from components.losses import soft_target_cross_entropy
-from components.runtime import adamw, autocast, cpu_model, pick_device, seed_everything
+from components.batching import TokenTable
+from components.runtime import autocast, cpu_model, pick_device
 from components.scoring import PairScorer, load_classifier
-from components.teacher import init_head_from_verbaliser, targets_of
+from components.teacher import TeacherConfig, init_head_from_verbaliser, train_teacher
 
 log = logging.getLogger("probe_teacher")
 
@@ -96,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
                          "classification head from the LM's output rows of their first tokens")
     ap.add_argument("--eval-initial", action="store_true", help="score the probe set before training too")
     ap.add_argument("--seed", type=int, default=13)
+    ap.add_argument("--max-train-pairs", type=int, default=None, help="train on a sample (dry runs)")
+    ap.add_argument("--checkpoint-dir", default="runs/probe/teacher",
+                    help="where the trained teacher is saved (train_teacher writes a checkpoint)")
     ap.add_argument("--checkpoint", action="append", default=[], metavar="NAME=DIR",
                     help="a kdrank checkpoint to score on the probe set too")
     ap.add_argument("--no-baselines", action="store_true")
@@ -108,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     train = pd.read_parquet(Path(args.reduced, "train.parquet"))
     log.info("probe: %d pairs over %d queries; train: %d pairs", len(probe), probe[schema.QUERY_ID].nunique(),
              len(train))
+    if args.max_train_pairs:  # train_teacher samples this many
+        train = train.iloc[:min(len(train), args.max_train_pairs)]
     result = {"settings": vars(args), "probe_pairs": len(probe), "train_pairs": len(train),
               "machine": f"{cpu_model()}, {os.cpu_count()} cores",
               "references": {}, "epochs": []}
@@ -131,55 +134,43 @@ def main(argv: list[str] | None = None) -> int:
         log.info("%s on the probe set: %s", name, result["references"][name])
     save()
 
-    seed_everything(args.seed)
-    device = pick_device()
-    base = models.resolve_model(None, pairs.TEACHER)
-    tokenizer, model = load_classifier(base, role=pairs.TEACHER, num_labels=3)
-    if args.verbaliser:
-        result["verbaliser_tokens"] = init_head_from_verbaliser(model, tokenizer, base, args.verbaliser.split(","))
-    if args.lora:
-        from components.teacher import _with_lora
-        model = _with_lora(model, args.lora)
-    model.to(device)
-    table = TokenTable.encode(tokenizer, train[schema.QUERY].tolist(), train[schema.PRODUCT_TEXT].tolist(),
-                              role=pairs.TEACHER, max_length=args.max_length)
-    probe_table = TokenTable.encode(tokenizer, probe[schema.QUERY].tolist(), probe[schema.PRODUCT_TEXT].tolist(),
-                                    role=pairs.TEACHER, max_length=args.max_length)
-    targets = torch.tensor(targets_of(train, not args.hard), dtype=torch.float32)
-    rng = np.random.default_rng(args.seed)
-    per_epoch = math.ceil(len(train) / args.batch_size)
-    total = per_epoch * args.epochs
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = adamw(params, device, lr=args.learning_rate, weight_decay=0.01)
-    from transformers import get_linear_schedule_with_warmup
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_ratio * total), total)
-    train_seconds = 0.0
-    if args.eval_initial:
-        row = {"epoch": 0, "steps": 0, **metrics_of(probe, expected_grades(model, probe_table, device, 64))}
-        result["epochs"].append(row)
-        log.info("before training: %s", row)
-        save()
-    for epoch in range(1, args.epochs + 1):
-        model.train()
-        losses = []
-        start = time.perf_counter()
-        for idx in tqdm(length_batches(table.lengths, args.batch_size, rng), desc=f"epoch {epoch}", unit="batch"):
-            with autocast(device):
-                logits = model(**table.batch(idx, device)).logits
-            loss = soft_target_cross_entropy(logits.float(), to_device(targets[idx], device))
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-        train_seconds += time.perf_counter() - start
-        row = {"epoch": epoch, "steps": epoch * per_epoch, "train_loss": round(float(np.mean(losses)), 4),
-               "train_seconds": round(train_seconds, 1),
+    config = TeacherConfig(epochs=args.epochs, learning_rate=args.learning_rate, batch_size=args.batch_size,
+                           max_length=args.max_length, warmup_ratio=args.warmup_ratio, soft_targets=not args.hard,
+                           lora=bool(args.lora), lora_rank=args.lora or 16, seed=args.seed,
+                           max_train_pairs=args.max_train_pairs,
+                           **({"head_init": "verbaliser", "verbaliser": tuple(args.verbaliser.split(","))}
+                              if args.verbaliser else {}))
+    clock = {"start": time.perf_counter(), "scoring": 0.0}
+    probe_table = None
+
+    def score_probe(epoch, model, tokenizer, device) -> None:
+        nonlocal probe_table
+        started = time.perf_counter()
+        if probe_table is None:
+            probe_table = TokenTable.encode(tokenizer, probe[schema.QUERY].tolist(),
+                                            probe[schema.PRODUCT_TEXT].tolist(), role=pairs.TEACHER,
+                                            max_length=args.max_length)
+        row = {"epoch": epoch, "steps": epoch * math.ceil(result["train_pairs"] / args.batch_size),
+               "train_seconds": round(started - clock["start"] - clock["scoring"], 1),
                **metrics_of(probe, expected_grades(model, probe_table, device, 64))}
         result["epochs"].append(row)
         log.info("epoch %d: %s", epoch, row)
         save()
+        clock["scoring"] += time.perf_counter() - started
+
+    if args.eval_initial:  # the untrained recipe: the same head initialisation, no steps
+        base = models.resolve_model(None, pairs.TEACHER)
+        tokenizer, model = load_classifier(base, role=pairs.TEACHER, num_labels=3)
+        if args.verbaliser:
+            init_head_from_verbaliser(model, tokenizer, base, config.verbaliser)
+        score_probe(0, model, tokenizer, pick_device())
+        result["epochs"][0].pop("train_seconds")
+        del model
+        clock["start"], clock["scoring"] = time.perf_counter(), 0.0
+    summary = train_teacher(str(Path(args.reduced, "train.parquet")), None, args.checkpoint_dir, config,
+                            on_epoch_end=score_probe)
+    result["train_loss_per_epoch"] = summary["train_loss_per_epoch"]
+    save()
     print(json.dumps(evaluate.json_safe(result), indent=2))
     return 0
 
