@@ -144,3 +144,63 @@ def test_a_retrained_teacher_labels_into_a_new_folder(tmp_path, tiny_teacher_dir
     assert len(labelled) == 2 and len(sets) == 2
     rows = {r["run"]: r for r in read_results(tmp_path / "runs")}
     assert rows["teacher-soft"]["settings"]["epochs"] == 2.0
+
+
+def write_held_out_csv(path: Path) -> str:
+    """The experiment file's pairs (so its training queries too) plus 12 queries it never had."""
+    frame = pd.concat([make_labelled(n_queries=30, per_query=6, seed=3), make_labelled(n_queries=12, seed=99)],
+                      ignore_index=True)
+    out = pd.DataFrame({"id": range(1, len(frame) + 1), "product_uid": [200000 + i for i in range(len(frame))],
+                        "product_title": frame[schema.PRODUCT_TEXT], "search_term": frame[schema.QUERY],
+                        "relevance": (1.0 + frame[schema.GRADE]).round(2)})
+    out.to_csv(path, index=False)
+    return str(path)
+
+
+def test_rescore_scores_every_run_on_held_out_queries_only(finished, tmp_path):
+    runner, rows, root = finished
+    runs = root / "runs"
+    held_out = write_held_out_csv(tmp_path / "held-out.csv")
+    assert cli.main(["experiment", "rescore", "--runs", str(runs), "--test", held_out, "--format", "homedepot",
+                     "--name", "wide"]) == 0
+    out = runs / "rescored" / "wide"
+    info = json.loads((out / "test.json").read_text())
+    test = pd.read_parquet(out / "test.parquet")
+    trained_on = experiments.training_queries(runs)
+    assert info["dropped_training_queries"] > 0 and not set(test[schema.QUERY_ID]) & trained_on
+    assert info["queries"] == test[schema.QUERY_ID].nunique() > 12  # new queries and the old test split's
+    rescored = {r["run"]: r for r in read_results(out)}
+    assert list(rescored) == [r["run"] for r in rows]
+    for name, row in rescored.items():
+        assert row["metrics"]["n_pairs"] == info["pairs"] == len(test)
+        assert row["test_set"]["name"] == "wide" and row["command"].endswith(f"--only {name}")
+        assert row["trained_by"] == next(r["command"] for r in rows if r["run"] == name)
+        assert (out / "eval" / name / "scores.parquet").exists()
+    assert rescored["teacher-soft"]["metrics"] != next(r for r in rows if r["run"] == "teacher-soft")["metrics"]
+
+    scores = out / "eval" / "teacher-soft" / "scores.parquet"
+    before = scores.stat().st_mtime_ns
+    again = experiments.rescore(str(runs), held_out, "wide", fmt="homedepot", only=["teacher-soft"])
+    assert scores.stat().st_mtime_ns == before and again[0] == rescored["teacher-soft"]
+
+    md = tmp_path / "wide.md"
+    assert cli.main(["experiment", "report", "--runs", str(runs), "--test-set", "wide", "--output", str(md)]) == 0
+    text = md.read_text()
+    assert "scored on test set `wide`" in text and "| student-margin-2x |" in text and "--test-set wide" in text
+
+
+def test_rescore_samples_queries_and_refuses_mixed_settings(finished, tmp_path):
+    runner, rows, root = finished
+    runs = root / "runs"
+    held_out = write_held_out_csv(tmp_path / "held-out.csv")
+    rows5 = experiments.rescore(str(runs), held_out, "five", fmt="homedepot", max_queries=5, seed=1,
+                                only=["baseline-bm25"])
+    assert rows5[0]["metrics"]["n_queries"] <= 5
+    assert pd.read_parquet(runs / "rescored" / "five" / "test.parquet")[schema.QUERY_ID].nunique() == 5
+    with pytest.raises(ValueError, match="use another --name"):
+        experiments.rescore(str(runs), held_out, "five", fmt="homedepot", max_queries=6, seed=1)
+    with pytest.raises(ValueError, match="no result row"):
+        experiments.rescore(str(runs), held_out, "five", fmt="homedepot", max_queries=5, seed=1,
+                            only=["student-margin-9x"])
+    with pytest.raises(ValueError, match="must be letters"):
+        experiments.rescore(str(runs), held_out, "../x", fmt="homedepot")
