@@ -113,24 +113,64 @@ def query_bootstrap(frame: pd.DataFrame, score_col: str, grade_col: str = schema
     much a metric would move on another draw of test queries of the same size.
     """
     schema.require_columns(frame, [schema.QUERY_ID, score_col, grade_col])
-    ndcg, credit, ordered = [], [], []
-    for rows in frame.groupby(schema.QUERY_ID, sort=True).indices.values():
-        s, g = frame[score_col].to_numpy(np.float64)[rows], frame[grade_col].to_numpy(np.float64)[rows]
-        ndcg.append(ndcg_at(s, g, 5) if len(np.unique(np.round(g, 9))) >= 2 else math.nan)
-        c, n = _pairwise_counts(s, g, min_grade_gap)
-        credit.append(c)
-        ordered.append(n)
-    ndcg_a, credit_a, ordered_a = np.array(ndcg), np.array(credit), np.array(ordered, dtype=np.float64)
+    _, ndcg_a, credit_a, ordered_a = _per_query(frame, score_col, grade_col, min_grade_gap)
     pick = np.random.default_rng(seed).integers(0, len(ndcg_a), size=(samples, len(ndcg_a)))
     with np.errstate(invalid="ignore", divide="ignore"):
         pairwise = credit_a[pick].sum(axis=1) / ordered_a[pick].sum(axis=1)
         ndcg5 = np.nanmean(ndcg_a[pick], axis=1)
+    return {"ndcg@5": _interval(ndcg5), "pairwise_accuracy": _interval(pairwise), "samples": samples}
 
-    def interval(values: np.ndarray) -> list[float] | None:
-        values = values[np.isfinite(values)]
-        return [float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975))] if len(values) else None
 
-    return {"ndcg@5": interval(ndcg5), "pairwise_accuracy": interval(pairwise), "samples": samples}
+def paired_bootstrap(frame: pd.DataFrame, other: pd.DataFrame, score_col: str, grade_col: str = schema.GRADE, *,
+                     samples: int = 1000, seed: int = 0, min_grade_gap: float = MIN_GRADE_GAP) -> dict:
+    """The difference `frame` minus `other` in NDCG@5 and pairwise accuracy, with paired 95% intervals.
+
+    Both tables score the same (query, product) pairs; the same resampled queries are drawn for both,
+    so what two models share (easy and hard queries) cancels and the interval is much narrower than the
+    two unpaired intervals suggest. `pairwise_accuracy_p_better` is the share of resamples in which
+    `frame` is ahead.
+    """
+    keys = [schema.QUERY_ID, schema.PRODUCT_ID]
+    for table in (frame, other):
+        schema.require_columns(table, [*keys, score_col, grade_col])
+    mine = frame.sort_values(keys, kind="stable").reset_index(drop=True)
+    theirs = other.sort_values(keys, kind="stable").reset_index(drop=True)
+    if not (len(mine) == len(theirs) and (mine[keys].to_numpy() == theirs[keys].to_numpy()).all()):
+        raise ValueError(f"a paired comparison needs the same (query, product) pairs in both tables; "
+                         f"got {len(mine)} and {len(theirs)} rows that differ")
+    if not np.allclose(mine[grade_col].to_numpy(np.float64), theirs[grade_col].to_numpy(np.float64)):
+        raise ValueError("a paired comparison needs the same grades in both tables")
+    _, n_a, c_a, o = _per_query(mine, score_col, grade_col, min_grade_gap)
+    _, n_b, c_b, _ = _per_query(theirs, score_col, grade_col, min_grade_gap)
+    pick = np.random.default_rng(seed).integers(0, len(o), size=(samples, len(o)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pairwise = (c_a[pick].sum(axis=1) - c_b[pick].sum(axis=1)) / o[pick].sum(axis=1)
+        ndcg5 = np.nanmean(n_a[pick], axis=1) - np.nanmean(n_b[pick], axis=1)
+    finite = pairwise[np.isfinite(pairwise)]
+    return {"ndcg@5": float(np.nanmean(n_a) - np.nanmean(n_b)), "ndcg@5_ci": _interval(ndcg5),
+            "pairwise_accuracy": float((c_a.sum() - c_b.sum()) / o.sum()) if o.sum() else math.nan,
+            "pairwise_accuracy_ci": _interval(pairwise),
+            "pairwise_accuracy_p_better": float((finite > 0).mean()) if len(finite) else math.nan,
+            "samples": samples}
+
+
+def _per_query(frame: pd.DataFrame, score_col: str, grade_col: str, min_grade_gap: float):
+    """(query ids, NDCG@5, pairwise credit, ordered-pair count) per query, in sorted query order."""
+    scores, grades = frame[score_col].to_numpy(np.float64), frame[grade_col].to_numpy(np.float64)
+    groups = frame.groupby(schema.QUERY_ID, sort=True).indices
+    ndcg, credit, ordered = [], [], []
+    for rows in groups.values():
+        s, g = scores[rows], grades[rows]
+        ndcg.append(ndcg_at(s, g, 5) if len(np.unique(np.round(g, 9))) >= 2 else math.nan)
+        c, n = _pairwise_counts(s, g, min_grade_gap)
+        credit.append(c)
+        ordered.append(n)
+    return list(groups), np.array(ndcg), np.array(credit), np.array(ordered, dtype=np.float64)
+
+
+def _interval(values: np.ndarray) -> list[float] | None:
+    values = values[np.isfinite(values)]
+    return [float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975))] if len(values) else None
 
 
 def fit_linear_calibration(raw: np.ndarray, target: np.ndarray) -> dict:

@@ -183,3 +183,27 @@ def test_query_bootstrap_intervals_cover_the_metric_and_shrink_with_more_queries
     assert narrow[1] - narrow[0] < wide[1] - wide[0]
     with pytest.raises(schema.DataError):
         query_bootstrap(large.drop(columns=[schema.GRADE]), "noise")
+
+
+def test_paired_bootstrap_separates_a_small_consistent_gain_that_unpaired_intervals_cannot():
+    from components.evaluate import paired_bootstrap, query_bootstrap
+
+    frame = make_labelled(n_queries=150, seed=4)
+    noise = np.random.default_rng(1).normal(size=len(frame))
+    base = frame.assign(score=noise)
+    # the same scores, but ten queries ranked perfectly: a small gain on shared, noisy ground
+    better_rows = frame[schema.QUERY_ID].isin(sorted(frame[schema.QUERY_ID].unique())[:10])
+    better = frame.assign(score=np.where(better_rows, frame[schema.GRADE] * 10, noise))
+    diff = paired_bootstrap(better, base, "score")
+    gain = ranking_metrics(better, "score")["pairwise_accuracy"] - ranking_metrics(base, "score")["pairwise_accuracy"]
+    assert diff["pairwise_accuracy"] == pytest.approx(gain) and gain > 0
+    low, high = diff["pairwise_accuracy_ci"]
+    assert 0 < low <= gain <= high and diff["pairwise_accuracy_p_better"] > 0.975
+    a, b = query_bootstrap(better, "score")["pairwise_accuracy"], query_bootstrap(base, "score")["pairwise_accuracy"]
+    assert a[0] < b[1]  # the unpaired intervals overlap
+    same = paired_bootstrap(base, base.sample(frac=1.0, random_state=0), "score")
+    assert same["pairwise_accuracy"] == 0 and same["pairwise_accuracy_ci"] == [0.0, 0.0]
+    with pytest.raises(ValueError, match="same \\(query, product\\) pairs"):
+        paired_bootstrap(base, base.iloc[1:], "score")
+    with pytest.raises(ValueError, match="same grades"):
+        paired_bootstrap(base, base.assign(**{schema.GRADE: base[schema.GRADE] + 1}), "score")

@@ -102,6 +102,9 @@ def test_report_writes_table_and_scaling_plot(finished, tmp_path):
     for name in ("baseline-bm25", "teacher-soft", "student-margin-2x", "student-pointwise-2x"):
         assert f"| {name} |" in text
     assert "![scaling curve](plots/scaling.png)" in text and "pairwise 95% CI" in text
+    assert "| run | pairwise acc. minus teacher-soft (95% CI) | pairwise acc. minus student-human (95% CI) |" in text
+    paired = text.split("Paired differences")[1]
+    assert "| teacher-soft |  | " in paired and " to " in paired.split("| student-margin-2x |")[1].split("\n")[0]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
