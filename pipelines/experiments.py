@@ -536,8 +536,10 @@ def write_report(runs_dir: str, output: str, plot: str | None = None, test_set: 
     if not rows:
         hint = f"`kdrank experiment rescore --name {test_set}`" if test_set else "`kdrank experiment run`"
         raise FileNotFoundError(f"no {RESULTS} in {source}: run {hint} first")
-    rows = with_intervals(rows, source / "eval")
     profile = rows[0]["profile"]
+    order = {e.name: i for i, e in enumerate(plan(profile))} if profile in PROFILES else {}
+    rows = sorted(rows, key=lambda r: order.get(r["run"], len(order)))  # plan order, whatever order they ran in
+    rows = with_intervals(rows, source / "eval")
     generated = f"kdrank experiment report --runs {runs_dir}" + (f" --test-set {test_set}" if test_set else "")
     if test_set:
         info = json.loads((source / "test.json").read_text())
