@@ -42,7 +42,8 @@ PROFILES: dict[str, Profile] = {
         label={"batch_size": 32, "num_shards": 2},
         student={"epochs": 1.0, "batch_size": 8, "max_length": 64},
         evaluate={"batch_size": 32},
-        experiments={"multiples": [0, 1, 2], "seeds": [13, 14], "ensemble_size": 2},
+        experiments={"multiples": [0, 1, 2], "seeds": [13, 14], "ensemble_size": 2,
+                     "teacher_ablations": {"lr1e-3": {"learning_rate": 1e-3}}},
     ),
     "demo": Profile(
         name="demo", description="synthetic default data, real default models, < 10 min on a 2-core CPU",
@@ -89,7 +90,10 @@ PROFILES: dict[str, Profile] = {
         # reference human-label student had; the augmented sets reach more steps in their one epoch.
         student={"epochs": 1.0, "batch_size": 128, "max_length": 64, "learning_rate": 1e-4, "min_steps": 480},
         evaluate={"batch_size": 512},
-        experiments={"multiples": [0, 2, 4, 8, 16], "seeds": [13, 14], "ensemble_size": 3},
+        # teacher-soft-verbaliser: the reduced profile's head (the LM's rows for " Low"/" Medium"/" High")
+        # against the reference recipe's random head, at full data (docs/results.md, teacher probes).
+        experiments={"multiples": [0, 2, 4, 8, 16], "seeds": [13, 14], "ensemble_size": 3,
+                     "teacher_ablations": {"verbaliser": {"head_init": "verbaliser"}}},
     ),
 }
 

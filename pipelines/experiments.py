@@ -3,7 +3,8 @@
 A profile's `experiments` settings give the plan: baselines (random, BM25, zero-shot bi-encoder), the
 teacher with soft and with hard targets, a student on human labels, margin-MSE students on teacher labels
 of the training pairs plus 0x..Nx augmented pairs (the scaling curve), pointwise MSE at the largest size,
-and optionally a teacher ensemble with its own largest distillation run and extra seeds.
+and optionally a teacher ensemble with its own largest distillation run, extra seeds, and teacher ablations
+(`teacher_ablations`: NAME -> teacher settings, run as `teacher-soft-NAME` and scored like the others).
 
 Every run is idempotent: its checkpoint and metrics live under `--output`, a rerun skips what is done,
 and `--only NAME` runs one experiment (and whatever it needs). A finished run is found by name, so after
@@ -67,6 +68,13 @@ def plan(profile_name: str) -> list[Experiment]:
     runs += [Experiment("teacher-soft", "teacher", "teacher, soft targets", loss="soft_ce"),
              Experiment("teacher-hard", "teacher", "teacher, hard targets (arg-max grade)", loss="hard_ce",
                         settings={"soft_targets": False})]
+    for tag, overrides in spec.get("teacher_ablations", {}).items():  # other teacher recipes, scored only
+        if not tag or not all(c.isalnum() or c == "-" for c in tag) or not isinstance(overrides, dict):
+            raise ValueError(f"profile '{profile_name}': teacher_ablations needs NAME (letters, digits, '-') -> "
+                             f"a dict of teacher settings, got {tag!r} -> {overrides!r}")
+        what = ", ".join(f"{k}={v}" for k, v in overrides.items())
+        runs.append(Experiment(f"teacher-soft-{tag}", "teacher", f"teacher, soft targets, {what}", loss="soft_ce",
+                               settings=dict(overrides)))
     for seed in seeds:
         tag = "" if seed == seeds[0] else f"-seed{seed}"
         runs.append(Experiment(f"student-human{tag}", "student", "student on human labels", loss="pointwise_mse",

@@ -51,6 +51,8 @@ def test_every_planned_run_has_a_row_with_metrics_and_its_command(finished):
         assert row["command"].endswith(f"--only {row['run']}") and "--profile test" in row["command"]
         assert row["hardware"]
     assert stored["teacher-hard"]["settings"]["soft_targets"] is False
+    assert stored["teacher-soft-lr1e-3"]["settings"]["learning_rate"] == 1e-3  # a teacher ablation
+    assert stored["teacher-soft-lr1e-3"]["metrics"] != stored["teacher-soft"]["metrics"]
     assert stored["teacher-soft"]["settings"].get("soft_targets", True) is True
     assert stored["student-pointwise-2x"]["settings"]["loss"] == "pointwise_mse"
     assert stored["student-human"]["settings"]["labels"] == "human"
@@ -124,6 +126,8 @@ def test_list_prints_the_plan(capsys):
     out = capsys.readouterr().out
     assert "student-margin-8x" in out and "teacher-hard" in out and "ensemble" not in out
     assert experiments.plan("full")[-1].name == "student-margin-16x-ensemble"
+    ablation = next(e for e in experiments.plan("full") if e.name == "teacher-soft-verbaliser")
+    assert ablation.settings == {"head_init": "verbaliser"} and "head_init=verbaliser" in ablation.description
 
 
 def test_seed_spread_summarises_repeated_runs(finished):
@@ -207,3 +211,15 @@ def test_rescore_samples_queries_and_refuses_mixed_settings(finished, tmp_path):
                             only=["student-margin-9x"])
     with pytest.raises(ValueError, match="must be letters"):
         experiments.rescore(str(runs), held_out, "../x", fmt="homedepot")
+
+
+def test_a_bad_teacher_ablation_is_named(monkeypatch):
+    import dataclasses
+
+    from components import flow
+
+    test = flow.PROFILES["test"]
+    bad = dataclasses.replace(test, experiments={**test.experiments, "teacher_ablations": {"a b": {"epochs": 2}}})
+    monkeypatch.setitem(flow.PROFILES, "test", bad)
+    with pytest.raises(ValueError, match="teacher_ablations needs NAME .* got 'a b'"):
+        plan("test")
