@@ -7,13 +7,15 @@ scores a probe set: validation queries of the *full* split that the reduced subs
 the reduced test queries stay untouched. It also scores reference models on the same probe set
 (BM25, the zero-shot bi-encoder, and any checkpoints given with --checkpoint).
 
-The two probes of docs/results.md (each about 30 minutes on 2 CPU cores; results in docs/results/probes/):
+The three probes of docs/results.md (each about 30 minutes on 2 CPU cores; results in docs/results/probes/):
 
     PYTHONPATH=. python tests/benchmarks/probe_teacher.py --epochs 4 --output runs/probe/teacher-e4.json \
         --checkpoint teacher-soft-1ep=runs/results-reduced/models/teacher-soft \
         --checkpoint student-human=runs/results-reduced/models/student-human
     PYTHONPATH=. python tests/benchmarks/probe_teacher.py --epochs 3 --learning-rate 5e-5 \
         --verbaliser Low,Medium,High --eval-initial --no-baselines --output runs/probe/teacher-verbaliser-e3.json
+    PYTHONPATH=. python tests/benchmarks/probe_teacher.py --epochs 3 --learning-rate 5e-5 --no-baselines \
+        --checkpoint-dir runs/probe/teacher-random-5e-5 --output runs/probe/teacher-random-5e-5-e3.json
 
 --verbaliser starts the head from the LM's rows of one word per grade (`head_init='verbaliser'` of
 `components.teacher`); --lora R trains LoRA adapters of rank R instead of every weight. It needs the
