@@ -362,6 +362,11 @@ def rescore(runs_dir: str, test: str, name: str, *, fmt: str | None = None, max_
 
     done = {r["run"]: r for r in read_results(out)}
     here = hardware()
+    command = ["kdrank", "experiment", "rescore", "--runs", str(runs_dir), "--test", test, "--name", name]
+    if fmt:
+        command += ["--format", fmt]
+    if max_queries:
+        command += ["--max-queries", str(max_queries), "--seed", str(seed)]
     result = []
     for run in names:
         if run in done and not force:
@@ -374,11 +379,6 @@ def rescore(runs_dir: str, test: str, name: str, *, fmt: str | None = None, max_
         else:
             metrics = evaluate_checkpoint(str(models[run]), str(test_path), str(out / "eval" / run), name=run)
         seconds = time.perf_counter() - start
-        command = ["kdrank", "experiment", "rescore", "--runs", str(runs_dir), "--test", test, "--name", name]
-        if fmt:
-            command += ["--format", fmt]
-        if max_queries:
-            command += ["--max-queries", str(max_queries), "--seed", str(seed)]
         new = {**{k: v for k, v in row.items() if k not in ("metrics", "eval_seconds", "eval_pairs_per_s")},
                "metrics": metrics, "test_set": info, "trained_by": row["command"],
                "command": shlex.join(command + ["--only", run])}
@@ -434,54 +434,47 @@ def _interval(bounds) -> str:
     return f"{bounds[0]:.3f}-{bounds[1]:.3f}" if bounds else ""
 
 
-def with_intervals(rows: list[dict], eval_dir: str | Path) -> list[dict]:
-    """Rows with `ci`: query-bootstrap 95% intervals from each run's stored test scores (when present)."""
+def stored_scores(rows: list[dict], eval_dir: str | Path) -> dict:
+    """Each run's stored per-pair test scores (eval_dir/RUN/scores.parquet), read once, for those that have them."""
     import pandas as pd
 
+    paths = {r["run"]: Path(eval_dir, r["run"], "scores.parquet") for r in rows}
+    return {run: pd.read_parquet(path) for run, path in paths.items() if path.exists()}
+
+
+def with_intervals(rows: list[dict], scores: dict) -> list[dict]:
+    """Rows with `ci`: query-bootstrap 95% intervals from each run's stored test scores (when present)."""
     from components.evaluate import SCORE, query_bootstrap
 
-    out = []
-    for r in rows:
-        scores = Path(eval_dir, r["run"], "scores.parquet")
-        ci = query_bootstrap(pd.read_parquet(scores), SCORE) if scores.exists() else {}
-        out.append({**r, "ci": ci})
-    return out
+    return [{**r, "ci": query_bootstrap(scores[r["run"]], SCORE) if r["run"] in scores else {}} for r in rows]
 
 
 PAIRED_REFERENCES = ("teacher-soft", "student-human")
 
 
-def paired_table(rows: list[dict], eval_dir: str | Path, references=PAIRED_REFERENCES) -> str:
+def paired_table(rows: list[dict], scores: dict, references=PAIRED_REFERENCES) -> str:
     """Each run's pairwise-accuracy difference from the reference runs, with paired 95% intervals.
 
     Paired over the same resampled test queries (`components.evaluate.paired_bootstrap`): the question
     "is the student ahead of its teacher" needs this, as two unpaired intervals overlap far more. '' when
-    a reference or the stored scores are missing.
+    no reference has stored scores; `scores` is `stored_scores` of the rows.
     """
-    import pandas as pd
-
     from components.evaluate import SCORE, paired_bootstrap
 
-    def scores(run: str):
-        path = Path(eval_dir, run, "scores.parquet")
-        return pd.read_parquet(path) if path.exists() else None
-
-    refs = [(name, scores(name)) for name in references]
-    refs = [(name, frame) for name, frame in refs if frame is not None]
+    refs = [name for name in references if name in scores]
     if not refs:
         return ""
-    head = ["run", *(f"pairwise acc. minus {name} (95% CI)" for name, _ in refs)]
+    head = ["run", *(f"pairwise acc. minus {name} (95% CI)" for name in refs)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        mine = scores(r["run"])
-        if mine is None:
+        if r["run"] not in scores:
             continue
         cells = [r["run"]]
-        for name, theirs in refs:
+        for name in refs:
             if name == r["run"]:
                 cells.append("")
                 continue
-            d = paired_bootstrap(mine, theirs, SCORE)
+            d = paired_bootstrap(scores[r["run"]], scores[name], SCORE)
             low, high = d["pairwise_accuracy_ci"]
             cells.append(f"{d['pairwise_accuracy']:+.3f} ({low:+.3f} to {high:+.3f})")
         lines.append("| " + " | ".join(cells) + " |")
@@ -547,7 +540,8 @@ def write_report(runs_dir: str, output: str, plot: str | None = None, test_set: 
     profile = rows[0]["profile"]
     order = {e.name: i for i, e in enumerate(plan(profile))} if profile in PROFILES else {}
     rows = sorted(rows, key=lambda r: order.get(r["run"], len(order)))  # plan order, whatever order they ran in
-    rows = with_intervals(rows, source / "eval")
+    scores = stored_scores(rows, source / "eval")
+    rows = with_intervals(rows, scores)
     generated = f"kdrank experiment report --runs {runs_dir}" + (f" --test-set {test_set}" if test_set else "")
     if test_set:
         info = json.loads((source / "test.json").read_text())
@@ -557,7 +551,7 @@ def write_report(runs_dir: str, output: str, plot: str | None = None, test_set: 
     else:
         summary = f"Profile `{profile}`, data summary: {_data_counts(runs_dir)}."
     parts = [f"<!-- generated by: {generated} -->", summary, "", results_table(rows), ""]
-    if paired := paired_table(rows, source / "eval"):
+    if paired := paired_table(rows, scores):
         parts += ["Paired differences (the same test queries resampled for both runs; an interval that excludes 0 "
                   "is a difference this test set can see):", "", paired, ""]
     if spread := seed_spread(rows):
