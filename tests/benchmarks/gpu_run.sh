@@ -1,50 +1,96 @@
 #!/usr/bin/env bash
-# On the lent GPU machine, from the repository root, after .gpu/a, .gpu/b and .gpu/c have been carried
-# (tests/benchmarks/gpu_stage.py). Usage:
-#   bash tests/benchmarks/gpu_run.sh [EXPERIMENT,...]   throughput benchmark + these experiments (default: first slice)
-#   bash tests/benchmarks/gpu_run.sh pipeline           `kdrank run --profile full`, timed (the compiled KFP pipeline)
-# Writes at most 8 files under $OUT (the device tool's limit): no checkpoints.
+# On the lent GPU machine, from the repository root, with the carry groups of tests/benchmarks/gpu_stage.py
+# (.gpu/a, then .gpu/b, then .gpu/c over back-to-back calls; what /tmp holds stays while the machine is warm).
+# Usage: bash tests/benchmarks/gpu_run.sh STEP [STEP ...], steps run in order:
+#   runs=NAME,NAME   `kdrank experiment run --profile full --only NAME,NAME` (needs .gpu/a; teacher runs .gpu/c)
+#   check            import what `kdrank run` needs (kfp and the Google clients from .gpu/b)
+#   bench            teacher vs student throughput and the efficiency ratio (needs .gpu/c)
+#   pipeline         `kdrank run --profile full` (the compiled KFP pipeline), timed (needs .gpu/b and .gpu/c);
+#                    if it fails within a minute (a missing package, say), KDRANK_FALLBACK's runs run instead
+# Environment: KDRANK_PROFILE (full), KDRANK_DATA (.gpu/a/data/train.csv), KDRANK_*_TIMEOUT (seconds per
+# step), KDRANK_SKIP_WHEELS=1 and PYTHON=... for a CPU dry run with this checkout's virtualenv.
+# Writes at most 8 files under $OUT (the device tool's limit), bundling run folders as .tgz: no checkpoints.
 set -euo pipefail
 OUT=${OUT:-/tmp/kdrank-out}
-MODE=${1:-baseline-random,baseline-bm25,baseline-biencoder,teacher-soft,student-human,student-margin-0x,student-margin-16x}
-WORK=/tmp/kdrank-gpu
+WORK=${KDRANK_WORK:-/tmp/kdrank-gpu}
 PY=${PYTHON:-python3}  # the GPU image's python3 holds PyTorch; there may be no plain `python`
+PROFILE=${KDRANK_PROFILE:-full}
+DATA=${KDRANK_DATA:-.gpu/a/data/train.csv}
+[ $# -gt 0 ] || { echo "usage: gpu_run.sh STEP [STEP ...] (runs=NAMES, check, bench, pipeline)" >&2; exit 2; }
 mkdir -p "$WORK" "$OUT"
-$PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" \
-    .gpu/a/wheels/*.whl .gpu/b/wheels/*.whl
-cat .gpu/b/teacher.gguf.b .gpu/c/teacher.gguf.c > "$WORK/SmolLM2-135M-Instruct.Q4_1.gguf"
-$PY - "$WORK" <<'PY'
+
+# Set-up, each part once per machine: the wheels of every carry group present, fp32 MiniLM, the GGUF file.
+for group in a b; do
+    if [ -z "${KDRANK_SKIP_WHEELS:-}" ] && [ -d ".gpu/$group/wheels" ] && [ ! -e "$WORK/wheels-$group" ]; then
+        $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" \
+            .gpu/$group/wheels/*.whl && touch "$WORK/wheels-$group"
+    fi
+done
+if [ ! -e "$WORK/minilm/config.json" ]; then
+    $PY - "$WORK" <<'PY'
 import sys, torch
 from transformers import AutoModel, AutoTokenizer
 work = sys.argv[1]
 AutoModel.from_pretrained(".gpu/a/minilm", dtype=torch.float32).save_pretrained(f"{work}/minilm")
 AutoTokenizer.from_pretrained(".gpu/a/minilm").save_pretrained(f"{work}/minilm")
 PY
-export KDRANK_STUDENT_BASE="$WORK/minilm" KDRANK_TEACHER_GGUF="$WORK/SmolLM2-135M-Instruct.Q4_1.gguf"
-export KDRANK_CACHE="$WORK/cache" HF_HUB_OFFLINE=1 PYTHONPATH="$WORK/site:." PYTHONUNBUFFERED=1
+fi
+GGUF="$WORK/SmolLM2-135M-Instruct.Q4_1.gguf"
+if [ ! -e "$GGUF" ] && [ -e .gpu/b/teacher.gguf.b ] && [ -e .gpu/c/teacher.gguf.c ]; then
+    cat .gpu/b/teacher.gguf.b .gpu/c/teacher.gguf.c > "$GGUF.part" && mv "$GGUF.part" "$GGUF"
+fi
+export KDRANK_STUDENT_BASE="$WORK/minilm" KDRANK_CACHE="$WORK/cache" HF_HUB_OFFLINE=1
+[ -e "$GGUF" ] && export KDRANK_TEACHER_GGUF="$GGUF"
+export PYTHONPATH="$WORK/site:." PYTHONUNBUFFERED=1
 (nvidia-smi --query-gpu=name,memory.total --format=csv || echo "no nvidia-smi: CPU dry run") | tee "$OUT/gpu.txt"
-# GPU utilisation every 2 s for the rest of the script: low utilisation during a training run means the
-# host (Python, kernel launches) and not the GPU sets its rate.
+# GPU utilisation every 2 s while the steps run: low utilisation during training means the host (Python,
+# kernel launches), not the GPU, sets the rate.
 if command -v nvidia-smi >/dev/null; then
     nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 2 > "$OUT/gpu-util.csv" &
     trap 'kill $! 2>/dev/null || true' EXIT
 fi
-rc=0
-if [ "$MODE" = pipeline ]; then
-    start=$SECONDS
-    timeout "${KDRANK_PIPELINE_TIMEOUT:-560}" $PY -m pipelines.cli run --profile "${KDRANK_PROFILE:-full}" \
-        --data .gpu/a/data/train.csv --format homedepot --output "$WORK/pipeline" > "$OUT/pipeline.log" 2>&1 || rc=$?
-    echo "kdrank run --profile ${KDRANK_PROFILE:-full}: exit $rc after $((SECONDS - start)) s" | tee "$OUT/pipeline-time.txt"
-    cp "$WORK/pipeline/run.json" "$OUT/" 2>/dev/null || true
-    tr '\r' '\n' < "$OUT/pipeline.log" | grep -v '%|' | tail -40
-    exit 0
-fi
-timeout "${KDRANK_BENCH_TIMEOUT:-90}" $PY tests/benchmarks/bench_throughput.py --data .gpu/a/data/train.csv \
-    --seconds "${KDRANK_BENCH_SECONDS:-5}" --output "$OUT/throughput-gpu.md" || echo "throughput benchmark failed or timed out" >&2
-timeout "${KDRANK_EXPERIMENT_TIMEOUT:-420}" $PY -m pipelines.cli experiment run --profile full \
-    --data .gpu/a/data/train.csv --format homedepot --output "$WORK/results-full" --only "$MODE" \
-    > "$OUT/experiment.log" 2>&1 || rc=$?
-[ "$rc" -eq 0 ] || echo "experiment run stopped (exit $rc: timeout or error); finished runs are kept" >&2
-tr '\r' '\n' < "$OUT/experiment.log" | grep -v '%|' | tail -40
-cp "$WORK/results-full/results.jsonl" "$OUT/" 2>/dev/null || true
-cp "$WORK/results-full/data/summary.json" "$OUT/data-summary.json" 2>/dev/null || true
+
+runs() {  # $1: comma-separated experiment names
+    local rc=0 start=$SECONDS
+    timeout "${KDRANK_EXPERIMENT_TIMEOUT:-420}" $PY -m pipelines.cli experiment run --profile "$PROFILE" \
+        --data "$DATA" --format homedepot --output "$WORK/results-$PROFILE" --only "$1" \
+        >> "$OUT/experiment.log" 2>&1 || rc=$?
+    echo "experiment run --only $1: exit $rc after $((SECONDS - start)) s" | tee -a "$OUT/experiment.log"
+    tr '\r' '\n' < "$OUT/experiment.log" | grep -v '%|' | tail -25
+    # Metrics, per-pair test scores and settings of every finished run; checkpoints stay behind.
+    (cd "$WORK/results-$PROFILE" && find . -maxdepth 1 -name results.jsonl; find eval -type f;
+        find data -maxdepth 1 -name summary.json; find models -maxdepth 2 -name kdrank.json) 2>/dev/null \
+        > "$WORK/experiment-files.txt"
+    tar -czf "$OUT/experiment.tgz" -C "$WORK/results-$PROFILE" -T "$WORK/experiment-files.txt" || true
+}
+
+pipeline() {
+    local rc=0 start=$SECONDS
+    timeout "${KDRANK_PIPELINE_TIMEOUT:-560}" $PY -m pipelines.cli run --profile "$PROFILE" \
+        --data "$DATA" --format homedepot --output "$WORK/pipeline" > "$OUT/pipeline.log" 2>&1 || rc=$?
+    local took=$((SECONDS - start))
+    echo "kdrank run --profile $PROFILE: exit $rc after $took s" | tee "$WORK/pipeline-time.txt"
+    tr '\r' '\n' < "$OUT/pipeline.log" | grep -v '%|' | grep -E "kdrank step|finished with status|saved to|exit|Error|error" | tail -40
+    # run.json, the evaluation report (metrics and per-pair scores of teacher, student, BM25) and each
+    # step's executor output (its logged metadata), even from a run that stopped part-way.
+    (cd "$WORK" && find pipeline -maxdepth 1 -name run.json; find pipeline -path '*/evaluate/*' -type f \
+        -o -name executor_output.json; echo pipeline-time.txt) 2>/dev/null | sort -u > "$WORK/pipeline-files.txt"
+    tar -czf "$OUT/pipeline.tgz" -C "$WORK" -T "$WORK/pipeline-files.txt" 2>/dev/null || true
+    if [ "$rc" -ne 0 ] && [ "$took" -lt 60 ] && [ -n "${KDRANK_FALLBACK:-}" ]; then
+        echo "the pipeline failed early; running $KDRANK_FALLBACK instead" >&2
+        runs "$KDRANK_FALLBACK"
+    fi
+}
+
+for step in "$@"; do
+    case "$step" in
+        runs=*) runs "${step#runs=}" ;;
+        check) $PY -c "import kfp.local, kfp.dsl, google.cloud.storage, onnx, onnxscript, gguf, bm25s; import pipelines.cli, pipelines.local, components.kfp.common; print('imports ok')" ;;
+        bench)
+            timeout "${KDRANK_BENCH_TIMEOUT:-90}" $PY tests/benchmarks/bench_throughput.py --data "$DATA" \
+                --seconds "${KDRANK_BENCH_SECONDS:-5}" --output "$OUT/throughput-gpu.md" \
+                || echo "throughput benchmark failed or timed out" >&2 ;;
+        pipeline) pipeline ;;
+        *) echo "unknown step '$step' (runs=NAMES, check, bench, pipeline)" >&2; exit 2 ;;
+    esac
+done

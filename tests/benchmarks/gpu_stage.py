@@ -31,7 +31,10 @@ CORE_WHEELS = ["gguf", "bm25s"]
 PIPELINE_WHEELS = ["kfp", "kfp-kubernetes", "kfp-pipeline-spec", "kfp-server-api", "docstring_parser",
                    "google-api-core", "google-auth", "google-cloud-core", "google-cloud-storage", "google-crc32c",
                    "google-resumable-media", "googleapis-common-protos", "proto-plus", "kubernetes", "oauthlib",
-                   "requests-oauthlib", "requests-toolbelt", "websocket-client", "pyasn1", "pyasn1_modules"]
+                   "requests-oauthlib", "requests-toolbelt", "websocket-client", "pyasn1", "pyasn1_modules",
+                   # kfp's generated code needs protobuf >= 6.31 (the image's version is not known here);
+                   # kfp.cli imports click-option-group.
+                   "protobuf", "click-option-group"]
 # The GPU image's python3 is 3.12; KDRANK_GPU_PYTHON=3.11 stages for this machine's Python (a CPU dry run).
 PLATFORM = ["--python-version", os.environ.get("KDRANK_GPU_PYTHON", "3.12"), "--implementation", "cp",
             "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_17_x86_64",
