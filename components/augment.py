@@ -181,7 +181,9 @@ class BM25Index:
         out = [np.zeros(0, dtype=np.int64) for _ in queries]
         asked = [i for i, t in enumerate(tokens) if t]  # a query of stop words only matches nothing
         if asked:
-            docs, scores = self.retriever.retrieve([tokens[i] for i in asked], k=k,
+            # numpy top-k: bm25s's "auto" picks JAX when it is installed, and JAX then takes 75% of the GPU's
+            # memory (108 GB of an H200 in the augment step) and compiles per batch shape, for no gain here.
+            docs, scores = self.retriever.retrieve([tokens[i] for i in asked], k=k, backend_selection="numpy",
                                                    show_progress=len(asked) > 2000)
             for i, d, s in zip(asked, np.asarray(docs), np.asarray(scores), strict=True):
                 out[i] = d[s > 0].astype(np.int64)

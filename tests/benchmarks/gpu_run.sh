@@ -20,7 +20,7 @@ DATA=${KDRANK_DATA:-.gpu/a/data/train.csv}
 mkdir -p "$WORK" "$OUT"
 
 # Set-up, each part once per machine: the wheels of every carry group present, fp32 MiniLM, the GGUF file.
-for group in a b; do
+for group in a b c; do
     if [ -z "${KDRANK_SKIP_WHEELS:-}" ] && [ -d ".gpu/$group/wheels" ] && [ ! -e "$WORK/wheels-$group" ]; then
         $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" \
             .gpu/$group/wheels/*.whl && touch "$WORK/wheels-$group"

@@ -8,7 +8,7 @@ path stays on the machine while it is warm; name only the new group each time):
   .gpu/a: MiniLM-L6 as fp16 safetensors (gpu_run.sh restores fp32), the wheels the core flow needs
           there (gguf, bm25s; it has peft and accelerate) and a copy of the Home Depot CSV;
   .gpu/b: the first half of the SmolLM2-135M GGUF file, and the wheels `kdrank run` adds (kfp and
-          the Google clients it imports, ~4 MiB), for Python 3.12 as that machine has;
+          the Google clients and cryptography it imports, ~9 MiB), for Python 3.12 as that machine has;
   .gpu/c: the second half of the GGUF file.
 Then run tests/benchmarks/gpu_run.sh there (see docs/results.md).
 """
@@ -33,8 +33,9 @@ PIPELINE_WHEELS = ["kfp", "kfp-kubernetes", "kfp-pipeline-spec", "kfp-server-api
                    "google-resumable-media", "googleapis-common-protos", "proto-plus", "kubernetes", "oauthlib",
                    "requests-oauthlib", "requests-toolbelt", "websocket-client", "pyasn1", "pyasn1_modules",
                    # kfp's generated code needs protobuf >= 6.31 (the image's version is not known here);
-                   # kfp.cli imports click-option-group.
-                   "protobuf", "click-option-group"]
+                   # kfp.cli imports click-option-group; kfp's client imports google.auth's crypt module,
+                   # which needs cryptography (absent there: `import kfp` failed on the first GPU session).
+                   "protobuf", "click-option-group", "cryptography", "cffi", "pycparser"]
 # The GPU image's python3 is 3.12; KDRANK_GPU_PYTHON=3.11 stages for this machine's Python (a CPU dry run).
 PLATFORM = ["--python-version", os.environ.get("KDRANK_GPU_PYTHON", "3.12"), "--implementation", "cp",
             "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_17_x86_64",
