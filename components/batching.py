@@ -4,6 +4,12 @@ Pairs are tokenised once (through `pairs.encode_pairs`, the one definition of mo
 int32 array with offsets; a batch is gathered and padded with numpy, never by the tokenizer inside the
 loop. On a GPU the loop then costs the host little more than the model's own kernel launches, and the
 padded tensors go over in pinned memory without blocking.
+
+Student tables are built from each distinct query and product text, tokenised once: an augmented set
+repeats every query dozens of times and many products too. The pieces are joined the way the tokenizer
+joins a pair, with its own truncation and special-token template (read from the tokenizer for each
+distinct pair of piece lengths, on which truncation alone depends), so the table is identical to
+tokenising every pair through `pairs.encode_pairs` (tests/test_batching.py checks it pair by pair).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
@@ -39,6 +46,11 @@ class TokenTable:
             raise ValueError(f"{len(queries)} queries but {len(products)} products")
         if tokenizer.pad_token_id is None:
             raise ValueError(f"tokenizer {type(tokenizer).__name__} has no pad token")
+        pieces = _student_pieces(tokenizer, queries, products, max_length) if role == pairs.STUDENT else None
+        if pieces is not None:
+            ids, offsets, token_types = pieces
+            return cls(ids=ids, offsets=offsets, token_types=token_types, pad_id=int(tokenizer.pad_token_id),
+                       pad_left=getattr(tokenizer, "padding_side", "right") == "left")
         ids, types, lengths = [], [], []
         bar = tqdm(total=len(queries), desc=f"tokenising ({role})", unit="pair", leave=False,
                    disable=len(queries) < PROGRESS_FROM)
@@ -86,6 +98,76 @@ class TokenTable:
         if self.token_types is not None:
             out["token_type_ids"] = np.where(mask, self.token_types[src], 0).astype(np.int64)
         return {key: to_device(torch.from_numpy(value), device) for key, value in out.items()}
+
+
+def _flat(encodings) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, offsets) of a list of tokenizers Encodings, concatenated."""
+    rows = [e.ids for e in encodings]
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum([len(r) for r in rows], out=offsets[1:])
+    ids = np.fromiter((t for r in rows for t in r), dtype=np.int64, count=int(offsets[-1]))
+    return ids, offsets
+
+
+def _student_pieces(tokenizer, queries: Sequence[str], products: Sequence[str],
+                    max_length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+    """(ids, offsets, token types) of the student's pairs, from each distinct text tokenised once (see
+    the module docstring); None where the tokenizer is not a fast one (the caller tokenises pair by pair)."""
+    if not getattr(tokenizer, "is_fast", False) or not len(queries):
+        return None
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())  # a copy: the caller's stays as it is
+    backend.no_padding()
+    backend.no_truncation()
+    q_codes, q_texts = pd.factorize(pd.Series(list(queries), dtype=object))
+    p_codes, p_texts = pd.factorize(pd.Series(list(products), dtype=object))
+    q_enc = backend.encode_batch([pairs.clean_text(t) for t in q_texts], add_special_tokens=False)
+    p_enc = backend.encode_batch([pairs.clean_text(t) for t in p_texts], add_special_tokens=False)
+    # As `tokenizer(queries, products, truncation="longest_first", max_length=...)` sets it up.
+    backend.enable_truncation(max_length, strategy="longest_first",
+                              direction=getattr(tokenizer, "truncation_side", "right"))
+    q_ids, q_off = _flat(q_enc)
+    p_ids, p_off = _flat(p_enc)
+    q_ids, p_ids = np.append(q_ids, 0), np.append(p_ids, 0)  # index 0 stays valid where every piece is empty
+    n1, n2 = np.diff(q_off)[q_codes], np.diff(p_off)[p_codes]
+    with_types = "token_type_ids" in tokenizer.model_input_names
+
+    out_len = np.zeros(len(q_codes), dtype=np.int64)
+    groups = pd.DataFrame({"n1": n1, "n2": n2}).groupby(["n1", "n2"], sort=False).indices
+    layouts = {}
+    for key, members in groups.items():
+        first = members[0]  # tokenised whole, as a pair: its layout serves every pair of these lengths
+        enc = backend.encode(pairs.clean_text(q_texts[q_codes[first]]), pairs.clean_text(p_texts[p_codes[first]]),
+                             add_special_tokens=True)
+        seq = np.array([-1 if s is None else s for s in enc.sequence_ids], dtype=np.int64)
+        if np.any(seq[seq >= 0] > 1):
+            return None
+        # Position within its piece of each kept token: truncation keeps one contiguous run of each piece.
+        index = np.zeros(len(seq), dtype=np.int64)
+        for part, length in ((0, key[0]), (1, key[1])):
+            kept = np.flatnonzero(seq == part)
+            start = length - len(kept) if getattr(tokenizer, "truncation_side", "right") == "left" else 0
+            index[kept] = start + np.arange(len(kept))
+        layouts[key] = (seq, index, np.asarray(enc.ids, dtype=np.int64), np.asarray(enc.type_ids, dtype=np.int8))
+        out_len[members] = len(seq)
+    offsets = np.zeros(len(q_codes) + 1, dtype=np.int64)
+    np.cumsum(out_len, out=offsets[1:])
+    ids = np.zeros(int(offsets[-1]), dtype=np.int32)
+    types = np.zeros(int(offsets[-1]), dtype=np.int8) if with_types else None
+    for key, members in groups.items():
+        seq, index, special, type_ids = layouts[key]
+        q_src = q_off[q_codes[members]][:, None] + index
+        p_src = p_off[p_codes[members]][:, None] + index
+        block = np.where(seq == 0, q_ids[np.where(seq == 0, q_src, 0)],
+                         np.where(seq == 1, p_ids[np.where(seq == 1, p_src, 0)], special))
+        dest = offsets[members][:, None] + np.arange(len(seq))
+        ids[dest] = block
+        if types is not None:
+            types[dest] = type_ids
+        if not np.array_equal(block[0], special):  # the group's first pair is the one the tokenizer made whole
+            raise RuntimeError(f"token table: joined pieces differ from the tokenizer's pair {members[0]}")
+    return ids, offsets, types
 
 
 def to_device(tensor: torch.Tensor, device: torch.device | None) -> torch.Tensor:

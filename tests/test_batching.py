@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from components import pairs
+from components import batching, pairs
 from components.batching import PAD_MULTIPLE, TokenTable, length_batches
 from components.scoring import load_classifier
 
@@ -43,6 +43,27 @@ def test_batch_matches_the_tokenizer_and_scores_the_same(role, side, tiny_studen
     if side == "right":  # decoders here take positions from the left edge, so only right padding is padding-proof
         with torch.no_grad():
             assert torch.allclose(model(**batch).logits, model(**expected).logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("max_length", [8, 16, 64])
+def test_student_table_from_distinct_texts_equals_pair_by_pair(side, max_length, tiny_student_dir):
+    """The student's table joins each distinct text's tokens; it must equal tokenising every pair."""
+    tokenizer, _ = load_classifier(tiny_student_dir, role=pairs.STUDENT)
+    tokenizer.truncation_side = side
+    rng = np.random.default_rng(0)
+    queries = QUERIES + ["cordless  drill", "", "café 1/2 in. pvc", " paint "]  # repeats after cleaning, empty
+    products = PRODUCTS + ["", "Ölfilter 3/4\" × 10 ft", "hose", "stainless steel sink " * 30]
+    qs = [queries[i] for i in rng.integers(len(queries), size=300)]
+    ps = [products[i] for i in rng.integers(len(products), size=300)]
+    assert batching._student_pieces(tokenizer, qs, ps, max_length) is not None  # not the pair-by-pair fallback
+    table = TokenTable.encode(tokenizer, qs, ps, role=pairs.STUDENT, max_length=max_length)
+    expected = pairs.encode_pairs(tokenizer, qs, ps, role=pairs.STUDENT, max_length=max_length, padding=False,
+                                  return_tensors=None)
+    assert [len(row) for row in expected["input_ids"]] == table.lengths.tolist()
+    assert table.ids.tolist() == [t for row in expected["input_ids"] for t in row]
+    assert table.token_types.tolist() == [t for row in expected["token_type_ids"] for t in row]
+    assert (table.lengths == max_length).any() and (table.lengths < max_length).any()
 
 
 def test_lengths_offsets_and_errors(tiny_student_dir):
