@@ -9,6 +9,7 @@ ensemble of members trained with consecutive seeds. The output is a kdrank check
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -81,17 +82,20 @@ def train_teacher(train_uri: str, val_uri: str | None, output_dir: str, config: 
     member (the model is put back in training mode afterwards); probes use it to score a recipe epoch by epoch.
 
     The directory is written whole or not at all; a rerun with the same data and config finds the
-    finished checkpoint and returns its stored summary without training.
+    finished checkpoint and returns its stored summary without training. "The same data" means the same
+    table contents, wherever they are stored: a runs folder that moved (to gs://, to another machine), or
+    a teacher trained by the pipeline on an identical split, is not retrained.
     """
+    train = _read_labelled(train_uri)
+    val = _read_labelled(val_uri) if val_uri else None
     settings = {"train_uri": str(train_uri), "val_uri": None if val_uri is None else str(val_uri),
+                "train_data": table_digest(train), "val_data": None if val is None else table_digest(val),
                 "config": dataclasses.asdict(config)}
     done = _finished_summary(output_dir, settings)
     if done is not None:
         log.info("teacher checkpoint %s is already trained with these settings; skipping", output_dir)
         return done
 
-    train = _read_labelled(train_uri)
-    val = _read_labelled(val_uri) if val_uri else None
     num_grades = schema.num_grades_of(train)
     if val is not None and schema.num_grades_of(val) != num_grades:
         raise ValueError(f"{val_uri} has {schema.num_grades_of(val)} grades but {train_uri} has {num_grades}")
@@ -126,12 +130,20 @@ def train_teacher(train_uri: str, val_uri: str | None, output_dir: str, config: 
     return summary
 
 
+def table_digest(frame: pd.DataFrame) -> str:
+    """sha256 of a table's columns and values: the identity of training data wherever it is stored."""
+    return hashlib.sha256(frame.to_json(orient="split", index=False, double_precision=15).encode()).hexdigest()
+
+
 def _finished_summary(output_dir: str, settings: dict) -> dict | None:
     meta = storage.join(output_dir, META_FILE)
     if not storage.exists(meta):
         return None
     stored = json.loads(storage.read_text(meta)).get("training", {})
-    if {k: stored.get(k) for k in settings} != json.loads(json.dumps(settings)):
+    wanted = json.loads(json.dumps(settings))
+    # Checkpoints that record their data's contents are matched on those; older ones only on its paths.
+    keys = ("train_data", "val_data", "config") if stored.get("train_data") else ("train_uri", "val_uri", "config")
+    if any(stored.get(k) != wanted[k] for k in keys):
         log.warning("%s holds a teacher trained with other settings; it will be replaced", output_dir)
         return None
     return {**stored.get("summary", {}), "skipped": True}

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from components import pairs, schema, storage
 from components.checkpoint import read_info
-from components.data import write_table
+from components.data import read_table, write_table
 from components.scoring import PairScorer, load_classifier
 from components.teacher import TeacherConfig, init_head_from_verbaliser, targets_of, train_teacher
 
@@ -85,6 +85,29 @@ def test_rerun_with_same_config_skips_and_other_config_retrains(tiny_teacher_dir
     assert "skipped" not in changed
     assert read_info(str(out)).training["config"]["learning_rate"] == 1e-3
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary leftovers
+
+
+def test_rerun_matches_data_by_contents_not_path(tiny_teacher_dir, train_file, tmp_path):
+    """A runs folder that moved, or a teacher trained elsewhere on an identical split, is not retrained;
+    a changed table is; checkpoints written before contents were recorded still match on paths."""
+    out = tmp_path / "teacher"
+    config = TeacherConfig(base_model=tiny_teacher_dir, epochs=1, **FAST)
+    train_teacher(train_file, None, str(out), config)
+    moved = tmp_path / "moved" / "train.parquet"
+    moved.parent.mkdir()
+    moved.write_bytes(Path(train_file).read_bytes())
+    assert train_teacher(str(moved), None, str(out), config)["skipped"] is True
+    changed = read_table(train_file)
+    changed.loc[0, schema.PRODUCT_TEXT] = "another product"
+    write_table(changed, str(moved))
+    assert "skipped" not in train_teacher(str(moved), None, str(out), config)
+    # A checkpoint from before: its kdrank.json names the data's paths only.
+    meta = out / "kdrank.json"
+    info = json.loads(meta.read_text())
+    info["training"].pop("train_data"), info["training"].pop("val_data")
+    meta.write_text(json.dumps(info))
+    assert train_teacher(str(moved), None, str(out), config)["skipped"] is True
+    assert "skipped" not in train_teacher(train_file, None, str(out), config)  # same contents, other path
 
 
 def test_ensemble_of_two_averages_member_probabilities(tiny_teacher_dir, train_file, tmp_path):

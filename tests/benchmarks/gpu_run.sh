@@ -6,7 +6,9 @@
 #   check            import what `kdrank run` needs (kfp and the Google clients from .gpu/b)
 #   bench            teacher vs student throughput and the efficiency ratio (needs .gpu/c)
 #   pipeline         `kdrank run --profile full` (the compiled KFP pipeline), timed (needs .gpu/b and .gpu/c);
-#                    if it fails within a minute (a missing package, say), KDRANK_FALLBACK's runs run instead
+#                    if it fails within a minute (a missing package, say), KDRANK_FALLBACK's runs run instead.
+#                    Its teacher becomes the plan's teacher-soft (adopt-teacher), so runs=student-margin-...
+#                    after it label with that teacher instead of training another
 # Environment: KDRANK_PROFILE (full), KDRANK_DATA (.gpu/a/data/train.csv), KDRANK_*_TIMEOUT (seconds per
 # step), KDRANK_SKIP_WHEELS=1 and PYTHON=... for a CPU dry run with this checkout's virtualenv.
 # Writes at most 8 files under $OUT (the device tool's limit), bundling run folders as .tgz: no checkpoints.
@@ -64,6 +66,14 @@ runs() {  # $1: comma-separated experiment names
     tar -czf "$OUT/experiment.tgz" -C "$WORK/results-$PROFILE" -T "$WORK/experiment-files.txt" || true
 }
 
+adopt_teacher() {  # the pipeline's teacher as the plan's teacher-soft: same settings and split, so not retrained
+    local teacher target="$WORK/results-$PROFILE/models/teacher-soft"
+    teacher=$(ls -d "$WORK"/pipeline/pipeline-root/*/train-teacher/teacher 2>/dev/null | tail -1)
+    if [ -n "$teacher" ] && [ -e "$teacher/kdrank.json" ] && [ ! -e "$target" ]; then
+        mkdir -p "$(dirname "$target")" && cp -r "$teacher" "$target" && echo "teacher-soft: the pipeline's teacher"
+    fi
+}
+
 pipeline() {
     local rc=0 start=$SECONDS
     timeout "${KDRANK_PIPELINE_TIMEOUT:-560}" $PY -m pipelines.cli run --profile "$PROFILE" \
@@ -76,6 +86,7 @@ pipeline() {
     (cd "$WORK" && find pipeline -maxdepth 1 -name run.json; find pipeline -path '*/evaluate/*' -type f \
         -o -name executor_output.json; echo pipeline-time.txt) 2>/dev/null | sort -u > "$WORK/pipeline-files.txt"
     tar -czf "$OUT/pipeline.tgz" -C "$WORK" -T "$WORK/pipeline-files.txt" 2>/dev/null || true
+    adopt_teacher
     if [ "$rc" -ne 0 ] && [ "$took" -lt 60 ] && [ -n "${KDRANK_FALLBACK:-}" ]; then
         echo "the pipeline failed early; running $KDRANK_FALLBACK instead" >&2
         runs "$KDRANK_FALLBACK"
@@ -91,6 +102,7 @@ for step in "$@"; do
                 --seconds "${KDRANK_BENCH_SECONDS:-5}" --output "$OUT/throughput-gpu.md" \
                 || echo "throughput benchmark failed or timed out" >&2 ;;
         pipeline) pipeline ;;
-        *) echo "unknown step '$step' (runs=NAMES, check, bench, pipeline)" >&2; exit 2 ;;
+        adopt-teacher) adopt_teacher ;;
+        *) echo "unknown step '$step' (runs=NAMES, check, bench, pipeline, adopt-teacher)" >&2; exit 2 ;;
     esac
 done
