@@ -31,8 +31,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 def _step_environment() -> Iterator[None]:
     """Environment the step subprocesses inherit: this project importable, no model-hub access, and
     tokenizers free to use every core (the default of a step's container on a cluster). Each step is
-    its own process and forks nothing after tokenising; single-threaded, tokenising the 372k pairs of
-    the full profile took 59 s of the student step on a 16-core GPU machine (docs/results.md)."""
+    its own process and forks nothing after tokenising. The label and teacher steps tokenise every
+    prompt of their pairs (hundreds of thousands in the full profile); single-threaded, the student
+    step's tokenising of 372k pairs took 59 s on a 16-core GPU machine (docs/results.md)."""
     saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM")}
     paths = [str(PROJECT_ROOT), *filter(None, (saved["PYTHONPATH"] or "").split(os.pathsep))]
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
