@@ -57,7 +57,7 @@ runs() {  # $1: comma-separated experiment names
     timeout "${KDRANK_EXPERIMENT_TIMEOUT:-420}" $PY -m pipelines.cli experiment run --profile "$PROFILE" \
         --data "$DATA" --format homedepot --output "$WORK/results-$PROFILE" --only "$1" \
         >> "$OUT/experiment.log" 2>&1 || rc=$?
-    echo "experiment run --only $1: exit $rc after $((SECONDS - start)) s" | tee -a "$OUT/experiment.log"
+    echo "experiment run --only $1: exit $rc after $((SECONDS - start)) s" >> "$OUT/experiment.log"
     tr '\r' '\n' < "$OUT/experiment.log" | grep -v '%|' | tail -25
     # Metrics, per-pair test scores and settings of every finished run; checkpoints stay behind.
     (cd "$WORK/results-$PROFILE" && find . -maxdepth 1 -name results.jsonl; find eval -type f;
