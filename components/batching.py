@@ -112,7 +112,8 @@ def _flat(encodings) -> tuple[np.ndarray, np.ndarray]:
 def _student_pieces(tokenizer, queries: Sequence[str], products: Sequence[str],
                     max_length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
     """(ids, offsets, token types) of the student's pairs, from each distinct text tokenised once (see
-    the module docstring); None where the tokenizer is not a fast one (the caller tokenises pair by pair)."""
+    the module docstring); None where the tokenizer is not a fast one or there are no pairs (the caller
+    then tokenises pair by pair)."""
     if not getattr(tokenizer, "is_fast", False) or not len(queries):
         return None
     from tokenizers import Tokenizer
@@ -125,8 +126,8 @@ def _student_pieces(tokenizer, queries: Sequence[str], products: Sequence[str],
     q_enc = backend.encode_batch([pairs.clean_text(t) for t in q_texts], add_special_tokens=False)
     p_enc = backend.encode_batch([pairs.clean_text(t) for t in p_texts], add_special_tokens=False)
     # As `tokenizer(queries, products, truncation="longest_first", max_length=...)` sets it up.
-    backend.enable_truncation(max_length, strategy="longest_first",
-                              direction=getattr(tokenizer, "truncation_side", "right"))
+    side = getattr(tokenizer, "truncation_side", "right")
+    backend.enable_truncation(max_length, strategy="longest_first", direction=side)
     q_ids, q_off = _flat(q_enc)
     p_ids, p_off = _flat(p_enc)
     q_ids, p_ids = np.append(q_ids, 0), np.append(p_ids, 0)  # index 0 stays valid where every piece is empty
@@ -141,13 +142,11 @@ def _student_pieces(tokenizer, queries: Sequence[str], products: Sequence[str],
         enc = backend.encode(pairs.clean_text(q_texts[q_codes[first]]), pairs.clean_text(p_texts[p_codes[first]]),
                              add_special_tokens=True)
         seq = np.array([-1 if s is None else s for s in enc.sequence_ids], dtype=np.int64)
-        if np.any(seq[seq >= 0] > 1):
-            return None
         # Position within its piece of each kept token: truncation keeps one contiguous run of each piece.
         index = np.zeros(len(seq), dtype=np.int64)
         for part, length in ((0, key[0]), (1, key[1])):
             kept = np.flatnonzero(seq == part)
-            start = length - len(kept) if getattr(tokenizer, "truncation_side", "right") == "left" else 0
+            start = length - len(kept) if side == "left" else 0
             index[kept] = start + np.arange(len(kept))
         layouts[key] = (seq, index, np.asarray(enc.ids, dtype=np.int64), np.asarray(enc.type_ids, dtype=np.int8))
         out_len[members] = len(seq)

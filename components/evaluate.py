@@ -113,7 +113,7 @@ def query_bootstrap(frame: pd.DataFrame, score_col: str, grade_col: str = schema
     much a metric would move on another draw of test queries of the same size.
     """
     schema.require_columns(frame, [schema.QUERY_ID, score_col, grade_col])
-    _, ndcg_a, credit_a, ordered_a = _per_query(frame, score_col, grade_col, min_grade_gap)
+    ndcg_a, credit_a, ordered_a = _per_query(frame, score_col, grade_col, min_grade_gap)
     pick = np.random.default_rng(seed).integers(0, len(ndcg_a), size=(samples, len(ndcg_a)))
     with np.errstate(invalid="ignore", divide="ignore"):
         pairwise = credit_a[pick].sum(axis=1) / ordered_a[pick].sum(axis=1)
@@ -140,8 +140,8 @@ def paired_bootstrap(frame: pd.DataFrame, other: pd.DataFrame, score_col: str, g
                          f"got {len(mine)} and {len(theirs)} rows that differ")
     if not np.allclose(mine[grade_col].to_numpy(np.float64), theirs[grade_col].to_numpy(np.float64)):
         raise ValueError("a paired comparison needs the same grades in both tables")
-    _, n_a, c_a, o = _per_query(mine, score_col, grade_col, min_grade_gap)
-    _, n_b, c_b, _ = _per_query(theirs, score_col, grade_col, min_grade_gap)
+    n_a, c_a, o = _per_query(mine, score_col, grade_col, min_grade_gap)
+    n_b, c_b, _ = _per_query(theirs, score_col, grade_col, min_grade_gap)
     pick = np.random.default_rng(seed).integers(0, len(o), size=(samples, len(o)))
     with np.errstate(invalid="ignore", divide="ignore"):
         pairwise = (c_a[pick].sum(axis=1) - c_b[pick].sum(axis=1)) / o[pick].sum(axis=1)
@@ -155,7 +155,7 @@ def paired_bootstrap(frame: pd.DataFrame, other: pd.DataFrame, score_col: str, g
 
 
 def _per_query(frame: pd.DataFrame, score_col: str, grade_col: str, min_grade_gap: float):
-    """(query ids, NDCG@5, pairwise credit, ordered-pair count) per query, in sorted query order."""
+    """(NDCG@5, pairwise credit, ordered-pair count) per query, in sorted query order."""
     scores, grades = frame[score_col].to_numpy(np.float64), frame[grade_col].to_numpy(np.float64)
     groups = frame.groupby(schema.QUERY_ID, sort=True).indices
     ndcg, credit, ordered = [], [], []
@@ -165,7 +165,7 @@ def _per_query(frame: pd.DataFrame, score_col: str, grade_col: str, min_grade_ga
         c, n = _pairwise_counts(s, g, min_grade_gap)
         credit.append(c)
         ordered.append(n)
-    return list(groups), np.array(ndcg), np.array(credit), np.array(ordered, dtype=np.float64)
+    return np.array(ndcg), np.array(credit), np.array(ordered, dtype=np.float64)
 
 
 def _interval(values: np.ndarray) -> list[float] | None:
