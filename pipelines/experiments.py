@@ -18,6 +18,7 @@ NAME` reports those rows. A small profile's own test split gives wide intervals;
 
 The augmented sets are nested: augmentation runs once at the largest multiple and the teacher labels
 that set once; the m-x set is the training pairs plus the first m x N augmented pairs in fill order.
+A 0x run needs no augmentation: its teacher labels the training pairs alone.
 """
 
 from __future__ import annotations
@@ -139,28 +140,34 @@ class Runner:
         self.run_one(labels)
         return str(self.out / "models" / labels)
 
-    def augmented(self) -> str:
+    def augmented(self, multiple: float | None = None) -> str:
+        """The training pairs plus `multiple` (default: the plan's largest) x N augmented pairs."""
         from components.augment import AugmentConfig, augment_pairs
 
-        target = str(self.out / "data" / f"augmented-{_fmt(self.top)}x.parquet")
-        settings = {**self.profile.augment, "multiple": self.top}
+        multiple = self.top if multiple is None else multiple
+        target = str(self.out / "data" / f"augmented-{_fmt(multiple)}x.parquet")
+        settings = {**self.profile.augment, "multiple": multiple}
         augment_pairs(self.paths()["train"], self.paths()["catalogue"], target, AugmentConfig(**settings))
         return target
 
-    def teacher_labelled(self, labels: str) -> tuple[str, str]:
-        """(folder of teacher labels of the augmented set, version tag of those labels).
+    def teacher_labelled(self, labels: str, multiple: float | None = None) -> tuple[str, str]:
+        """(folder of teacher labels of an augmented set, version tag of those labels).
 
+        Every distillation run of a teacher shares the labels of the largest set, except a 0x run, which
+        needs the training pairs only: it labels those alone rather than build and label the largest set
+        (at full size that is minutes of a GPU session, for 1/17 of the pairs).
         The tag hashes the teacher's kdrank.json and the augmented file, so a retrained teacher or a new
         augmented set labels into a new folder instead of reusing stale labels.
         """
         from components.label import label_pairs
 
-        pairs_uri = self.augmented()
+        multiple = self.top if multiple is None or multiple > 0 else 0.0
+        pairs_uri = self.augmented(multiple)
         teacher = self.teacher(labels)
         digest = hashlib.sha256(Path(teacher, "kdrank.json").read_bytes())
         digest.update(str(Path(pairs_uri).stat().st_mtime_ns).encode())
         tag = digest.hexdigest()[:10]
-        target = self.out / "data" / f"labelled-{labels}-{_fmt(self.top)}x-{tag}"
+        target = self.out / "data" / f"labelled-{labels}-{_fmt(multiple)}x-{tag}"
         label_pairs(pairs_uri, teacher, str(target), num_shards=1,
                     batch_size=int(self.profile.label.get("batch_size", 64)))
         return str(target), tag
@@ -173,7 +180,7 @@ class Runner:
         from components.augment import LABELLED
         from components.data import read_table, write_table
 
-        source, tag = self.teacher_labelled(labels)
+        source, tag = self.teacher_labelled(labels, multiple)
         target = self.out / "data" / f"distill-{labels}-{_fmt(multiple)}x-{tag}.parquet"
         if target.exists():
             return str(target)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from kdrank_testing import make_labelled
@@ -93,6 +94,24 @@ def test_only_runs_one_experiment_and_what_it_needs(tmp_path, tiny_teacher_dir, 
                     student_model=tiny_student_dir)
     runner.run(["student-margin-1x"])
     assert sorted(r["run"] for r in read_results(tmp_path / "runs")) == ["student-margin-1x", "teacher-soft"]
+
+
+def test_a_0x_run_labels_the_training_pairs_alone(tmp_path, tiny_teacher_dir, tiny_student_dir):
+    data = write_homedepot_csv(tmp_path / "train.csv", n_queries=20)
+    runner = Runner("test", data, str(tmp_path / "runs"), fmt="homedepot", teacher_model=tiny_teacher_dir,
+                    student_model=tiny_student_dir)
+    runner.run(["student-margin-0x"])
+    folder = tmp_path / "runs" / "data"
+    assert not list(folder.glob("augmented-2x*")) and not list(folder.glob("labelled-*-2x-*"))
+    zero = pd.read_parquet(next(folder.glob("distill-teacher-soft-0x-*.parquet")))
+    train = pd.read_parquet(runner.paths()["train"])
+    key = [schema.QUERY_ID, schema.PRODUCT_ID]
+    assert zero[key].equals(train[key].astype({schema.PRODUCT_ID: str}))
+    # the same labels as the training pairs get inside the largest set, which a later run labels
+    runner.run(["student-margin-1x"])
+    one = pd.read_parquet(next(folder.glob("distill-teacher-soft-1x-*.parquet")))
+    assert one[key].iloc[: len(zero)].equals(zero[key])
+    assert np.allclose(one[schema.TEACHER_SCORE].iloc[: len(zero)], zero[schema.TEACHER_SCORE], atol=1e-5)
 
 
 def test_report_writes_table_and_scaling_plot(finished, tmp_path):
