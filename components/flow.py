@@ -92,8 +92,13 @@ PROFILES: dict[str, Profile] = {
         evaluate={"batch_size": 512},
         # teacher-soft-verbaliser: the reduced profile's head (the LM's rows for " Low"/" Medium"/" High")
         # against the reference recipe's random head, at full data (docs/results.md, teacher probes).
+        # teacher-soft-batch256: on one H200 the GPU was busy 21% of a batch-64 teacher step (the host's
+        # kernel launches set its time), so 4x the batch should cost far less than 4x per step and make
+        # the teacher, 40% of `kdrank run`, several times faster. This run says whether the teacher is as
+        # good that way (lr 1e-4 for the 4x fewer, larger steps) and how fast it trains.
         experiments={"multiples": [0, 2, 4, 8, 16], "seeds": [13, 14], "ensemble_size": 3,
-                     "teacher_ablations": {"verbaliser": {"head_init": "verbaliser"}}},
+                     "teacher_ablations": {"verbaliser": {"head_init": "verbaliser"},
+                                           "batch256": {"batch_size": 256, "learning_rate": 1e-4}}},
     ),
 }
 

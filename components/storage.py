@@ -62,6 +62,17 @@ def exists(uri: str | os.PathLike) -> bool:
     return Path(uri).exists()
 
 
+def remove(uri: str | os.PathLike) -> None:
+    """Delete one file or object; nothing happens when it is not there."""
+    if is_gcs(uri):
+        from google.api_core.exceptions import NotFound
+
+        with contextlib.suppress(NotFound):
+            _blob(str(uri)).delete()
+        return
+    Path(uri).unlink(missing_ok=True)
+
+
 def read_bytes(uri: str | os.PathLike) -> bytes:
     if is_gcs(uri):
         from google.api_core.exceptions import NotFound

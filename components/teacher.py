@@ -13,7 +13,9 @@ import hashlib
 import json
 import logging
 import math
+import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,22 +77,26 @@ class TeacherConfig:
 
 
 def train_teacher(train_uri: str, val_uri: str | None, output_dir: str, config: TeacherConfig, *,
-                  on_epoch_end=None) -> dict:
+                  on_epoch_end=None, reuse: Sequence[str] = ()) -> dict:
     """Train the teacher on labelled pairs and save a kdrank checkpoint at `output_dir` (local or gs://).
 
     `on_epoch_end(epoch, model, tokenizer, device)`, when given, is called after every epoch of every
     member (the model is put back in training mode afterwards); probes use it to score a recipe epoch by epoch.
 
-    The directory is written whole or not at all; a rerun with the same data and config finds the
-    finished checkpoint and returns its stored summary without training. "The same data" means the same
-    table contents, wherever they are stored: a runs folder that moved (to gs://, to another machine), or
-    a teacher trained by the pipeline on an identical split, is not retrained.
+    The checkpoint is finished when its kdrank.json is written, last; a rerun with the same data and config
+    finds it and returns its stored summary without training. "The same data" means the same table
+    contents, wherever they are stored: a runs folder that moved (to gs://, to another machine), or a
+    teacher trained by the pipeline on an identical split, is not retrained.
+
+    A single teacher's directory is written whole or not at all. An ensemble keeps each member as it
+    finishes (`member-i/`, a usable teacher with its own settings), so a run cut short by a time limit
+    keeps its finished members and a rerun trains only the rest. A member may also come from `reuse`:
+    finished single-teacher checkpoints, one of which is copied in when it was trained with exactly the
+    member's data, settings and seed (an ensemble's first member is the plain teacher of the same recipe).
     """
     train = _read_labelled(train_uri)
     val = _read_labelled(val_uri) if val_uri else None
-    settings = {"train_uri": str(train_uri), "val_uri": None if val_uri is None else str(val_uri),
-                "train_data": table_digest(train), "val_data": None if val is None else table_digest(val),
-                "config": dataclasses.asdict(config)}
+    settings = _settings(train_uri, val_uri, train, val, config)
     done = _finished_summary(output_dir, settings)
     if done is not None:
         log.info("teacher checkpoint %s is already trained with these settings; skipping", output_dir)
@@ -107,27 +113,76 @@ def train_teacher(train_uri: str, val_uri: str | None, output_dir: str, config: 
     log.info("training teacher on %d pairs (%d grades) from %s on %s", len(train), num_grades, base, device)
 
     base_name = config.base_model or models.TEACHER_NAME
-    member_names = [f"member-{m}" for m in range(config.ensemble_size)] if config.ensemble_size > 1 else []
-    with storage.atomic_dir(output_dir) as tmp:
-        member_summaries = []
-        for m in range(config.ensemble_size):
-            member_dir = Path(tmp, member_names[m]) if member_names else Path(tmp)
-            member_summaries.append(_train_member(base, train, val, member_dir, config, num_grades,
-                                                  seed=config.seed + m, device=device,
-                                                  desc=f"teacher {m + 1}/{config.ensemble_size}",
-                                                  on_epoch_end=on_epoch_end))
-            if member_names:  # each member is a usable teacher on its own too
-                write_info(member_dir, CheckpointInfo(role=pairs.TEACHER, num_grades=num_grades,
-                                                      max_length=config.max_length, base_model=base_name,
-                                                      training={"seed": config.seed + m}))
-    summary = _combine(member_summaries, output_dir)
+
+    def info(training: dict, members: list[str] = ()) -> CheckpointInfo:
+        return CheckpointInfo(role=pairs.TEACHER, num_grades=num_grades, max_length=config.max_length,
+                              base_model=base_name, members=list(members), training=training)
+
+    def train_one(cfg: TeacherConfig, out: Path, desc: str) -> dict:
+        return _train_member(base, train, val, out, cfg, num_grades, device=device, desc=desc,
+                             on_epoch_end=on_epoch_end)
+
+    if config.ensemble_size == 1:
+        with storage.atomic_dir(output_dir) as tmp:
+            summary = _combine([train_one(config, Path(tmp), "teacher 1/1")], output_dir)
+    else:
+        _drop_stale(output_dir)
+        member_names = [f"member-{m}" for m in range(config.ensemble_size)]
+        members = []
+        for m, name in enumerate(member_names):
+            cfg = dataclasses.replace(config, ensemble_size=1, seed=config.seed + m)
+            members.append(_ensemble_member(storage.join(output_dir, name), reuse,
+                                            _settings(train_uri, val_uri, train, val, cfg), info,
+                                            lambda out, cfg=cfg, m=m: train_one(
+                                                cfg, out, f"teacher {m + 1}/{config.ensemble_size}")))
+        summary = _combine(members, output_dir)
     # kdrank.json goes last, after the whole directory is in place (gs:// uploads file by file): it is
     # the marker a rerun looks for, so an interrupted upload is retrained, never mistaken for finished.
-    write_info(output_dir, CheckpointInfo(role=pairs.TEACHER, num_grades=num_grades,
-                                          max_length=config.max_length, base_model=base_name,
-                                          members=member_names, training={**settings, "summary": summary}))
+    write_info(output_dir, info({**settings, "summary": summary},
+                                [f"member-{m}" for m in range(config.ensemble_size)] if config.ensemble_size > 1
+                                else ()))
     log.info("teacher saved to %s: %s", output_dir, json.dumps(summary))
     return summary
+
+
+def _settings(train_uri, val_uri, train: pd.DataFrame, val: pd.DataFrame | None, config: TeacherConfig) -> dict:
+    """What a finished teacher records of its making, and what a rerun must match to skip training."""
+    return {"train_uri": str(train_uri), "val_uri": None if val_uri is None else str(val_uri),
+            "train_data": table_digest(train), "val_data": None if val is None else table_digest(val),
+            "config": dataclasses.asdict(config)}
+
+
+def _ensemble_member(member_dir: str, reuse: Sequence[str], settings: dict, info, train_one) -> dict:
+    """One ensemble member's summary: already finished in place, copied from a matching teacher in
+    `reuse`, or trained now; in every case `member_dir` holds it, finished, afterwards."""
+    if (done := _stored_summary(member_dir, settings)) is not None:
+        log.info("ensemble member %s is already trained; keeping it", member_dir)
+        return done
+    for source in reuse:
+        if (done := _stored_summary(source, settings)) is not None:
+            log.info("ensemble member %s: copying %s, trained with the same data, settings and seed",
+                     member_dir, source)
+            with storage.local_dir(source) as local, storage.atomic_dir(member_dir, last=(META_FILE,)) as tmp:
+                shutil.copytree(local, tmp, dirs_exist_ok=True)
+            return {**done, "reused_from": str(source)}
+    with storage.atomic_dir(member_dir, last=(META_FILE,)) as tmp:
+        member = train_one(Path(tmp))
+        summary = _combine([member], member_dir)
+        write_info(tmp, info({**settings, "summary": summary}))
+    return summary
+
+
+def _drop_stale(output_dir: str) -> None:
+    """Before an ensemble is built member by member in `output_dir`, unmark what was finished there with
+    other settings: a cut-short run must never leave an old kdrank.json naming a mix of old and new members.
+    A local directory goes whole (its members did not match either, or it would have been skipped)."""
+    meta = storage.join(output_dir, META_FILE)
+    if not storage.exists(meta):
+        return
+    if storage.is_gcs(output_dir):
+        storage.remove(meta)
+    else:
+        shutil.rmtree(output_dir)
 
 
 def table_digest(frame: pd.DataFrame) -> str:
@@ -135,8 +190,9 @@ def table_digest(frame: pd.DataFrame) -> str:
     return hashlib.sha256(frame.to_json(orient="split", index=False, double_precision=15).encode()).hexdigest()
 
 
-def _finished_summary(output_dir: str, settings: dict) -> dict | None:
-    meta = storage.join(output_dir, META_FILE)
+def _stored_summary(checkpoint: str, settings: dict) -> dict | None:
+    """The stored training summary of a finished teacher made with `settings`; None otherwise."""
+    meta = storage.join(checkpoint, META_FILE)
     if not storage.exists(meta):
         return None
     stored = json.loads(storage.read_text(meta)).get("training", {})
@@ -144,9 +200,15 @@ def _finished_summary(output_dir: str, settings: dict) -> dict | None:
     # Checkpoints that record their data's contents are matched on those; older ones only on its paths.
     keys = ("train_data", "val_data", "config") if stored.get("train_data") else ("train_uri", "val_uri", "config")
     if any(stored.get(k) != wanted[k] for k in keys):
-        log.warning("%s holds a teacher trained with other settings; it will be replaced", output_dir)
         return None
     return {**stored.get("summary", {}), "skipped": True}
+
+
+def _finished_summary(output_dir: str, settings: dict) -> dict | None:
+    summary = _stored_summary(output_dir, settings)
+    if summary is None and storage.exists(storage.join(output_dir, META_FILE)):
+        log.warning("%s holds a teacher trained with other settings; it will be replaced", output_dir)
+    return summary
 
 
 def _read_labelled(uri: str) -> pd.DataFrame:
@@ -166,7 +228,8 @@ def targets_of(frame: pd.DataFrame, soft: bool) -> np.ndarray:
 
 
 def _train_member(base: str, train: pd.DataFrame, val: pd.DataFrame | None, out: Path, config: TeacherConfig,
-                  num_grades: int, *, seed: int, device: torch.device, desc: str, on_epoch_end=None) -> dict:
+                  num_grades: int, *, device: torch.device, desc: str, on_epoch_end=None) -> dict:
+    seed = config.seed
     seed_everything(seed)
     tokenizer, model = load_classifier(base, role=pairs.TEACHER, num_labels=num_grades)
     if config.head_init == "verbaliser":
@@ -311,7 +374,8 @@ def _combine(members: list[dict], output_dir: str) -> dict:
     """One summary for the checkpoint: totals over members, losses of the first member, every member kept."""
     first = members[0]
     seconds = sum(m["train_seconds"] for m in members)
-    seen = sum(m["pairs_seen"] for m in members)
+    # (summaries stored before members kept pairs_seen give it as their rate times their time)
+    seen = sum(m.get("pairs_seen") or m["pairs_per_second"] * m["train_seconds"] for m in members)
     summary = {"path": str(output_dir), "train_seconds": round(seconds, 3),
                "pairs_per_second": round(seen / max(seconds, 1e-9), 2), "train_pairs": first["train_pairs"],
                "final_train_loss": float(np.mean([m["final_train_loss"] for m in members])),
@@ -320,4 +384,6 @@ def _combine(members: list[dict], output_dir: str) -> dict:
                "val_loss_per_epoch": first["val_loss_per_epoch"]}
     if len(members) > 1:
         summary["members"] = members
+    else:  # one model: its own fields too (seed, pairs seen, steps), so it can serve as an ensemble member
+        summary = {**first, **summary}
     return summary

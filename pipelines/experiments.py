@@ -244,7 +244,11 @@ class Runner:
 
         settings = {**self.profile.teacher, **exp.settings}
         target = str(self.out / "models" / exp.name)
-        summary = train_teacher(self.paths()["train"], self.paths()["val"], target, TeacherConfig(**settings))
+        # An ensemble takes any member that another run already trained with the same recipe and seed
+        # (its first member is `teacher-soft`), and keeps its finished members if it is cut short.
+        others = [str(p) for p in sorted((self.out / "models").glob("teacher-*")) if p.name != exp.name]
+        summary = train_teacher(self.paths()["train"], self.paths()["val"], target, TeacherConfig(**settings),
+                                reuse=others)
         return {"model": (settings.get("base_model") or "SmolLM2-135M-Instruct") + " teacher",
                 "train_pairs": int(summary["train_pairs"]), "train_seconds": round(float(summary["train_seconds"]), 1),
                 "train_pairs_per_s": summary["pairs_per_second"], "settings": settings,

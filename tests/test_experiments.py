@@ -78,6 +78,16 @@ def test_distillation_sets_are_nested_and_sized_by_multiple(finished):
     assert counts["catalogue"]["products"] == 30 * 6
 
 
+def test_the_ensemble_takes_teacher_soft_as_its_first_member(finished):
+    runner, rows, root = finished
+    models = root / "runs" / "models"
+    members = json.loads((models / "teacher-ensemble" / "kdrank.json").read_text())["training"]["summary"]["members"]
+    assert members[0]["reused_from"] == str(models / "teacher-soft")
+    assert "reused_from" not in members[1] and members[1]["seed"] == members[0]["seed"] + 1
+    same = [(models / d / "model.safetensors").read_bytes() for d in ("teacher-soft", "teacher-ensemble/member-0")]
+    assert same[0] == same[1]
+
+
 def test_rerun_skips_finished_runs(finished):
     runner, rows, root = finished
     model = root / "runs" / "models" / "teacher-soft" / "kdrank.json"

@@ -55,3 +55,14 @@ def test_gcs_directory_upload_puts_the_marker_last(gcs_emulator, tmp_path):
     blobs = list(storage.gcs_client().list_blobs(bucket, prefix=prefix + "/"))
     newest = max(blobs, key=lambda b: b.updated)
     assert newest.name.endswith("kdrank.json")
+
+
+def test_remove_deletes_one_file_or_object_and_ignores_a_missing_one(gcs_emulator, tmp_path):
+    uri = f"gs://{gcs_emulator}/storage-test/remove"
+    for root in (str(tmp_path), uri):
+        storage.write_text(storage.join(root, "kdrank.json"), "{}")
+        storage.write_text(storage.join(root, "kept.txt"), "k")
+        storage.remove(storage.join(root, "kdrank.json"))
+        storage.remove(storage.join(root, "kdrank.json"))  # already gone: no error
+        assert not storage.exists(storage.join(root, "kdrank.json"))
+        assert storage.read_text(storage.join(root, "kept.txt")) == "k"

@@ -128,6 +128,55 @@ def test_ensemble_of_two_averages_member_probabilities(tiny_teacher_dir, train_f
     np.testing.assert_allclose(together.score, together.probs @ np.arange(3), atol=1e-9)
 
 
+def test_an_ensemble_keeps_finished_members_when_cut_short_and_reuses_a_matching_teacher(
+        tiny_teacher_dir, train_file, tmp_path, monkeypatch):
+    import components.teacher as teacher_module
+
+    config = TeacherConfig(base_model=tiny_teacher_dir, epochs=1, learning_rate=1e-2, ensemble_size=3, **FAST)
+    single = str(tmp_path / "single")  # the plain teacher of the same recipe: the ensemble's first member
+    train_teacher(train_file, None, single, TeacherConfig(**{**config.__dict__, "ensemble_size": 1}))
+    other = str(tmp_path / "other-seed")  # a plain teacher with another seed matches no member
+    train_teacher(train_file, None, other, TeacherConfig(**{**config.__dict__, "ensemble_size": 1, "seed": 99}))
+
+    trained = []
+    real = teacher_module._train_member
+
+    def cut_after_one(*args, **kwargs):
+        if trained:
+            raise KeyboardInterrupt("the time limit")
+        trained.append(args[4].seed)
+        return real(*args, **kwargs)
+
+    out = tmp_path / "ensemble"
+    monkeypatch.setattr(teacher_module, "_train_member", cut_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        train_teacher(train_file, None, str(out), config, reuse=[other, single])
+    assert trained == [14]  # member 0 was copied from `single`, member 1 trained, member 2 cut short
+    assert not (out / "kdrank.json").exists() and not (out / "member-2").exists()
+    assert torch.equal(_weights(out / "member-0")["score.weight"], _weights(single)["score.weight"])
+    with pytest.raises(FileNotFoundError, match="kdrank.json is missing"):
+        PairScorer(str(out), device="cpu")  # unfinished: never mistaken for a teacher
+    stamps = {m: (out / m / "model.safetensors").stat().st_mtime_ns for m in ("member-0", "member-1")}
+
+    trained.clear()
+    monkeypatch.setattr(teacher_module, "_train_member", lambda *a, **k: (trained.append(a[4].seed), real(*a, **k))[1])
+    summary = train_teacher(train_file, None, str(out), config)
+    assert trained == [15]  # only the missing member
+    assert {m: (out / m / "model.safetensors").stat().st_mtime_ns for m in stamps} == stamps
+    assert read_info(str(out)).members == ["member-0", "member-1", "member-2"]
+    assert [m["seed"] for m in summary["members"]] == [13, 14, 15]
+    assert [m.get("skipped", False) for m in summary["members"]] == [True, True, False]
+    assert all(read_info(str(out / m)).training["config"]["ensemble_size"] == 1 for m in stamps)
+    assert train_teacher(train_file, None, str(out), config)["skipped"] is True
+
+    # Other settings: the old ensemble is replaced whole, every member trained anew.
+    trained.clear()
+    train_teacher(train_file, None, str(out), TeacherConfig(**{**config.__dict__, "learning_rate": 2e-2}))
+    assert trained == [13, 14, 15]
+    assert read_info(str(out / "member-0")).training["config"]["learning_rate"] == 2e-2
+    assert [p.name for p in tmp_path.rglob(".*")] == []  # no temporary leftovers
+
+
 def test_lora_trains_head_and_adapters_and_saves_a_plain_checkpoint(tiny_teacher_dir, train_file, tmp_path):
     out = tmp_path / "lora"
     config = TeacherConfig(base_model=tiny_teacher_dir, epochs=2, learning_rate=1e-2, lora=True, lora_rank=4,
