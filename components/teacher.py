@@ -105,12 +105,10 @@ def train_teacher(train_uri: str, val_uri: str | None, output_dir: str, config: 
     num_grades = schema.num_grades_of(train)
     if val is not None and schema.num_grades_of(val) != num_grades:
         raise ValueError(f"{val_uri} has {schema.num_grades_of(val)} grades but {train_uri} has {num_grades}")
-    if config.max_train_pairs is not None and len(train) > config.max_train_pairs:
-        keep = np.random.default_rng(config.seed).choice(len(train), config.max_train_pairs, replace=False)
-        train = train.iloc[np.sort(keep)].reset_index(drop=True)
     base = models.resolve_model(config.base_model, pairs.TEACHER)
     device = pick_device(config.device)
-    log.info("training teacher on %d pairs (%d grades) from %s on %s", len(train), num_grades, base, device)
+    log.info("training teacher on %d pairs (%d grades) from %s on %s",
+             min(len(train), config.max_train_pairs or len(train)), num_grades, base, device)
 
     base_name = config.base_model or models.TEACHER_NAME
 
@@ -119,7 +117,7 @@ def train_teacher(train_uri: str, val_uri: str | None, output_dir: str, config: 
                               base_model=base_name, members=list(members), training=training)
 
     def train_one(cfg: TeacherConfig, out: Path, desc: str) -> dict:
-        return _train_member(base, train, val, out, cfg, num_grades, device=device, desc=desc,
+        return _train_member(base, _subsample(train, cfg), val, out, cfg, num_grades, device=device, desc=desc,
                              on_epoch_end=on_epoch_end)
 
     if config.ensemble_size == 1:
@@ -150,6 +148,14 @@ def _settings(train_uri, val_uri, train: pd.DataFrame, val: pd.DataFrame | None,
     return {"train_uri": str(train_uri), "val_uri": None if val_uri is None else str(val_uri),
             "train_data": table_digest(train), "val_data": None if val is None else table_digest(val),
             "config": dataclasses.asdict(config)}
+
+
+def _subsample(train: pd.DataFrame, config: TeacherConfig) -> pd.DataFrame:
+    """At most `max_train_pairs` of the training pairs, drawn with the model's own seed."""
+    if config.max_train_pairs is None or len(train) <= config.max_train_pairs:
+        return train
+    keep = np.random.default_rng(config.seed).choice(len(train), config.max_train_pairs, replace=False)
+    return train.iloc[np.sort(keep)].reset_index(drop=True)
 
 
 def _ensemble_member(member_dir: str, reuse: Sequence[str], settings: dict, info, train_one) -> dict:
