@@ -74,9 +74,9 @@ adopt_teacher() {  # the pipeline's teacher as the plan's teacher-soft: same set
     fi
 }
 
-pipeline() {
+pipeline() {  # 575 s by default: the whole run was estimated at about 530 s, and a call may last 600
     local rc=0 start=$SECONDS
-    timeout "${KDRANK_PIPELINE_TIMEOUT:-560}" $PY -m pipelines.cli run --profile "$PROFILE" \
+    timeout "${KDRANK_PIPELINE_TIMEOUT:-575}" $PY -m pipelines.cli run --profile "$PROFILE" \
         --data "$DATA" --format homedepot --output "$WORK/pipeline" > "$OUT/pipeline.log" 2>&1 || rc=$?
     local took=$((SECONDS - start))
     echo "kdrank run --profile $PROFILE: exit $rc after $took s" | tee "$WORK/pipeline-time.txt"
