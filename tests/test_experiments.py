@@ -139,6 +139,55 @@ def test_report_writes_table_and_scaling_plot(finished, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
+def _gpu_merge():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "gpu_merge", Path(__file__).parent / "benchmarks" / "gpu_merge.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _bundle(runs: Path, path: Path) -> str:
+    """A runs folder packed as gpu_run.sh packs it: rows, eval folders, data summary, training records."""
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tar:
+        for item in ["results.jsonl", "eval", "data/summary.json", *(
+                str(p.relative_to(runs)) for p in runs.glob("models/*/kdrank.json"))]:
+            tar.add(runs / item, arcname=item)
+    return str(path)
+
+
+def test_gpu_merge_adds_runs_that_scored_the_same_test_pairs_only(finished, tmp_path, capsys):
+    import shutil
+
+    runner, rows, root = finished
+    merge = _gpu_merge()
+    bundle = _bundle(root / "runs", tmp_path / "experiment.tgz")
+    here = tmp_path / "here"
+    shutil.copytree(root / "runs" / "data", here / "data")
+    assert merge.main(["--runs", str(here), bundle]) == 0
+    assert [r["run"] for r in read_results(here)] == [r["run"] for r in rows]
+    assert (here / "eval" / "student-human" / "scores.parquet").is_file()
+    assert json.loads((here / "eval" / "teacher-soft" / "checkpoint.json").read_text())["role"] == "teacher"
+    assert not (here / "models").exists()  # rescore would take a models/RUN folder for a checkpoint
+    assert merge.main(["--runs", str(here), bundle]) == 0  # a second merge adds nothing
+    assert len(read_results(here)) == len(rows)
+
+    # A bundle whose runs scored other test pairs (another split) is refused whole.
+    other = tmp_path / "other"
+    shutil.copytree(root / "runs" / "data", other / "data")
+    test = pd.read_parquet(other / "data" / "test.parquet")
+    test.iloc[1:].to_parquet(other / "data" / "test.parquet")
+    capsys.readouterr()
+    assert merge.main(["--runs", str(other), bundle]) == 2
+    err = capsys.readouterr().err
+    assert "1 not in the runs folder's test split" in err and "not merged" in err
+    assert not (other / "results.jsonl").exists() and not (other / "eval").exists()
+
+
 def test_bad_requests_name_what_is_wrong(tmp_path, finished, capsys):
     runner, rows, root = finished
     with pytest.raises(ValueError, match="student-margin-3x"):

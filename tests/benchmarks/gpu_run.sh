@@ -83,8 +83,10 @@ pipeline() {  # 575 s by default: the whole run was estimated at about 530 s, an
     tr '\r' '\n' < "$OUT/pipeline.log" | grep -v '%|' | grep -E "kdrank step|finished with status|saved to|exit|Error|error" | tail -40
     # run.json, the evaluation report (metrics and per-pair scores of teacher, student, BM25) and each
     # step's executor output (its logged metadata), even from a run that stopped part-way.
+    cp "$OUT/gpu.txt" "$WORK/gpu.txt"  # the machine, for gpu_merge.py's row
     (cd "$WORK" && find pipeline -maxdepth 1 -name run.json; find pipeline -path '*/evaluate/*' -type f \
-        -o -name executor_output.json; echo pipeline-time.txt) 2>/dev/null | sort -u > "$WORK/pipeline-files.txt"
+        -o -name executor_output.json; echo pipeline-time.txt; echo gpu.txt) 2>/dev/null | sort -u \
+        > "$WORK/pipeline-files.txt"
     tar -czf "$OUT/pipeline.tgz" -C "$WORK" -T "$WORK/pipeline-files.txt" 2>/dev/null || true
     adopt_teacher
     if [ "$rc" -ne 0 ] && [ "$took" -lt 60 ] && [ -n "${KDRANK_FALLBACK:-}" ]; then
