@@ -112,7 +112,7 @@ def train_teacher(train_uri: str, val_uri: str | None, output_dir: str, config: 
 
     base_name = config.base_model or models.TEACHER_NAME
 
-    def info(training: dict, members: list[str] = ()) -> CheckpointInfo:
+    def info(training: dict, members: Sequence[str] = ()) -> CheckpointInfo:
         return CheckpointInfo(role=pairs.TEACHER, num_grades=num_grades, max_length=config.max_length,
                               base_model=base_name, members=list(members), training=training)
 
@@ -120,12 +120,12 @@ def train_teacher(train_uri: str, val_uri: str | None, output_dir: str, config: 
         return _train_member(base, _subsample(train, cfg), val, out, cfg, num_grades, device=device, desc=desc,
                              on_epoch_end=on_epoch_end)
 
-    if config.ensemble_size == 1:
+    member_names = [f"member-{m}" for m in range(config.ensemble_size)] if config.ensemble_size > 1 else []
+    if not member_names:
         with storage.atomic_dir(output_dir) as tmp:
             summary = _combine([train_one(config, Path(tmp), "teacher 1/1")], output_dir)
     else:
         _drop_stale(output_dir)
-        member_names = [f"member-{m}" for m in range(config.ensemble_size)]
         members = []
         for m, name in enumerate(member_names):
             cfg = dataclasses.replace(config, ensemble_size=1, seed=config.seed + m)
@@ -136,9 +136,7 @@ def train_teacher(train_uri: str, val_uri: str | None, output_dir: str, config: 
         summary = _combine(members, output_dir)
     # kdrank.json goes last, after the whole directory is in place (gs:// uploads file by file): it is
     # the marker a rerun looks for, so an interrupted upload is retrained, never mistaken for finished.
-    write_info(output_dir, info({**settings, "summary": summary},
-                                [f"member-{m}" for m in range(config.ensemble_size)] if config.ensemble_size > 1
-                                else ()))
+    write_info(output_dir, info({**settings, "summary": summary}, member_names))
     log.info("teacher saved to %s: %s", output_dir, json.dumps(summary))
     return summary
 
