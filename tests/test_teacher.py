@@ -217,6 +217,17 @@ def test_gcs_base_model_data_and_output(gcs_emulator, tiny_teacher_dir, train_fi
     assert train_teacher(f"{root}/train.parquet", f"{root}/train.parquet", out, config)["skipped"] is True
     probs = _mean_probs(out, make_labelled(n_queries=2, per_query=2))
     assert abs(probs.sum() - 1) < 1e-5
+    # An ensemble in the same place (the single teacher's marker goes first), then one built from its members.
+    ensemble = TeacherConfig(base_model=f"{root}/base", epochs=1, ensemble_size=2, **FAST)
+    summary = train_teacher(f"{root}/train.parquet", f"{root}/train.parquet", out, ensemble)
+    files = storage.list_files(out)
+    assert {"member-0/kdrank.json", "member-1/model.safetensors", "kdrank.json"} <= set(files)
+    assert json.loads(storage.read_text(f"{out}/kdrank.json"))["members"] == ["member-0", "member-1"]
+    assert [m["seed"] for m in summary["members"]] == [13, 14]
+    copied = train_teacher(f"{root}/train.parquet", f"{root}/train.parquet", f"{root}/copy", ensemble,
+                           reuse=[f"{out}/member-0", f"{out}/member-1"])
+    assert [m.get("reused_from") for m in copied["members"]] == [f"{out}/member-0", f"{out}/member-1"]
+    assert abs(_mean_probs(f"{root}/copy", make_labelled(n_queries=2, per_query=2)).sum() - 1) < 1e-5
 
 
 def _tiny_causal_lm(path, *, tied: bool) -> str:

@@ -14,7 +14,8 @@ the model's chat template (the instruction-tuned model's own format) and reads t
 assistant's first token, so without a leading space. Validation queries only: the test split stays
 untouched. About 3-5 minutes per prompt for 150 queries on 2 CPU cores:
 
-    PYTHONPATH=. python tests/benchmarks/probe_prompts.py --queries 150 --output docs/results/probes/prompts-zero-shot.json
+    PYTHONPATH=. python tests/benchmarks/probe_prompts.py --queries 150 \
+        --output docs/results/probes/prompts-zero-shot.json
 """
 
 from __future__ import annotations
