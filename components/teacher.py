@@ -305,12 +305,13 @@ def _train_member(base: str, train: pd.DataFrame, val: pd.DataFrame | None, out:
             "val_loss_initial": val_initial, "val_loss_per_epoch": val_losses}
 
 
-def init_head_from_verbaliser(model, tokenizer, base: str | Path, words) -> list[str]:
+def init_head_from_verbaliser(model, tokenizer, base: str | Path, words, *, leading_space: bool = True) -> list[str]:
     """Start the classification head from the LM's output rows of one word per grade (lowest grade first).
 
     The head's logits then equal the LM's next-token logits of those words after the prompt, so training
     starts from the model's own reading of the answer words instead of a random projection (the few-shot
     recipe of prompt-based fine-tuning). Each word counts by its first token; the tokens must differ.
+    A word is read as it follows other text (" Low") unless `leading_space` is False (a chat turn's "Low").
     """
     head = getattr(model, "score", None)
     if not isinstance(head, torch.nn.Linear):
@@ -319,7 +320,8 @@ def init_head_from_verbaliser(model, tokenizer, base: str | Path, words) -> list
     if len(words) != head.out_features:
         raise ValueError(f"the verbaliser has {len(words)} words {list(words)} but the teacher has "
                          f"{head.out_features} grades; give one word per grade, lowest first")
-    ids = [tokenizer.encode(" " + str(w).strip(), add_special_tokens=False)[0] for w in words]
+    ids = [tokenizer.encode((" " if leading_space else "") + str(w).strip(), add_special_tokens=False)[0]
+           for w in words]
     if len(set(ids)) != len(ids):
         raise ValueError(f"verbaliser words {list(words)} share first tokens "
                          f"{[tokenizer.decode([i]) for i in ids]}; pick words that start differently")

@@ -33,6 +33,7 @@ import torch
 from components import evaluate, models, pairs, schema
 from components.runtime import autocast, cpu_model, pick_device
 from components.scoring import load_classifier
+from components.teacher import init_head_from_verbaliser
 
 log = logging.getLogger("probe_prompts")
 WORDS = ("Low", "Medium", "High")
@@ -56,16 +57,6 @@ def prompts(tokenizer) -> dict[str, tuple]:
     }
 
 
-def verbaliser_rows(model, tokenizer, spaced: bool) -> list[str]:
-    """Set the head to the LM's output rows of the grade words (first token each); the tokens used."""
-    ids = [tokenizer.encode((" " if spaced else "") + w, add_special_tokens=False)[0] for w in WORDS]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"grade words share first tokens: {[tokenizer.decode([i]) for i in ids]}")
-    with torch.no_grad():
-        model.score.weight.copy_(model.get_input_embeddings().weight[ids].to(model.score.weight.dtype))
-    return [tokenizer.decode([i]) for i in ids]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--val", default="runs/results-full/data/val.parquet",
@@ -85,8 +76,6 @@ def main() -> int:
     device = pick_device()
     base = models.default_teacher_path()
     tokenizer, model = load_classifier(base, role=pairs.TEACHER, num_labels=len(WORDS))
-    if not model.config.get_text_config().tie_word_embeddings:
-        raise ValueError(f"{base}: this probe reads the grade words' rows from tied input embeddings")
     model.to(device).eval()
     variants = prompts(tokenizer)
     unknown = [n for n in args.prompts.split(",") if n not in variants]
@@ -98,7 +87,7 @@ def main() -> int:
     log.info("%d validation pairs over %d queries", len(frame), results["queries"])
     for name in args.prompts.split(","):
         make, spaced = variants[name]
-        tokens = verbaliser_rows(model, tokenizer, spaced)
+        tokens = init_head_from_verbaliser(model, tokenizer, base, WORDS, leading_space=spaced)
         texts = [make(pairs.clean_text(q), pairs.clean_text(p))
                  for q, p in zip(frame[schema.QUERY], frame[schema.PRODUCT_TEXT], strict=True)]
         start, logits = time.perf_counter(), []
