@@ -79,11 +79,15 @@ def merge_experiment(root: Path, runs: Path, wanted: set) -> list[str]:
     return merged
 
 
+def _text(path: Path) -> str:
+    return path.read_text() if path.is_file() else ""
+
+
 def bundle_hardware(root: Path, given: str | None) -> str:
     """`given`, else the GPU named in the bundle's gpu.txt (nvidia-smi's name, memory.total lines)."""
     if given:
         return given
-    lines = (root / "gpu.txt").read_text().splitlines()[1:] if (root / "gpu.txt").is_file() else []
+    lines = _text(root / "gpu.txt").splitlines()[1:]
     names = [line.split(",")[0].strip() for line in lines if line.strip()]
     if not names or any(not n.startswith("NVIDIA") for n in names):
         raise MergeError(f"the pipeline bundle names no GPU (its gpu.txt: {lines or 'missing'}); "
@@ -107,9 +111,8 @@ def merge_pipeline(root: Path, runs: Path, wanted: set, name: str, hardware: str
     check_scores(report / "scores.parquet", wanted, name)
     output = json.loads((step_root / "train-student" / "executor_output.json").read_text())
     meta = output["artifacts"]["student"]["artifacts"][0]["metadata"]
-    run_json = json.loads((root / "pipeline" / "run.json").read_text()) if (root / "pipeline" / "run.json").is_file() \
-        else {}
-    took = (root / "pipeline-time.txt").read_text().strip() if (root / "pipeline-time.txt").is_file() else ""
+    run_json = json.loads(_text(root / "pipeline" / "run.json") or "{}")
+    took = _text(root / "pipeline-time.txt").strip()
     profile = match.group(1) if (match := re.search(r"--profile ([\w-]+)", took)) else "full"
     hardware = bundle_hardware(root, hardware)
     augment = json.loads((step_root / "augment-pairs" / "executor_output.json").read_text())
