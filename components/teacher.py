@@ -179,7 +179,9 @@ def _ensemble_member(member_dir: str, reuse: Sequence[str], settings: dict, info
 def _drop_stale(output_dir: str) -> None:
     """Before an ensemble is built member by member in `output_dir`, unmark what was finished there with
     other settings: a cut-short run must never leave an old kdrank.json naming a mix of old and new members.
-    A local directory goes whole (its members did not match either, or it would have been skipped)."""
+    A local directory goes whole, as a replaced single teacher always did; its members go with it, even
+    one whose own settings would still match (say, after only the ensemble size changed), and are retrained.
+    On gs:// only the marker goes (no directory to remove in one step); stale files stay and are overwritten."""
     meta = storage.join(output_dir, META_FILE)
     if not storage.exists(meta):
         return
