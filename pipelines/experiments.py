@@ -496,6 +496,31 @@ def _num(value) -> str:
     return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.3f}"
 
 
+def scaling_points(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(one margin-MSE student on teacher-soft labels per augmented size, their other-seed repeats).
+
+    A size's point is the plan's `student-margin-Nx` run where there is one, else another margin-MSE run
+    on the same labels at that size (the pipeline's distilled student, say, merged by gpu_merge.py).
+    Repeats are the `...-seedN` runs at sizes the curve has.
+    """
+    def eligible(r: dict) -> bool:
+        return (r.get("kind") == "student" and r.get("loss") == "margin_mse" and r.get("labels") == "teacher-soft"
+                and r.get("augmented") is not None)
+
+    def planned(r: dict) -> bool:
+        return r["run"].startswith("student-margin-")
+
+    points: dict[float, dict] = {}
+    for r in rows:
+        if eligible(r) and "-seed" not in r["run"]:
+            held = points.get(r["augmented"])
+            if held is None or (planned(r) and not planned(held)):
+                points[r["augmented"]] = r
+    curve = [points[m] for m in sorted(points)]
+    repeats = [r for r in rows if eligible(r) and "-seed" in r["run"] and r["augmented"] in points]
+    return curve, repeats
+
+
 def scaling_plot(rows: list[dict], path: str, title: str) -> str:
     """NDCG@5 and pairwise accuracy of the margin-MSE students against augmented size, with references."""
     import matplotlib
@@ -504,8 +529,7 @@ def scaling_plot(rows: list[dict], path: str, title: str) -> str:
     import matplotlib.pyplot as plt
 
     by_run = {r["run"]: r for r in rows}
-    curve = sorted((r for r in rows if r["run"].startswith("student-margin-") and r["labels"] == "teacher-soft"
-                    and "-seed" not in r["run"]), key=lambda r: r["augmented"])
+    curve, repeats = scaling_points(rows)
     if not curve:
         raise ValueError("no margin-MSE student runs to plot yet")
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -513,6 +537,10 @@ def scaling_plot(rows: list[dict], path: str, title: str) -> str:
                                 strict=True):
         xs = list(range(len(curve)))  # evenly spaced sizes: 0x, 2x, 4x, ... read better than a log axis
         ys = [r["metrics"][key] for r in curve]
+        at = {r["augmented"]: x for x, r in enumerate(curve)}
+        if repeats:
+            ax.plot([at[r["augmented"]] for r in repeats], [r["metrics"][key] for r in repeats], "o",
+                    mfc="none", color="tab:blue", label="same run, other seed")
         bounds = [r.get("ci", {}).get(key) for r in curve]
         if all(bounds):  # query-bootstrap 95% intervals
             yerr = [[y - b[0] for y, b in zip(ys, bounds, strict=True)],
@@ -527,7 +555,8 @@ def scaling_plot(rows: list[dict], path: str, title: str) -> str:
         for run, name, color in refs:
             if run in by_run:
                 ax.axhline(by_run[run]["metrics"][key], linestyle="--", color=color, label=name)
-        ax.set_xticks(xs, [f"{_fmt(r['augmented'])}x" for r in curve])
+        ax.set_xticks(xs, [f"{_fmt(r['augmented'])}x" + ("" if r["run"].startswith("student-margin-")
+                                                          else f"\n({r['run']})") for r in curve])
         ax.set_xlabel("augmented pairs (multiple of the labelled training pairs)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)

@@ -301,3 +301,20 @@ def test_a_bad_teacher_ablation_is_named(monkeypatch):
     monkeypatch.setitem(flow.PROFILES, "test", bad)
     with pytest.raises(ValueError, match="teacher_ablations needs NAME .* got 'a b'"):
         plan("test")
+
+
+def test_scaling_points_take_the_plans_run_per_size_and_the_pipelines_student_where_it_has_none():
+    from pipelines.experiments import scaling_points
+
+    def row(run, augmented, labels="teacher-soft", loss="margin_mse", kind="student"):
+        return {"run": run, "kind": kind, "labels": labels, "loss": loss, "augmented": augmented}
+
+    rows = [row("teacher-soft", None, labels="human", loss="soft_ce", kind="teacher"),
+            row("pipeline-student", 8.0), row("student-margin-0x", 0.0), row("student-margin-0x-seed14", 0.0),
+            row("student-margin-16x-seed14", 16.0), row("student-pointwise-16x", 16.0, loss="pointwise_mse"),
+            row("student-margin-16x-ensemble", 16.0, labels="teacher-ensemble"), row("pipeline-again", 0.0)]
+    curve, repeats = scaling_points(rows)
+    assert [r["run"] for r in curve] == ["student-margin-0x", "pipeline-student"]
+    assert [r["run"] for r in repeats] == ["student-margin-0x-seed14"]  # no 16x point for its repeat to join
+    curve, _ = scaling_points([*rows, row("student-margin-8x", 8.0)])
+    assert [r["run"] for r in curve] == ["student-margin-0x", "student-margin-8x"]
