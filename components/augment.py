@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import math
+import os
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -163,12 +164,26 @@ def biencoder_topk(query_emb: np.ndarray, doc_emb: np.ndarray, k: int, chunk: in
     return out
 
 
+def import_bm25s():
+    """The `bm25s` module, with JAX (where installed) kept off the GPU.
+
+    Importing bm25s runs one JAX top-k when JAX is installed (bm25s/selection.py). That starts JAX's GPU
+    backend, which reserves 75% of the card's memory: 108-112 GB of an H200 in the augment and evaluate
+    steps of a GPU run, even with the numpy top-k that kdrank asks for. So JAX is pointed at the CPU
+    before the first import, unless JAX_PLATFORMS is set already (a user's choice wins). kdrank uses
+    JAX nowhere else; a process that imported JAX before this keeps its settings.
+    """
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import bm25s
+
+    return bm25s
+
+
 class BM25Index:
     """BM25 over catalogue titles with the `bm25s` library (English stop words, no stemming)."""
 
     def __init__(self, texts: list[str]):
-        import bm25s
-
+        bm25s = import_bm25s()
         self._bm25s = bm25s
         self.n_docs = len(texts)
         self.retriever = bm25s.BM25()
@@ -181,8 +196,8 @@ class BM25Index:
         out = [np.zeros(0, dtype=np.int64) for _ in queries]
         asked = [i for i, t in enumerate(tokens) if t]  # a query of stop words only matches nothing
         if asked:
-            # numpy top-k: bm25s's "auto" picks JAX when it is installed, and JAX then takes 75% of the GPU's
-            # memory (108 GB of an H200 in the augment step) and compiles per batch shape, for no gain here.
+            # numpy top-k: bm25s's "auto" picks JAX when it is installed, which compiles per batch shape
+            # for no gain here (and would run on the GPU but for import_bm25s).
             docs, scores = self.retriever.retrieve([tokens[i] for i in asked], k=k, backend_selection="numpy",
                                                    show_progress=len(asked) > 2000)
             for i, d, s in zip(asked, np.asarray(docs), np.asarray(scores), strict=True):

@@ -303,9 +303,9 @@ def baseline_scores(frame: pd.DataFrame, kind: str, seed: int = 13, *, encoder: 
 
 
 def _bm25_scores(frame: pd.DataFrame) -> np.ndarray:
-    import bm25s
+    from components.augment import BM25Index, import_bm25s
 
-    from components.augment import BM25Index
+    bm25s = import_bm25s()
 
     docs, doc_of_row = np.unique(frame[schema.PRODUCT_TEXT].astype(str).to_numpy(), return_inverse=True)
     index = BM25Index(list(docs))  # the augmentation step's BM25 settings

@@ -156,3 +156,42 @@ def test_bm25_returns_only_matching_products():
     index = augment.BM25Index(["Red Cordless Drill", "Garden Hose 50 ft.", "Drill Bit Set", "Claw Hammer"])
     drill, nothing, stop_words = index.topk(["drill", "xyzzy", "the and"], k=3)
     assert sorted(drill.tolist()) == [0, 2] and len(nothing) == 0 and len(stop_words) == 0
+
+
+_FAKE_JAX = '''
+import os
+from pathlib import Path
+
+def top_k(values, k):  # bm25s runs one top-k when it is imported; JAX would pick its platform here
+    Path(os.environ["JAX_SEEN"]).write_text(os.environ.get("JAX_PLATFORMS", "<unset>"))
+    return values[:k], list(range(k))
+'''
+
+
+@pytest.mark.parametrize("preset", [None, "cuda"])
+def test_bm25_keeps_an_installed_jax_off_the_gpu(tmp_path, preset):
+    """Importing bm25s with JAX installed starts JAX, which reserves 75% of a GPU (seen: 108 GB of an H200).
+
+    A stand-in `jax` package records the JAX_PLATFORMS that bm25s's import-time top-k runs under, in a
+    fresh interpreter: BM25 retrieval and the BM25 baseline must leave it on the CPU, and a user's own
+    setting must stand.
+    """
+    import subprocess
+    import sys
+
+    (tmp_path / "jax").mkdir()
+    (tmp_path / "jax" / "__init__.py").write_text("from . import lax\n")
+    (tmp_path / "jax" / "lax.py").write_text(_FAKE_JAX)
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    env.update({"JAX_SEEN": str(tmp_path / "seen.txt"),
+                "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).parents[1])])})
+    if preset:
+        env["JAX_PLATFORMS"] = preset
+    code = ("import numpy as np, pandas as pd\n"
+            "from components import evaluate\n"
+            "frame = pd.DataFrame({'query_id': ['q', 'q'], 'query': ['red drill', 'red drill'], "
+            "'product_text': ['red cordless drill', 'garden hose']})\n"
+            "scores = evaluate._bm25_scores(frame)\n"
+            "assert scores[0] > scores[1] == 0, scores\n")
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, cwd=tmp_path)
+    assert (tmp_path / "seen.txt").read_text() == (preset or "cpu")
