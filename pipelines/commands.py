@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 
 import yaml
 
@@ -31,8 +32,22 @@ def parse_overrides(items: list[str] | None) -> dict:
             raise ValueError(f"--set '{item}' is not STEP.SETTING=VALUE (e.g. teacher.epochs=2)")
         if step not in STEPS:
             raise ValueError(f"--set '{item}': unknown step '{step}'; steps are {list(STEPS)}")
-        overrides.setdefault(step, {})[name] = yaml.safe_load(raw) if raw.strip() else ""
+        overrides.setdefault(step, {})[name] = _setting_value(raw)
     return overrides
+
+
+def _setting_value(raw: str):
+    """A --set value as YAML reads it, except that numbers in exponent form are numbers.
+
+    YAML 1.1 (PyYAML) reads '1e-4' and '5E-5' as strings (it wants '1.0e-4'), and a learning rate is
+    the setting most often written that way.
+    """
+    if not raw.strip():
+        return ""
+    value = yaml.safe_load(raw)
+    if isinstance(value, str) and re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+", value.strip()):
+        return float(value)
+    return value
 
 
 def _run_parameters(parser: argparse.ArgumentParser) -> None:

@@ -25,6 +25,7 @@ def check_profile(profile) -> None:
     for step, build in (("synthetic", SyntheticConfig), ("prepare", PrepareConfig),
                         ("teacher", TeacherConfig), ("augment", AugmentConfig), ("student", StudentConfig)):
         try:
+            _check_types(build, getattr(profile, step))
             config = build(**getattr(profile, step))
             if hasattr(config, "validate"):
                 config.validate()
@@ -37,6 +38,39 @@ def check_profile(profile) -> None:
         unknown = sorted(set(getattr(profile, step)) - ((keywords - taken) | own))
         if unknown:
             raise ValueError(f"profile '{profile.name}', step '{step}': unknown setting(s) {unknown}")
+
+
+def _check_types(config_class, settings: dict) -> None:
+    """Refuse a setting whose value is not of its config field's plain type (int, float, bool, str).
+
+    A `--set teacher.learning_rate=...` that arrives as a string would otherwise fail deep inside the
+    config's checks with a message that names no setting. Other annotations (lists, unions) pass.
+    """
+    import types
+    import typing
+
+    hints = typing.get_type_hints(config_class)
+    for name, value in settings.items():
+        hint = hints.get(name)
+        if hint is None:
+            continue  # an unknown setting: the config itself names it
+        args = typing.get_args(hint)
+        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+            if value is None and type(None) in args:
+                continue
+            plain = [a for a in args if a is not type(None)]
+            hint = plain[0] if len(plain) == 1 else None
+        if hint is float:
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+        elif hint is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif hint in (bool, str):
+            ok = isinstance(value, hint)
+        else:
+            continue
+        if not ok:
+            raise ValueError(f"setting '{name}' must be {'a number' if hint is float else hint.__name__}, "
+                             f"got {value!r} ({type(value).__name__})")
 
 
 def check_num_shards(num_shards: int) -> list[int]:

@@ -153,6 +153,9 @@ def test_image_comes_from_the_environment_when_not_given(tmp_path, monkeypatch):
     (RunDefaults(profile="huge"), "unknown profile 'huge'"),
     (RunDefaults(num_shards=-1), "num_shards must be between 1 and"),
     (RunDefaults(overrides={"student": {"loss": "hinge"}}), "StudentConfig.loss"),
+    (RunDefaults(overrides={"teacher": {"learning_rate": "fast"}}),
+     "step 'teacher': setting 'learning_rate' must be a number, got 'fast'"),
+    (RunDefaults(overrides={"student": {"batch_size": 12.5}}), "setting 'batch_size' must be int, got 12.5"),
 ])
 def test_bad_defaults_fail_at_compile_time(tmp_path, defaults, message):
     with pytest.raises(ValueError, match=message):
@@ -208,6 +211,19 @@ def test_cli_run_needs_local(tmp_path):
 def test_bad_set_items_are_refused(item, message):
     with pytest.raises(ValueError, match=message):
         commands.parse_overrides([item])
+
+
+def test_set_values_read_as_yaml_with_exponent_numbers_as_numbers():
+    got = commands.parse_overrides(["teacher.learning_rate=1e-4", "teacher.batch_size=256", "student.loss=margin_mse",
+                                    "teacher.head_init=verbaliser", "student.learning_rate=5E-5", "label.x=1.0e-3",
+                                    "teacher.verbaliser=[Low, Medium, High]", "student.base_model=1e4-model"])
+    assert got == {"teacher": {"learning_rate": 1e-4, "batch_size": 256, "head_init": "verbaliser",
+                               "verbaliser": ["Low", "Medium", "High"]},
+                   "student": {"loss": "margin_mse", "learning_rate": 5e-5, "base_model": "1e4-model"},
+                   "label": {"x": 1e-3}}
+    # the fast teacher recipe of docs/results.md compiles (it failed in check_profile with lr as a string)
+    RunDefaults(profile="full", overrides=commands.parse_overrides(
+        ["teacher.batch_size=256", "teacher.learning_rate=1e-4"])).resolved()
 
 
 def test_each_step_gets_only_its_own_settings(tmp_path):
