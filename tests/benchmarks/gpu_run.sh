@@ -3,6 +3,7 @@
 # (.gpu/a, then .gpu/b, then .gpu/c over back-to-back calls; what /tmp holds stays while the machine is warm).
 # Usage: bash tests/benchmarks/gpu_run.sh STEP [STEP ...], steps run in order:
 #   runs=NAME,NAME   `kdrank experiment run --profile full --only NAME,NAME` (needs .gpu/a; teacher runs .gpu/c)
+#   setup            nothing beyond the set-up every call does (wheels, fp32 MiniLM, the joined GGUF)
 #   check            import what `kdrank run` needs (kfp and the Google clients from .gpu/b)
 #   bench            teacher vs student throughput and the efficiency ratio (needs .gpu/c)
 #   pipeline         `kdrank run --profile full` (the compiled KFP pipeline), timed (needs .gpu/b and .gpu/c);
@@ -18,7 +19,7 @@ WORK=${KDRANK_WORK:-/tmp/kdrank-gpu}
 PY=${PYTHON:-python3}  # the GPU image's python3 holds PyTorch; there may be no plain `python`
 PROFILE=${KDRANK_PROFILE:-full}
 DATA=${KDRANK_DATA:-.gpu/a/data/train.csv}
-[ $# -gt 0 ] || { echo "usage: gpu_run.sh STEP [STEP ...] (runs=NAMES, check, bench, pipeline)" >&2; exit 2; }
+[ $# -gt 0 ] || { echo "usage: gpu_run.sh STEP [STEP ...] (runs=NAMES, setup, check, bench, pipeline)" >&2; exit 2; }
 mkdir -p "$WORK" "$OUT"
 
 # Set-up, each part once per machine: the wheels of every carry group present, fp32 MiniLM, the GGUF file.
@@ -105,6 +106,7 @@ for step in "$@"; do
                 || echo "throughput benchmark failed or timed out" >&2 ;;
         pipeline) pipeline ;;
         adopt-teacher) adopt_teacher ;;
-        *) echo "unknown step '$step' (runs=NAMES, check, bench, pipeline, adopt-teacher)" >&2; exit 2 ;;
+        setup) echo "set-up done in $WORK" ;;  # the set-up above alone: a first call that carries .gpu/a only
+        *) echo "unknown step '$step' (runs=NAMES, check, bench, pipeline, adopt-teacher, setup)" >&2; exit 2 ;;
     esac
 done
