@@ -133,7 +133,7 @@ def run_local(output_dir: str = "runs/latest", profile: str = "demo", data_uri: 
     metrics = json.loads(Path(artifacts["metrics"]).read_text())
     table = Path(artifacts["table"]).read_text()
     result = {"pipeline": pipeline_file, "output": str(output), "artifacts": artifacts, "metrics": metrics,
-              "table": table}
+              "table": table, "arguments": run_arguments(defaults)}  # the run's exact settings, overrides included
     storage.write_text(str(output / SUMMARY_FILE), json.dumps(result, indent=2, sort_keys=True) + "\n")
     if not quiet:
         print(report(result))

@@ -69,6 +69,7 @@ runs() {  # $1: comma-separated experiment names
 
 adopt_teacher() {  # the pipeline's teacher as the plan's teacher-soft: same settings and split, so not retrained
     local teacher target="$WORK/results-$PROFILE/models/teacher-soft"
+    case "${KDRANK_PIPELINE_ARGS:-}" in *teacher.*) echo "teacher settings overridden: not teacher-soft"; return 0 ;; esac
     teacher=$(ls -d "$WORK"/pipeline/pipeline-root/*/train-teacher/teacher 2>/dev/null | tail -1)
     if [ -n "$teacher" ] && [ -e "$teacher/kdrank.json" ] && [ ! -e "$target" ]; then
         mkdir -p "$(dirname "$target")" && cp -r "$teacher" "$target" && echo "teacher-soft: the pipeline's teacher"
@@ -77,8 +78,11 @@ adopt_teacher() {  # the pipeline's teacher as the plan's teacher-soft: same set
 
 pipeline() {  # 575 s by default: the whole run was estimated at about 530 s, and a call may last 600
     local rc=0 start=$SECONDS
+    # KDRANK_PIPELINE_ARGS: more `kdrank run` options, e.g. "--set teacher.batch_size=256 --set teacher.learning_rate=1e-4"
+    # shellcheck disable=SC2086
     timeout "${KDRANK_PIPELINE_TIMEOUT:-575}" $PY -m pipelines.cli run --profile "$PROFILE" \
-        --data "$DATA" --format homedepot --output "$WORK/pipeline" > "$OUT/pipeline.log" 2>&1 || rc=$?
+        --data "$DATA" --format homedepot --output "$WORK/pipeline" ${KDRANK_PIPELINE_ARGS:-} \
+        > "$OUT/pipeline.log" 2>&1 || rc=$?
     local took=$((SECONDS - start))
     echo "kdrank run --profile $PROFILE: exit $rc after $took s" | tee "$WORK/pipeline-time.txt"
     tr '\r' '\n' < "$OUT/pipeline.log" | grep -v '%|' | grep -E "kdrank step|finished with status|saved to|exit|Error|error" | tail -40

@@ -39,7 +39,7 @@ def local_run(tmp_path_factory, tiny_teacher_dir, tiny_student_dir):
     return output, result, before
 
 
-def test_every_artifact_exists(local_run):
+def test_every_artifact_exists(local_run, tiny_student_dir):
     output, result, _ = local_run
     artifacts = result["artifacts"]
     assert Path(result["pipeline"]) == output / PIPELINE_FILE
@@ -57,7 +57,11 @@ def test_every_artifact_exists(local_run):
     # stable names a person types next: runs/latest/student, runs/latest/labels/shard-0
     assert (output / "student").resolve() == Path(artifacts["student"]).resolve()
     assert (output / "labels" / "shard-1").resolve() == Path(artifacts["labels"][1]).resolve()
-    assert json.loads((output / SUMMARY_FILE).read_text())["artifacts"] == json.loads(json.dumps(artifacts))
+    summary = json.loads((output / SUMMARY_FILE).read_text())
+    assert summary["artifacts"] == json.loads(json.dumps(artifacts))
+    assert summary["arguments"]["profile"] == "test" and summary["arguments"]["num_shards"] == 2
+    assert summary["arguments"]["augment_settings"] == {"encoder": tiny_student_dir}
+    assert summary["arguments"]["teacher_settings"] == {}
 
 
 def test_the_report_says_where_everything_landed(local_run):
@@ -102,3 +106,70 @@ def test_missing_inputs_fail_before_anything_runs(tmp_path):
     with pytest.raises(ValueError, match="num_shards"):
         run_local(str(tmp_path / "run"), profile="test", num_shards=-3, quiet=True)
     assert not (tmp_path / "run" / ROOT_DIR).exists()
+
+
+def _gpu_merge():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "gpu_merge", Path(__file__).parents[1] / "benchmarks" / "gpu_merge.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_merge_takes_the_pipelines_rows_and_names_an_overridden_teacher(local_run, tmp_path, capsys):
+    """A pipeline bundle as gpu_run.sh packs it, from this real run: the student becomes a row on
+    teacher-soft labels; a run with --set teacher.* brings its own teacher row, and the student names it."""
+    import shutil
+    import tarfile
+
+    output, result, _ = local_run
+
+    def bundle(name: str, teacher_settings: dict) -> str:
+        staged = tmp_path / name
+        # what gpu_run.sh packs: every run folder's step outputs and evaluation files, no checkpoints (the
+        # rerun's root lacks the steps it took from the failed run's cache)
+        for path in (output / ROOT_DIR).rglob("*"):
+            relative = path.relative_to(output)
+            if path.is_file() and (path.name == "executor_output.json" or "evaluate" in relative.parts):
+                (staged / "pipeline" / relative).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(path, staged / "pipeline" / relative)
+        summary = json.loads((output / SUMMARY_FILE).read_text())
+        summary["arguments"]["teacher_settings"] = teacher_settings
+        (staged / "pipeline" / SUMMARY_FILE).write_text(json.dumps(summary))
+        (staged / "pipeline-time.txt").write_text("kdrank run --profile test: exit 0 after 99 s\n")
+        (staged / "gpu.txt").write_text("name, memory.total [MiB]\nNVIDIA H200, 143771 MiB\n")
+        with tarfile.open(tmp_path / f"{name}.tgz", "w:gz") as tar:
+            for item in ("pipeline", "pipeline-time.txt", "gpu.txt"):
+                tar.add(staged / item, arcname=item)
+        return str(tmp_path / f"{name}.tgz")
+
+    def runs_folder(name: str, drop: int = 0) -> Path:
+        runs = tmp_path / name
+        (runs / "data").mkdir(parents=True)
+        test = pd.read_parquet(Path(result["artifacts"]["data"], "test.parquet"))
+        test.iloc[drop:].to_parquet(runs / "data" / "test.parquet")
+        return runs
+
+    merge = _gpu_merge()
+    plain, runs = bundle("plain", {}), runs_folder("runs")
+    assert merge.main(["--runs", str(runs), plain]) == 0
+    (row,) = [json.loads(line) for line in (runs / "results.jsonl").read_text().splitlines()]
+    assert (row["run"], row["labels"], row["hardware"]) == ("pipeline-student", "teacher-soft", "1x NVIDIA H200")
+    assert row["metrics"] == result["metrics"]["student"]
+    assert set(row["settings"]["overrides"]) == {"augment"} and "--set augment.encoder=" in row["command"]
+
+    fast = bundle("fast", {"batch_size": 16, "learning_rate": 1e-4})
+    runs = runs_folder("runs-fast")
+    assert merge.main(["--runs", str(runs), fast]) == 0
+    rows = {r["run"]: r for r in map(json.loads, (runs / "results.jsonl").read_text().splitlines())}
+    assert rows["pipeline-student"]["labels"] == "pipeline-teacher"
+    assert rows["pipeline-teacher"]["kind"] == "teacher"
+    assert rows["pipeline-teacher"]["metrics"] == result["metrics"]["teacher"]
+    assert "--set teacher.batch_size=16 --set teacher.learning_rate=0.0001" in rows["pipeline-teacher"]["command"]
+
+    short = runs_folder("runs-short", drop=1)  # a split without one of the scored pairs: nothing is written
+    assert merge.main(["--runs", str(short), fast]) == 2
+    assert "not merged" in capsys.readouterr().err
+    assert not (short / "results.jsonl").exists() and not (short / "eval").exists()

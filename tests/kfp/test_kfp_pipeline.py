@@ -247,3 +247,15 @@ def test_submit_names_an_unreachable_endpoint(tmp_path):
 def test_submit_wants_an_http_url():
     with pytest.raises(ValueError, match="http"):
         cli("pipeline", "submit", "--host", "kfp.example.com")
+
+
+def test_kdrank_run_takes_set_and_refuses_a_bad_setting_before_writing(tmp_path, capsys):
+    from pipelines import cli as kdrank
+
+    out = tmp_path / "run"
+    assert kdrank.main(["run", "--profile", "full", "--output", str(out), "--shards", "2",
+                        "--set", "teacher.batch_size=256", "--set", "teacher.learning_rate=fast"]) == 2
+    assert "step 'teacher': setting 'learning_rate' must be a number, got 'fast'" in capsys.readouterr().err
+    assert not out.exists()
+    assert kdrank.main(["run", "--output", str(out), "--set", "teachr.epochs=2"]) == 2
+    assert "unknown step 'teachr'" in capsys.readouterr().err and not out.exists()
