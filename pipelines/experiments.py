@@ -1,7 +1,8 @@
 """`kdrank experiment run|report`: the paper's experiments on real labelled data, one named run at a time.
 
 A profile's `experiments` settings give the plan: baselines (random, BM25, zero-shot bi-encoder), the
-teacher with soft and with hard targets, a student on human labels, margin-MSE students on teacher labels
+teacher with soft and with hard targets, a student on human labels (pointwise MSE, and margin MSE as the
+control of the 0x run: the same loss without a teacher), margin-MSE students on teacher labels
 of the training pairs plus 0x..Nx augmented pairs (the scaling curve), pointwise MSE at the largest size,
 and optionally a teacher ensemble with its own largest distillation run, extra seeds, and teacher ablations
 (`teacher_ablations`: NAME -> teacher settings, run as `teacher-soft-NAME` and scored like the others).
@@ -80,6 +81,9 @@ def plan(profile_name: str) -> list[Experiment]:
         tag = "" if seed == seeds[0] else f"-seed{seed}"
         runs.append(Experiment(f"student-human{tag}", "student", "student on human labels", loss="pointwise_mse",
                                seed=seed, settings={"labels": "human", "loss": "pointwise_mse", "seed": seed}))
+        if not tag:  # the control of the 0x run: its loss on the human grades, no teacher
+            runs.append(Experiment("student-human-margin", "student", "margin MSE on human labels (no teacher)",
+                                   loss="margin_mse", settings={"labels": "human", "loss": "margin_mse"}))
         chosen = multiples if not tag else [m for m in multiples if m in repeat]
         runs += [Experiment(f"student-margin-{_fmt(m)}x{tag}", "student", f"margin MSE, {_fmt(m)}x augmented",
                             labels="teacher-soft", augmented=m, loss="margin_mse", seed=seed,
