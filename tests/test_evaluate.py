@@ -207,3 +207,27 @@ def test_paired_bootstrap_separates_a_small_consistent_gain_that_unpaired_interv
         paired_bootstrap(base, base.iloc[1:], "score")
     with pytest.raises(ValueError, match="same grades"):
         paired_bootstrap(base, base.assign(**{schema.GRADE: base[schema.GRADE] + 1}), "score")
+
+
+def test_agreement_script_counts_the_pairs_pairwise_accuracy_counts():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("agreement", Path(__file__).parent / "benchmarks" / "agreement.py")
+    agreement = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(agreement)
+    rng = np.random.default_rng(5)
+    base = pd.DataFrame({schema.QUERY_ID: np.repeat(["a", "b", "c"], 5), schema.PRODUCT_ID: [str(i) for i in range(15)],
+                         schema.GRADE: rng.choice([0.0, 0.33, 0.67, 1.0, 1.33, 2.0], 15)})
+    teacher = base.assign(score=rng.normal(size=15))
+    student = base.assign(score=np.where(rng.random(15) < 0.5, teacher["score"], rng.normal(size=15)))
+    rows = {r["run"]: r for r in agreement.agreement({"teacher": teacher, "student": student}, "teacher")}
+    from components.evaluate import _pairwise_counts
+
+    ordered = sum(_pairwise_counts(np.zeros(5), base[schema.GRADE].to_numpy()[i:i + 5], 0.5)[1] for i in (0, 5, 10))
+    for name, frame in (("teacher", teacher), ("student", student)):
+        assert rows[name]["pairs"] == ordered > 0
+        assert rows[name]["accuracy"] == pytest.approx(ranking_metrics(frame, "score")["pairwise_accuracy"])
+    assert rows["teacher"]["right_where_reference_wrong"] == 0 and rows["teacher"]["same_order_as_reference"] == 1
+    assert rows["student"]["same_order_as_reference"] < 1
+    with pytest.raises(ValueError, match="student scored other test pairs"):
+        agreement.agreement({"teacher": teacher, "student": student.iloc[::-1]}, "teacher")
