@@ -81,9 +81,10 @@ def plan(profile_name: str) -> list[Experiment]:
         tag = "" if seed == seeds[0] else f"-seed{seed}"
         runs.append(Experiment(f"student-human{tag}", "student", "student on human labels", loss="pointwise_mse",
                                seed=seed, settings={"labels": "human", "loss": "pointwise_mse", "seed": seed}))
-        if not tag:  # the control of the 0x run: its loss on the human grades, no teacher
-            runs.append(Experiment("student-human-margin", "student", "margin MSE on human labels (no teacher)",
-                                   loss="margin_mse", settings={"labels": "human", "loss": "margin_mse"}))
+        # the control of the 0x run: its loss on the human grades, no teacher (every seed, as the 0x run)
+        runs.append(Experiment(f"student-human-margin{tag}", "student", "margin MSE on human labels (no teacher)",
+                               loss="margin_mse", seed=seed,
+                               settings={"labels": "human", "loss": "margin_mse", "seed": seed}))
         chosen = multiples if not tag else [m for m in multiples if m in repeat]
         runs += [Experiment(f"student-margin-{_fmt(m)}x{tag}", "student", f"margin MSE, {_fmt(m)}x augmented",
                             labels="teacher-soft", augmented=m, loss="margin_mse", seed=seed,

@@ -60,6 +60,7 @@ def test_every_planned_run_has_a_row_with_metrics_and_its_command(finished):
     control = stored["student-human-margin"]  # the 0x run's loss without its teacher
     assert (control["labels"], control["loss"], control["settings"]["labels"]) == ("human", "margin_mse", "human")
     assert control["train_pairs"] == stored["student-margin-0x"]["train_pairs"]
+    assert stored["student-human-margin-seed14"]["seed"] == 14
     assert stored["student-margin-2x-seed14"]["seed"] == 14
     assert stored["student-margin-2x-ensemble"]["labels"] == "teacher-ensemble"
 
