@@ -14,10 +14,10 @@ import logging
 import sys
 
 from components.flow import PROFILES
+from pipelines.commands import add_step_settings, parse_overrides
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pipelines.commands import parse_overrides
     from pipelines.local import run_local
 
     result = run_local(args.output, profile=args.profile, data_uri=args.data, data_format=args.format,
@@ -81,10 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", default="runs/latest", help="where artifacts land (default: runs/latest)")
     run.add_argument("--teacher-model", help="teacher base model directory (default: SmolLM2-135M)")
     run.add_argument("--student-model", help="student base model directory (default: MiniLM-L6)")
-    run.add_argument("--shards", type=int, dest="num_shards",
-                     help="labelling shards (default: the profile's; the local runner runs two at a time)")
-    run.add_argument("--set", action="append", metavar="STEP.SETTING=VALUE", dest="overrides",
-                     help="override one step setting of the profile, e.g. --set teacher.batch_size=256 (repeatable)")
+    add_step_settings(run)
     run.set_defaults(handler=_run)
 
     data = sub.add_parser("data", help="prepare labelled data or write the synthetic default data")

@@ -50,18 +50,23 @@ def _setting_value(raw: str):
     return value
 
 
+def add_step_settings(parser) -> None:
+    """--shards and --set (read by parse_overrides): on `kdrank run` and every `kdrank pipeline` command."""
+    parser.add_argument("--shards", type=int, dest="num_shards",
+                        help="labelling shards run in parallel (default: the profile's)")
+    parser.add_argument("--set", action="append", metavar="STEP.SETTING=VALUE", dest="overrides",
+                        help="override one step setting, e.g. --set teacher.epochs=2 (repeatable)")
+
+
 def _run_parameters(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("run parameters (compiled in as defaults; a run may override them)")
     group.add_argument("--profile", choices=sorted(PROFILES), help="sizes of every step (default: demo)")
-    group.add_argument("--shards", type=int, dest="num_shards",
-                       help="labelling shards run in parallel (default: the profile's)")
+    add_step_settings(group)
     group.add_argument("--data", help="labelled pairs, path or gs:// URI (default: embedded synthetic data)")
     group.add_argument("--format", choices=FORMATS, help="format of --data (default: from the name)")
     group.add_argument("--teacher-model", help="teacher base model folder or gs:// URI (default: SmolLM2)")
     group.add_argument("--student-model", help="student base model folder or gs:// URI (default: MiniLM-L6)")
     group.add_argument("--repository", help="also export the student to this Triton model repository (path, gs://)")
-    group.add_argument("--set", action="append", metavar="STEP.SETTING=VALUE", dest="overrides",
-                       help="override one step setting, e.g. --set teacher.epochs=2 (repeatable)")
 
 
 def _cluster_options(parser: argparse.ArgumentParser) -> None:
