@@ -143,7 +143,11 @@ class Runner:
     def teacher(self, labels: str) -> str:
         """The checkpoint folder of a teacher run ('teacher-soft', 'teacher-ensemble'), trained if needed."""
         self.run_one(labels)
-        return str(self.out / "models" / labels)
+        target = self.out / "models" / labels
+        if not (target / "kdrank.json").is_file():  # a row restored from an archive or merged from a GPU bundle
+            raise FileNotFoundError(f"{labels} has a result row in {self.out} but no checkpoint in {target}, and its "
+                                    f"students need one: train it here with `--only {labels} --force`")
+        return str(target)
 
     def augmented(self, multiple: float | None = None) -> str:
         """The training pairs plus `multiple` (default: the plan's largest) x N augmented pairs."""
@@ -642,6 +646,22 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _archive(args: argparse.Namespace) -> int:
+    from pipelines.archive import archive_runs
+
+    names = archive_runs(args.runs, args.output)
+    print(f"archived {len(names)} run(s) into {args.output}: {', '.join(names)}")
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from pipelines.archive import restore_runs
+
+    names = restore_runs(args.archive, args.runs)
+    print(f"restored {len(names)} run(s) into {args.runs}" + (f": {', '.join(names)}" if names else ""))
+    return 0
+
+
 def _rescore(args: argparse.Namespace) -> int:
     only = [n.strip() for item in args.only or [] for n in item.split(",") if n.strip()]
     rows = rescore(args.runs, args.test, args.name, fmt=args.format, max_queries=args.max_queries, seed=args.seed,
@@ -654,7 +674,7 @@ def _rescore(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    """Add `experiment run|list|report` to the `kdrank` subcommands."""
+    """Add `experiment run|list|report|rescore|archive|restore` to the `kdrank` subcommands."""
     choices = sorted(name for name, p in PROFILES.items() if p.experiments)
     exp = subparsers.add_parser("experiment", help="the paper's experiments on real data (results table, plot)")
     sub = exp.add_subparsers(dest="experiment_command", required=True, metavar="ACTION")
@@ -691,5 +711,16 @@ def register(subparsers) -> argparse.ArgumentParser:
     res.add_argument("--only", action="append", metavar="NAME[,NAME]", help="rescore just these runs")
     res.add_argument("--force", action="store_true", help="rescore runs that already have a row")
     res.set_defaults(handler=_rescore)
+
+    arc = sub.add_parser("archive", help="copy a runs folder's rows and per-pair test scores, without any data, "
+                                         "into a folder to commit (see pipelines/archive.py)")
+    arc.add_argument("--runs", required=True, help="the --output folder of `experiment run`")
+    arc.add_argument("--output", required=True, help="archive folder (made, or added to)")
+    arc.set_defaults(handler=_archive)
+
+    rst = sub.add_parser("restore", help="put an archive's runs back into a runs folder made from the same data")
+    rst.add_argument("--archive", required=True, help="a folder written by `experiment archive`")
+    rst.add_argument("--runs", required=True, help="runs folder holding the same test split (data/test.parquet)")
+    rst.set_defaults(handler=_restore)
     return exp
 

@@ -19,7 +19,7 @@ os.environ.setdefault("KDRANK_CACHE", str(Path(__file__).resolve().parents[1] / 
 import pandas as pd
 import pytest
 import torch
-from kdrank_testing import free_port, make_labelled, save_tiny_student, save_tiny_teacher
+from kdrank_testing import free_port, make_labelled, save_tiny_student, save_tiny_teacher, write_homedepot_csv
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -64,3 +64,16 @@ def gcs_emulator():
         else:
             os.environ["STORAGE_EMULATOR_HOST"] = previous
         storage.gcs_client.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def finished(tmp_path_factory, tiny_teacher_dir, tiny_student_dir):
+    """The `test` profile's whole experiment plan, run once: (runner, rows, root with train.csv and runs/)."""
+    from pipelines.experiments import Runner
+
+    root = tmp_path_factory.mktemp("experiments")
+    data = write_homedepot_csv(root / "train.csv")
+    runner = Runner("test", data, str(root / "runs"), fmt="homedepot", teacher_model=tiny_teacher_dir,
+                    student_model=tiny_student_dir)
+    rows = runner.run()
+    return runner, rows, root

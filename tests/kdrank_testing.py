@@ -6,6 +6,8 @@ own so that a conftest.py in a sub-folder can never shadow it.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import torch
@@ -159,3 +161,17 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def write_homedepot_csv(path: Path, n_queries: int = 30) -> str:
+    """make_labelled pairs in the Kaggle file's layout: 1-3 relevance scale, latin-1."""
+    frame = make_labelled(n_queries=n_queries, per_query=6, seed=3)
+    out = pd.DataFrame({
+        "id": range(1, len(frame) + 1),
+        "product_uid": [100000 + i for i in range(len(frame))],
+        "product_title": frame[schema.PRODUCT_TEXT] + " \xae",
+        "search_term": frame[schema.QUERY],
+        "relevance": (1.0 + frame[schema.GRADE]).round(2),
+    })
+    out.to_csv(path, index=False, encoding="latin-1")
+    return str(path)

@@ -8,35 +8,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from kdrank_testing import make_labelled
+from kdrank_testing import make_labelled, write_homedepot_csv
 
 from components import schema
 from pipelines import cli, experiments
 from pipelines.experiments import Runner, plan, read_results
-
-
-def write_homedepot_csv(path: Path, n_queries: int = 30) -> str:
-    """make_labelled pairs in the Kaggle file's layout: 1-3 relevance scale, latin-1."""
-    frame = make_labelled(n_queries=n_queries, per_query=6, seed=3)
-    out = pd.DataFrame({
-        "id": range(1, len(frame) + 1),
-        "product_uid": [100000 + i for i in range(len(frame))],
-        "product_title": frame[schema.PRODUCT_TEXT] + " \xae",
-        "search_term": frame[schema.QUERY],
-        "relevance": (1.0 + frame[schema.GRADE]).round(2),
-    })
-    out.to_csv(path, index=False, encoding="latin-1")
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory, tiny_teacher_dir, tiny_student_dir):
-    root = tmp_path_factory.mktemp("experiments")
-    data = write_homedepot_csv(root / "train.csv")
-    runner = Runner("test", data, str(root / "runs"), fmt="homedepot", teacher_model=tiny_teacher_dir,
-                    student_model=tiny_student_dir)
-    rows = runner.run()
-    return runner, rows, root
 
 
 def test_every_planned_run_has_a_row_with_metrics_and_its_command(finished):

@@ -1,0 +1,200 @@
+"""`kdrank experiment archive|restore`: a runs folder's results without any of its data, to commit.
+
+A runs folder (`runs/results-full`, say) holds the data split, checkpoints and per-pair test scores
+beside the query and product texts: none of it may be committed, and a new session's work tree starts
+without it. So results made on a lent GPU would be lost with the session, and later rows could not be
+compared pair by pair with them. The archive keeps what the data cannot give back:
+
+- `manifest.json`: the profile, the test split's size and a digest of its (query id, product id)
+  sequence, and the split's counts;
+- `results.jsonl`: each run's row, as `kdrank experiment run` wrote it;
+- `runs/RUN/metrics.json`, `runs/RUN/checkpoint.json` (the training record, where there is one) and
+  `runs/RUN/scores.parquet`: the run's two score columns in the test split's row order, nothing else
+  (no ids, texts or grades).
+
+`restore` puts the rows back into a runs folder whose split was made anew from the same data and
+settings; it refuses another split, and it recomputes every run's metrics from the restored scores
+and the split's grades and refuses a run whose metrics differ from the archived ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from components import schema, storage
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+SCORE_COLUMNS = ("score", "score_grade")  # components.evaluate.SCORE, SCORE_GRADE
+CHECKED_METRICS = ("ndcg@5", "ndcg@10", "pairwise_accuracy", "spearman", "rmse")
+KEY = [schema.QUERY_ID, schema.PRODUCT_ID]
+
+
+class ArchiveError(ValueError):
+    """An archive and a runs folder that do not fit together (another split, misaligned scores)."""
+
+
+def _read_test(runs_dir: Path) -> pd.DataFrame:
+    path = runs_dir / "data" / "test.parquet"
+    if not path.is_file():
+        raise ArchiveError(f"{path} is missing: make the runs folder's split first, e.g. "
+                           f"`kdrank experiment run --profile PROFILE --data DATA --output {runs_dir} "
+                           "--only baseline-random`")
+    return pd.read_parquet(path)
+
+
+def split_digest(test: pd.DataFrame) -> str:
+    """sha256 of the test split's (query id, product id) sequence, in row order."""
+    digest = hashlib.sha256()
+    for qid, pid in zip(test[schema.QUERY_ID].astype(str), test[schema.PRODUCT_ID].astype(str), strict=True):
+        digest.update(f"{qid}\x1f{pid}\x1e".encode())
+    return digest.hexdigest()
+
+
+def _aligned_scores(scores_path: Path, test: pd.DataFrame, run: str) -> pd.DataFrame:
+    """A run's score columns in the test split's row order; it must have scored exactly those pairs."""
+    scored = pd.read_parquet(scores_path)
+    missing = [c for c in (*KEY, *SCORE_COLUMNS) if c not in scored.columns]
+    if missing:
+        raise ArchiveError(f"{run}: {scores_path} lacks column(s) {missing}")
+    keys = scored[KEY].astype(str)
+    if keys.duplicated().any() or len(scored) != len(test):
+        raise ArchiveError(f"{run}: {scores_path} holds {len(scored)} rows ({int(keys.duplicated().sum())} "
+                           f"repeated pairs) for a test split of {len(test)} pairs")
+    index = pd.MultiIndex.from_frame(keys)
+    wanted = pd.MultiIndex.from_frame(test[KEY].astype(str))
+    position = index.get_indexer(wanted)
+    if (position < 0).any():
+        raise ArchiveError(f"{run}: {int((position < 0).sum())} of the split's {len(test)} test pairs were not "
+                           f"scored in {scores_path}")
+    return scored.iloc[position][list(SCORE_COLUMNS)].astype("float64").reset_index(drop=True)
+
+
+def _read_rows(path: Path) -> list[dict]:
+    from pipelines.experiments import read_results
+
+    return read_results(path)
+
+
+def _manifest(runs_dir: Path, test: pd.DataFrame, profile: str) -> dict:
+    summary = runs_dir / "data" / "summary.json"
+    counts = json.loads(summary.read_text())["counts"] if summary.is_file() else {}
+    return {"profile": profile, "test_pairs": len(test), "test_queries": int(test[schema.QUERY_ID].nunique()),
+            "test_digest": split_digest(test), "counts": counts}
+
+
+def archive_runs(runs_dir: str | Path, archive_dir: str | Path) -> list[str]:
+    """Add every run of `runs_dir` with per-pair test scores to the archive (made if absent); run names.
+
+    Runs already in the archive are replaced by the runs folder's; archived runs the folder lacks are
+    kept. The archive must be of the same test split. It is rewritten whole, or not at all.
+    """
+    runs_dir, archive_dir = Path(runs_dir), Path(archive_dir)
+    test = _read_test(runs_dir)
+    listed = _read_rows(runs_dir)
+    rows = [r for r in listed if (runs_dir / "eval" / r["run"] / "scores.parquet").is_file()]
+    skipped = [r["run"] for r in listed if r not in rows]
+    if skipped:
+        log.warning("no per-pair test scores for %s in %s/eval: not archived", ", ".join(skipped), runs_dir)
+    if not rows:
+        raise ArchiveError(f"no run in {runs_dir} has per-pair test scores (eval/RUN/scores.parquet) to archive")
+    profiles = {r["profile"] for r in rows}
+    if len(profiles) > 1:
+        raise ArchiveError(f"{runs_dir} mixes profiles {sorted(profiles)}; an archive holds one")
+    manifest = _manifest(runs_dir, test, profiles.pop())
+    old = _read_manifest(archive_dir) if (archive_dir / MANIFEST).is_file() else None
+    if old and (old["test_digest"], old["profile"]) != (manifest["test_digest"], manifest["profile"]):
+        raise ArchiveError(f"{archive_dir} holds profile '{old['profile']}' runs of another test split "
+                           f"({old['test_pairs']} pairs, digest {old['test_digest'][:12]}) than {runs_dir} "
+                           f"('{manifest['profile']}', {manifest['test_pairs']} pairs, "
+                           f"digest {manifest['test_digest'][:12]})")
+    aligned = {r["run"]: _aligned_scores(runs_dir / "eval" / r["run"] / "scores.parquet", test, r["run"])
+               for r in rows}  # every run is checked before anything is written
+    names = {r["run"] for r in rows}
+    kept = [r for r in (_read_rows(archive_dir) if old else []) if r["run"] not in names]
+    with storage.atomic_dir(archive_dir) as tmp:
+        out = Path(tmp)
+        for row in kept:
+            shutil.copytree(archive_dir / "runs" / row["run"], out / "runs" / row["run"])
+        for row in rows:
+            source, target = runs_dir / "eval" / row["run"], out / "runs" / row["run"]
+            target.mkdir(parents=True)
+            aligned[row["run"]].to_parquet(target / "scores.parquet", index=False)
+            shutil.copy(source / "metrics.json", target / "metrics.json")
+            record = next((p for p in (source / "checkpoint.json", runs_dir / "models" / row["run"] / "kdrank.json")
+                           if p.is_file()), None)
+            if record:
+                shutil.copy(record, target / "checkpoint.json")
+        all_rows = kept + rows
+        (out / "results.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in all_rows))
+        (out / MANIFEST).write_text(json.dumps({**manifest, "runs": [r["run"] for r in all_rows]}, indent=2) + "\n")
+    log.info("archived %d run(s) of %s into %s", len(rows), runs_dir, archive_dir)
+    return [r["run"] for r in rows]
+
+
+def _read_manifest(archive_dir: Path) -> dict:
+    path = archive_dir / MANIFEST
+    if not path.is_file():
+        raise ArchiveError(f"{archive_dir} is not a results archive: {MANIFEST} is missing")
+    return json.loads(path.read_text())
+
+
+def _check_metrics(run: str, archived: dict, recomputed: dict) -> None:
+    """Refuse a restore whose scores do not give back the row's metrics (the split's grades differ, say)."""
+    for key in CHECKED_METRICS:
+        a, b = archived.get(key), recomputed.get(key)
+        a = math.nan if a is None else float(a)
+        b = math.nan if b is None else float(b)
+        if not (math.isnan(a) and math.isnan(b)) and not math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12):
+            raise ArchiveError(f"{run}: the restored scores give {key} {b:.6f} on this split, the archive says "
+                               f"{a:.6f}: the split's grades differ from the archived run's; not restored")
+
+
+def restore_runs(archive_dir: str | Path, runs_dir: str | Path) -> list[str]:
+    """Put the archive's runs that `runs_dir` lacks back into it (rows, eval/RUN/ with per-pair scores).
+
+    `runs_dir` must hold the archive's test split (same pairs in the same order). Each run's metrics
+    are recomputed from its scores and must equal the archived ones. Runs the folder has are left as
+    they are; nothing is written unless every run to restore passes.
+    """
+    from components.evaluate import SCORE, SCORE_GRADE, ranking_metrics
+    from pipelines.experiments import append_result
+
+    archive_dir, runs_dir = Path(archive_dir), Path(runs_dir)
+    manifest = _read_manifest(archive_dir)
+    test = _read_test(runs_dir)
+    if (digest := split_digest(test)) != manifest["test_digest"]:
+        raise ArchiveError(f"{runs_dir}'s test split ({len(test)} pairs, digest {digest[:12]}) is not the archive's "
+                           f"({manifest['test_pairs']} pairs, digest {manifest['test_digest'][:12]}): make it "
+                           f"with the archived rows' data and profile '{manifest['profile']}'")
+    have = {r["run"] for r in _read_rows(runs_dir)}
+    todo = [r for r in _read_rows(archive_dir) if r["run"] not in have]
+    base = test[[schema.QUERY_ID, schema.QUERY, schema.PRODUCT_ID, schema.GRADE]].reset_index(drop=True)
+    frames = {}
+    for row in todo:  # all checked before any is written
+        stored = pd.read_parquet(archive_dir / "runs" / row["run"] / "scores.parquet")
+        if len(stored) != len(base) or list(stored.columns) != list(SCORE_COLUMNS):
+            raise ArchiveError(f"{row['run']}: archived scores have {len(stored)} rows and columns "
+                               f"{list(stored.columns)}; expected {len(base)} and {list(SCORE_COLUMNS)}")
+        scored = base.assign(**{SCORE: stored["score"].to_numpy(), SCORE_GRADE: stored["score_grade"].to_numpy()})
+        _check_metrics(row["run"], row["metrics"], ranking_metrics(scored, SCORE, mapped_col=SCORE_GRADE))
+        frames[row["run"]] = scored
+    for row in todo:
+        source = archive_dir / "runs" / row["run"]
+        with storage.atomic_dir(runs_dir / "eval" / row["run"]) as tmp:
+            frames[row["run"]].to_parquet(Path(tmp, "scores.parquet"), index=False)
+            for name in ("metrics.json", "checkpoint.json"):
+                if (source / name).is_file():
+                    shutil.copy(source / name, Path(tmp, name))
+        append_result(runs_dir, row)
+    for name in sorted(have & {r["run"] for r in _read_rows(archive_dir)}):
+        log.info("%s: already in %s; left as it is", name, runs_dir)
+    return [r["run"] for r in todo]
