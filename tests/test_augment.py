@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +109,30 @@ def test_shallow_retrieval_searches_deeper_to_fill_the_request(inputs):
     assert summary["new"] == summary["requested_new"]
     assert summary["depth"][1] > 2 and summary["embedding_cache"] is None
     assert set(data.read_table(output)[schema.SOURCE]) == {augment.LABELLED, augment.BM25}
+
+
+def test_first_depth_skips_only_depths_that_cannot_fill_the_request():
+    # 10 queries, 2 fixed candidates: depths (20, 20) hold at most 402, (40, 40) 802, (80, 80) 1,602
+    assert augment.first_depth([20, 20], 402, 10, 1000, 2) == [20, 20]
+    assert augment.first_depth([20, 20], 403, 10, 1000, 2) == [40, 40]
+    assert augment.first_depth([20, 20], 1000, 10, 1000, 2) == [80, 80]
+    assert augment.first_depth([0, 20], 1000, 10, 1000, 0) == [0, 160]
+    assert augment.first_depth([20, 20], 10**9, 10, 50, 0) == [50, 50]  # capped at the catalogue
+
+
+def test_skipped_depths_give_the_pairs_of_the_full_doubling(inputs):
+    """Starting deep gives the doubling loop's pairs: the depth searched last decides them."""
+    shallow = os.path.join(inputs["root"], "shallow.parquet")
+    config = AugmentConfig(multiple=1.0, biencoder_k=0, bm25_k=1, random_per_query=0,
+                           cache_dir=inputs["cache"])
+    summary = augment.augment_pairs(inputs["pairs"], inputs["catalogue"], shallow, config)
+    doublings = int(np.log2(summary["depth"][1]))
+    assert doublings >= 1 and summary["searches"] < doublings + 1  # depth 1 cannot fill it: not searched
+    direct = os.path.join(inputs["root"], "direct.parquet")
+    again = augment.augment_pairs(inputs["pairs"], inputs["catalogue"], direct,
+                                  replace(config, bm25_k=summary["depth"][1]))
+    assert again["depth"] == summary["depth"]
+    pd.testing.assert_frame_equal(data.read_table(shallow), data.read_table(direct))
 
 
 def test_a_request_beyond_the_catalogue_yields_what_exists(inputs, caplog):
