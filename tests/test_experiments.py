@@ -119,6 +119,19 @@ def test_report_writes_table_and_scaling_plot(finished, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
+def test_report_pairs_against_the_named_references(finished, tmp_path, capsys):
+    runner, rows, root = finished
+    md = tmp_path / "results.md"
+    assert cli.main(["experiment", "report", "--runs", str(root / "runs"), "--output", str(md),
+                     "--reference", "baseline-bm25"]) == 0
+    text = md.read_text()
+    assert "| run | pairwise acc. minus baseline-bm25 (95% CI) |\n" in text and "minus teacher-soft" not in text
+    assert cli.main(["experiment", "report", "--runs", str(root / "runs"), "--output", str(tmp_path / "x.md"),
+                     "--reference", "baseline-bm25,no-such-run"]) == 2
+    assert "--reference no-such-run: no per-pair test scores" in capsys.readouterr().err
+    assert not (tmp_path / "x.md").exists()
+
+
 def _gpu_merge():
     import importlib.util
 
