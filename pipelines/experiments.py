@@ -600,7 +600,8 @@ def write_report(runs_dir: str, output: str, plot: str | None = None, test_set: 
         raise ValueError(f"--reference {', '.join(missing)}: no per-pair test scores in {source / 'eval'} "
                          f"(runs with scores: {', '.join(sorted(scores)) or 'none'})")
     rows = with_intervals(rows, scores)
-    generated = f"kdrank experiment report --runs {runs_dir}" + (f" --test-set {test_set}" if test_set else "")
+    generated = (f"kdrank experiment report --runs {runs_dir}" + (f" --test-set {test_set}" if test_set else "")
+                 + (f" --reference {','.join(references)}" if references else ""))
     if test_set:
         info = json.loads((source / "test.json").read_text())
         summary = (f"Profile `{profile}` models, scored on test set `{test_set}`: {info['pairs']:,} pairs over "
