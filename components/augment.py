@@ -248,6 +248,11 @@ def deeper(depth: list[int], n_docs: int) -> list[int]:
     return [min(2 * d, n_docs) if d else 0 for d in depth]
 
 
+def exhausted(depth: list[int], n_docs: int) -> bool:
+    """Whether no retriever can search deeper (each is off or at the catalogue's size)."""
+    return all(d in (0, n_docs) for d in depth)
+
+
 def first_depth(depth: list[int], n_new: int, n_queries: int, n_docs: int, n_fixed: int) -> list[int]:
     """The first depths worth searching: doubling skips those that cannot yield n_new candidates.
 
@@ -258,8 +263,7 @@ def first_depth(depth: list[int], n_new: int, n_queries: int, n_docs: int, n_fix
     loop gives, without the searches it would throw away (two of three for a 16x set at k 20).
     """
     depth = [min(d, n_docs) for d in depth]
-    while (n_queries * sum(depth) + n_fixed < n_new
-           and not all(d in (0, n_docs) for d in depth)):
+    while n_queries * sum(depth) + n_fixed < n_new and not exhausted(depth, n_docs):
         depth = deeper(depth, n_docs)
     return depth
 
@@ -418,7 +422,7 @@ def _new_pairs(base: pd.DataFrame, catalogue: pd.DataFrame, n_new: int, encoder_
         lists[BM25] = bm25.topk(list(pool[schema.QUERY]), depth[1]) if depth[1] else empty
         order = fill_order(lists, origins, known, config.seed)
         searches += 1
-        if len(order) >= n_new or all(d in (0, n_docs) for d in depth):
+        if len(order) >= n_new or exhausted(depth, n_docs):
             break
         depth = deeper(depth, n_docs)
         log.info("%d candidates for %d new pairs: searching deeper (bi-encoder %d, BM25 %d)",

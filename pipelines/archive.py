@@ -29,6 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from components import schema, storage
+from pipelines.experiments import append_result, read_results
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +79,6 @@ def _aligned_scores(scores_path: Path, test: pd.DataFrame, run: str) -> pd.DataF
     return scored.iloc[position][list(SCORE_COLUMNS)].astype("float64").reset_index(drop=True)
 
 
-def _read_rows(path: Path) -> list[dict]:
-    from pipelines.experiments import read_results
-
-    return read_results(path)
-
-
 def _manifest(runs_dir: Path, test: pd.DataFrame, profile: str) -> dict:
     summary = runs_dir / "data" / "summary.json"
     counts = json.loads(summary.read_text())["counts"] if summary.is_file() else {}
@@ -99,7 +94,7 @@ def archive_runs(runs_dir: str | Path, archive_dir: str | Path) -> list[str]:
     """
     runs_dir, archive_dir = Path(runs_dir), Path(archive_dir)
     test = _read_test(runs_dir)
-    listed = _read_rows(runs_dir)
+    listed = read_results(runs_dir)
     rows = [r for r in listed if (runs_dir / "eval" / r["run"] / "scores.parquet").is_file()]
     skipped = [r["run"] for r in listed if r not in rows]
     if skipped:
@@ -119,7 +114,7 @@ def archive_runs(runs_dir: str | Path, archive_dir: str | Path) -> list[str]:
     aligned = {r["run"]: _aligned_scores(runs_dir / "eval" / r["run"] / "scores.parquet", test, r["run"])
                for r in rows}  # every run is checked before anything is written
     names = {r["run"] for r in rows}
-    kept = [r for r in (_read_rows(archive_dir) if old else []) if r["run"] not in names]
+    kept = [r for r in (read_results(archive_dir) if old else []) if r["run"] not in names]
     with storage.atomic_dir(archive_dir) as tmp:
         out = Path(tmp)
         for row in kept:
@@ -166,7 +161,6 @@ def restore_runs(archive_dir: str | Path, runs_dir: str | Path) -> list[str]:
     they are; nothing is written unless every run to restore passes.
     """
     from components.evaluate import SCORE, SCORE_GRADE, ranking_metrics
-    from pipelines.experiments import append_result
 
     archive_dir, runs_dir = Path(archive_dir), Path(runs_dir)
     manifest = _read_manifest(archive_dir)
@@ -175,8 +169,9 @@ def restore_runs(archive_dir: str | Path, runs_dir: str | Path) -> list[str]:
         raise ArchiveError(f"{runs_dir}'s test split ({len(test)} pairs, digest {digest[:12]}) is not the archive's "
                            f"({manifest['test_pairs']} pairs, digest {manifest['test_digest'][:12]}): make it "
                            f"with the archived rows' data and profile '{manifest['profile']}'")
-    have = {r["run"] for r in _read_rows(runs_dir)}
-    todo = [r for r in _read_rows(archive_dir) if r["run"] not in have]
+    have = {r["run"] for r in read_results(runs_dir)}
+    archived = read_results(archive_dir)
+    todo = [r for r in archived if r["run"] not in have]
     base = test[[schema.QUERY_ID, schema.QUERY, schema.PRODUCT_ID, schema.GRADE]].reset_index(drop=True)
     frames = {}
     for row in todo:  # all checked before any is written
@@ -195,6 +190,6 @@ def restore_runs(archive_dir: str | Path, runs_dir: str | Path) -> list[str]:
                 if (source / name).is_file():
                     shutil.copy(source / name, Path(tmp, name))
         append_result(runs_dir, row)
-    for name in sorted(have & {r["run"] for r in _read_rows(archive_dir)}):
+    for name in sorted(have & {r["run"] for r in archived}):
         log.info("%s: already in %s; left as it is", name, runs_dir)
     return [r["run"] for r in todo]

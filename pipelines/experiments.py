@@ -634,10 +634,15 @@ def _data_counts(runs_dir: str) -> str:
 
 
 # ----- CLI ---------------------------------------------------------------------------------------------------
+def _names(values: list[str] | None) -> list[str]:
+    """Run names from a repeatable NAME[,NAME] option."""
+    return [n.strip() for item in values or [] for n in item.split(",") if n.strip()]
+
+
 def _run(args: argparse.Namespace) -> int:
     runner = Runner(args.profile, args.data, args.output, fmt=args.format, teacher_model=args.teacher_model,
                     student_model=args.student_model)
-    only = [n.strip() for item in args.only or [] for n in item.split(",") if n.strip()]
+    only = _names(args.only)
     for row in runner.run(only or None, force=args.force):
         m = row["metrics"]
         print(f"{row['run']:<34} NDCG@5 {_num(m.get('ndcg@5'))}  pairwise {_num(m.get('pairwise_accuracy'))}  "
@@ -652,7 +657,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    references = [n.strip() for item in args.reference or [] for n in item.split(",") if n.strip()]
+    references = _names(args.reference)
     print(write_report(args.runs, args.output, args.plot, args.test_set, references or None))
     return 0
 
@@ -674,7 +679,7 @@ def _restore(args: argparse.Namespace) -> int:
 
 
 def _rescore(args: argparse.Namespace) -> int:
-    only = [n.strip() for item in args.only or [] for n in item.split(",") if n.strip()]
+    only = _names(args.only)
     rows = rescore(args.runs, args.test, args.name, fmt=args.format, max_queries=args.max_queries, seed=args.seed,
                    only=only or None, force=args.force)
     for row in rows:

@@ -37,7 +37,7 @@ def searches(n_new: int, n_queries: int, n_docs: int, n_fixed: int, start: list[
         seen.append(depth[1])
         if depth[1] not in counts:
             raise SystemExit(f"--depths lacks {depth[1]}, which a {n_new:,}-pair request searches")
-        if counts[depth[1]] >= n_new or all(d in (0, n_docs) for d in depth):
+        if counts[depth[1]] >= n_new or augment.exhausted(depth, n_docs):
             return seen
         depth = augment.deeper(depth, n_docs)
 
