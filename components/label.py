@@ -85,6 +85,37 @@ def label_pairs(pairs_uri: str, teacher_dir: str, output_dir: str, *, num_shards
     return targets
 
 
+def write_labels(pairs_uri: str, probs: np.ndarray, output_dir: str) -> str:
+    """Label `pairs_uri` with teacher probabilities made earlier (kept in an archive), without a teacher.
+
+    `probs` holds one row per pair, in the pairs' order (files in name order); the output is the one
+    shard `label_pairs(..., num_shards=1)` writes: the same columns and types, `teacher_score` the
+    expected grade under `probs`, computed as the scorer computes it. Written whole or not at all.
+    """
+    files = input_files(pairs_uri)
+    probs = np.asarray(probs, dtype=np.float64)
+    total = _row_count(files)
+    if probs.ndim != 2 or probs.shape[1] < 2 or (total is not None and len(probs) != total):
+        raise ValueError(f"{pairs_uri} has {total} pairs; the probabilities given have shape {probs.shape}")
+    with storage.local_file(files[0]) as first:
+        input_schema = pq.read_schema(first)
+    out_schema = _output_schema(input_schema, files[0])
+    columns = [c for c in input_schema.names if c not in LABEL_COLUMNS]
+    target = storage.join(output_dir, shard_name(0, 1))
+    grades = np.arange(probs.shape[1], dtype=np.float64)
+    done = 0
+    with storage.atomic_path(target) as tmp, pq.ParquetWriter(tmp, out_schema) as writer:
+        for chunk in _chunks(files, 50_000, columns):
+            part = probs[done:done + chunk.num_rows]
+            if len(part) != chunk.num_rows:
+                raise ValueError(f"{pairs_uri} has more pairs than the {len(probs)} probabilities given")
+            writer.write_table(_labelled_table(chunk, part, part @ grades, out_schema))
+            done += chunk.num_rows
+        if done != len(probs):
+            raise ValueError(f"{pairs_uri} has {done} pairs; {len(probs)} probabilities were given")
+    return target
+
+
 def load_teacher(teacher_dir: str, device: str | None = None) -> PairScorer:
     scorer = PairScorer(teacher_dir, device=device)
     if scorer.role != pairs.TEACHER:

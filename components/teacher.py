@@ -191,6 +191,33 @@ def _drop_stale(output_dir: str) -> None:
         shutil.rmtree(output_dir)
 
 
+IDENTITY_KEYS = ("train_data", "val_data", "config")
+
+
+def identity(settings: dict) -> str:
+    """What makes two teachers the same model: the contents of their training and validation data and
+    their config, not where the data was stored. `settings` is `_settings`'s dict, or the `training`
+    record of a checkpoint's kdrank.json (the same keys, read back from JSON)."""
+    missing = [k for k in IDENTITY_KEYS if k not in settings]
+    if missing:
+        raise ValueError(f"teacher settings lack {missing}: a checkpoint from before kdrank recorded its data "
+                         "contents has no identity")
+    wanted = json.loads(json.dumps({k: settings[k] for k in IDENTITY_KEYS}))  # tuples as lists, as stored
+    return hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()
+
+
+def planned_identity(train_uri: str, val_uri: str | None, config: TeacherConfig) -> str:
+    """The identity of the teacher `train_teacher` would make from these inputs, without training it."""
+    train = _read_labelled(train_uri)
+    val = _read_labelled(val_uri) if val_uri else None
+    return identity(_settings(train_uri, val_uri, train, val, config))
+
+
+def checkpoint_identity(checkpoint: str) -> str:
+    """The identity of a finished teacher checkpoint (local or gs://), from its kdrank.json."""
+    return identity(json.loads(storage.read_text(storage.join(checkpoint, META_FILE))).get("training", {}))
+
+
 def table_digest(frame: pd.DataFrame) -> str:
     """sha256 of a table's columns and values: the identity of training data wherever it is stored."""
     return hashlib.sha256(frame.to_json(orient="split", index=False, double_precision=15).encode()).hexdigest()

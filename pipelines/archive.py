@@ -10,16 +10,19 @@ compared pair by pair with them. The archive keeps what the data cannot give bac
 - `results.jsonl`: each run's row, as `kdrank experiment run` wrote it;
 - `runs/RUN/metrics.json`, `runs/RUN/checkpoint.json` (the training record, where there is one) and
   `runs/RUN/scores.parquet`: the run's two score columns in the test split's row order, nothing else
-  (no ids, texts or grades).
+  (no ids, texts or grades);
+- `labels/TEACHER-Mx/`: an archived teacher's labels of an augmented set, as probabilities in the set's
+  row order and a record of the teacher's identity and the set's digest (`pipelines/teacher_labels.py`),
+  so that later sessions can distil from them without training the teacher again.
 
 `restore` puts the rows back into a runs folder whose split was made anew from the same data and
 settings; it refuses another split, and it recomputes every run's metrics from the restored scores
-and the split's grades and refuses a run whose metrics differ from the archived ones.
+and the split's grades and refuses a run whose metrics differ from the archived ones. Label sets go to
+the folder's `data/archived-labels/`, where distillation runs find them.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -29,6 +32,7 @@ from pathlib import Path
 import pandas as pd
 
 from components import schema, storage
+from pipelines import teacher_labels
 from pipelines.experiments import append_result, read_results
 
 log = logging.getLogger(__name__)
@@ -54,10 +58,7 @@ def _read_test(runs_dir: Path) -> pd.DataFrame:
 
 def split_digest(test: pd.DataFrame) -> str:
     """sha256 of the test split's (query id, product id) sequence, in row order."""
-    digest = hashlib.sha256()
-    for qid, pid in zip(test[schema.QUERY_ID].astype(str), test[schema.PRODUCT_ID].astype(str), strict=True):
-        digest.update(f"{qid}\x1f{pid}\x1e".encode())
-    return digest.hexdigest()
+    return teacher_labels.pairs_digest(test)
 
 
 def _aligned_scores(scores_path: Path, test: pd.DataFrame, run: str) -> pd.DataFrame:
@@ -115,24 +116,85 @@ def archive_runs(runs_dir: str | Path, archive_dir: str | Path) -> list[str]:
                for r in rows}  # every run is checked before anything is written
     names = {r["run"] for r in rows}
     kept = [r for r in (read_results(archive_dir) if old else []) if r["run"] not in names]
+    identities = {**_identities(kept, lambda run: archive_dir / "runs" / run / "checkpoint.json"),
+                  **_identities(rows, lambda run: _training_record(runs_dir, run))}
+    new_sets = _label_sets(runs_dir, identities)
+    old_sets = {} if not old else {
+        folder.name: folder for folder in sorted((archive_dir / "labels").glob("*"))
+        if folder.name not in new_sets and (record := teacher_labels.read_record(folder))
+        and identities.get(record["teacher"]) == record["identity"]}
     with storage.atomic_dir(archive_dir) as tmp:
         out = Path(tmp)
         for row in kept:
             shutil.copytree(archive_dir / "runs" / row["run"], out / "runs" / row["run"])
+        for name, folder in old_sets.items():
+            shutil.copytree(folder, out / "labels" / name)
+        for name, folder in new_sets.items():
+            if folder.parent.name == teacher_labels.ARCHIVED:  # restored, still in the archive's form
+                teacher_labels.copy_set(folder, out / "labels" / name)
+            else:
+                teacher_labels.export_set(folder, out / "labels" / name)
         for row in rows:
             source, target = runs_dir / "eval" / row["run"], out / "runs" / row["run"]
             target.mkdir(parents=True)
             aligned[row["run"]].to_parquet(target / "scores.parquet", index=False)
             shutil.copy(source / "metrics.json", target / "metrics.json")
-            record = next((p for p in (source / "checkpoint.json", runs_dir / "models" / row["run"] / "kdrank.json")
-                           if p.is_file()), None)
-            if record:
+            if record := _training_record(runs_dir, row["run"]):
                 shutil.copy(record, target / "checkpoint.json")
         all_rows = kept + rows
         (out / "results.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in all_rows))
-        (out / MANIFEST).write_text(json.dumps({**manifest, "runs": [r["run"] for r in all_rows]}, indent=2) + "\n")
-    log.info("archived %d run(s) of %s into %s", len(rows), runs_dir, archive_dir)
+        (out / MANIFEST).write_text(json.dumps({**manifest, "runs": [r["run"] for r in all_rows],
+                                                "labels": sorted({*old_sets, *new_sets})}, indent=2) + "\n")
+    log.info("archived %d run(s) of %s into %s%s", len(rows), runs_dir, archive_dir,
+             f", with the label sets {', '.join(sorted(new_sets))}" if new_sets else "")
     return [r["run"] for r in rows]
+
+
+def _training_record(runs_dir: Path, run: str) -> Path | None:
+    """A run's training record: its checkpoint's kdrank.json, else eval/RUN/checkpoint.json (a row merged
+    from a GPU bundle or restored from an archive, with no checkpoint here)."""
+    return next((p for p in (runs_dir / "models" / run / "kdrank.json", runs_dir / "eval" / run / "checkpoint.json")
+                 if p.is_file()), None)
+
+
+def _identities(rows: list[dict], record_of) -> dict[str, str]:
+    """Teacher run -> the identity of the teacher it trained, from its training record (where it has one)."""
+    from components.teacher import identity
+
+    found = {}
+    for row in rows:
+        path = record_of(row["run"]) if row["kind"] == "teacher" else None
+        if path is not None and path.is_file():
+            training = json.loads(path.read_text()).get("training", {})
+            try:
+                found[row["run"]] = identity(training)
+            except ValueError as err:  # a record from before teachers recorded their data's contents
+                log.warning("%s: %s; its labels are not archived", row["run"], err)
+    return found
+
+
+def _label_sets(runs_dir: Path, identities: dict[str, str]) -> dict[str, Path]:
+    """NAME -> labelled folder: the runs folder's label sets made by the archived teachers as they are.
+
+    A set counts when its record names an archived teacher run with that teacher's identity. Where
+    a teacher labelled several sets of one multiple (the augmented set was made again), the set of the
+    folder's current augmented file wins, then the newest.
+    """
+    data = runs_dir / "data"
+    found: dict[str, list[tuple[dict, Path]]] = {}
+    for folder in [*sorted(data.glob("labelled-*")), *sorted((data / teacher_labels.ARCHIVED).glob("*"))]:
+        record = teacher_labels.read_record(folder)
+        if record and identities.get(record["teacher"]) == record["identity"]:
+            name = teacher_labels.set_name(record["teacher"], record["multiple"])
+            found.setdefault(name, []).append((record, folder))
+    chosen = {}
+    for name, sets in found.items():
+        current = data / f"augmented-{sets[0][0]['multiple']:g}x.parquet"
+        digest = teacher_labels.pairs_digest(pd.read_parquet(current, columns=KEY)) if len(sets) > 1 and \
+            current.is_file() else None
+        chosen[name] = max(sets, key=lambda s: (s[0]["pairs_digest"] == digest,
+                                                (s[1] / teacher_labels.RECORD).stat().st_mtime_ns))[1]
+    return chosen
 
 
 def _read_manifest(archive_dir: Path) -> dict:
@@ -158,7 +220,9 @@ def restore_runs(archive_dir: str | Path, runs_dir: str | Path) -> list[str]:
 
     `runs_dir` must hold the archive's test split (same pairs in the same order). Each run's metrics
     are recomputed from its scores and must equal the archived ones. Runs the folder has are left as
-    they are; nothing is written unless every run to restore passes.
+    they are; nothing is written unless every run to restore passes. The archive's teacher label sets
+    go to data/archived-labels/ (checked against their records first); whether a set fits this folder's
+    teacher and augmented set is checked where a distillation run uses it.
     """
     from components.evaluate import SCORE, SCORE_GRADE, ranking_metrics
 
@@ -172,6 +236,11 @@ def restore_runs(archive_dir: str | Path, runs_dir: str | Path) -> list[str]:
     have = {r["run"] for r in read_results(runs_dir)}
     archived = read_results(archive_dir)
     todo = [r for r in archived if r["run"] not in have]
+    label_sets = sorted(p for p in (archive_dir / "labels").glob("*") if p.is_dir())
+    try:
+        records = {folder.name: teacher_labels.check_stored(folder) for folder in label_sets}
+    except teacher_labels.LabelsMismatch as err:
+        raise ArchiveError(f"{archive_dir}: {err}") from None
     base = test[[schema.QUERY_ID, schema.QUERY, schema.PRODUCT_ID, schema.GRADE]].reset_index(drop=True)
     frames = {}
     for row in todo:  # all checked before any is written
@@ -190,6 +259,11 @@ def restore_runs(archive_dir: str | Path, runs_dir: str | Path) -> list[str]:
                 if (source / name).is_file():
                     shutil.copy(source / name, Path(tmp, name))
         append_result(runs_dir, row)
+    for folder in label_sets:
+        target = runs_dir / "data" / teacher_labels.ARCHIVED / folder.name
+        if teacher_labels.read_record(target) != records[folder.name]:
+            teacher_labels.copy_set(folder, target)
+            log.info("label set %s restored into %s", folder.name, target.parent)
     for name in sorted(have & {r["run"] for r in archived}):
         log.info("%s: already in %s; left as it is", name, runs_dir)
     return [r["run"] for r in todo]

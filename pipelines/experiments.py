@@ -140,14 +140,22 @@ class Runner:
                                        PrepareConfig(fmt=self.fmt, **self.profile.prepare))
         return self._paths
 
-    def teacher(self, labels: str) -> str:
-        """The checkpoint folder of a teacher run ('teacher-soft', 'teacher-ensemble'), trained if needed."""
+    def teacher(self, labels: str, why: str = "") -> str:
+        """The checkpoint folder of a teacher run ('teacher-soft', 'teacher-ensemble'), trained if needed.
+
+        `why`: why archived labels could not stand in for it, added to the error when it cannot be had."""
         self.run_one(labels)
         target = self.out / "models" / labels
         if not (target / "kdrank.json").is_file():  # a row restored from an archive or merged from a GPU bundle
             raise FileNotFoundError(f"{labels} has a result row in {self.out} but no checkpoint in {target}, and its "
-                                    f"students need one: train it here with `--only {labels} --force`")
+                                    f"students need one{f' ({why})' if why else ''}: train it here with "
+                                    f"`--only {labels} --force`")
         return str(target)
+
+    def teacher_config(self, exp: Experiment):
+        from components.teacher import TeacherConfig
+
+        return TeacherConfig(**{**self.profile.teacher, **exp.settings})
 
     def augmented(self, multiple: float | None = None) -> str:
         """The training pairs plus `multiple` (default: the plan's largest) x N augmented pairs."""
@@ -166,19 +174,37 @@ class Runner:
         needs the training pairs only: it labels those alone rather than build and label the largest set
         (at full size that is minutes of a GPU session, for 1/17 of the pairs).
         The tag hashes the teacher's kdrank.json and the augmented file, so a retrained teacher or a new
-        augmented set labels into a new folder instead of reusing stale labels.
+        augmented set labels into a new folder instead of reusing stale labels. Labels restored from a
+        results archive (`data/archived-labels/`) are used instead of the teacher when they are this
+        profile's teacher's labels of this very augmented set; then no teacher is trained or loaded.
         """
         from components.label import label_pairs
+        from components.teacher import checkpoint_identity, planned_identity
+        from pipelines import teacher_labels
 
         multiple = self.top if multiple is None or multiple > 0 else 0.0
         pairs_uri = self.augmented(multiple)
-        teacher = self.teacher(labels)
+        why = ""
+        if (stored := teacher_labels.find_archived(self.out / "data", labels, multiple)) is not None:
+            # labels kept in a results archive stand in for the teacher when it would be the same model
+            # and this augmented set is theirs (pipelines/teacher_labels.py)
+            identity = planned_identity(self.paths()["train"], self.paths()["val"],
+                                        self.teacher_config(self.experiments[labels]))
+            try:
+                return teacher_labels.use_archived(stored, pairs_uri, identity, self.out / "data")
+            except teacher_labels.LabelsMismatch as err:
+                why = str(err)
+                log.warning("%s; labelling with the teacher instead", why)
+        teacher = self.teacher(labels, why)
         digest = hashlib.sha256(Path(teacher, "kdrank.json").read_bytes())
         digest.update(str(Path(pairs_uri).stat().st_mtime_ns).encode())
         tag = digest.hexdigest()[:10]
         target = self.out / "data" / f"labelled-{labels}-{_fmt(multiple)}x-{tag}"
         label_pairs(pairs_uri, teacher, str(target), num_shards=1,
                     batch_size=int(self.profile.label.get("batch_size", 64)))
+        if teacher_labels.read_record(target) is None:  # what `experiment archive` keeps of these labels
+            teacher_labels.write_record(target, teacher=labels, identity=checkpoint_identity(teacher),
+                                        multiple=multiple, pairs_uri=pairs_uri)
         return str(target), tag
 
     def distill_set(self, labels: str, multiple: float) -> str:
@@ -249,15 +275,15 @@ class Runner:
                 "train_pairs": 0, "train_seconds": 0.0, "metrics": metrics, "settings": {}}
 
     def _teacher(self, exp: Experiment) -> dict:
-        from components.teacher import TeacherConfig, train_teacher
+        from components.teacher import train_teacher
 
+        config = self.teacher_config(exp)
         settings = {**self.profile.teacher, **exp.settings}
         target = str(self.out / "models" / exp.name)
         # An ensemble takes any member that another run already trained with the same recipe and seed
         # (its first member is `teacher-soft`), and keeps its finished members if it is cut short.
         others = [str(p) for p in sorted((self.out / "models").glob("teacher-*")) if p.name != exp.name]
-        summary = train_teacher(self.paths()["train"], self.paths()["val"], target, TeacherConfig(**settings),
-                                reuse=others)
+        summary = train_teacher(self.paths()["train"], self.paths()["val"], target, config, reuse=others)
         return {"model": (settings.get("base_model") or "SmolLM2-135M-Instruct") + " teacher",
                 "train_pairs": int(summary["train_pairs"]), "train_seconds": round(float(summary["train_seconds"]), 1),
                 "train_pairs_per_s": summary["pairs_per_second"], "settings": settings,
@@ -672,9 +698,12 @@ def _archive(args: argparse.Namespace) -> int:
 
 def _restore(args: argparse.Namespace) -> int:
     from pipelines.archive import restore_runs
+    from pipelines.teacher_labels import ARCHIVED
 
     names = restore_runs(args.archive, args.runs)
     print(f"restored {len(names)} run(s) into {args.runs}" + (f": {', '.join(names)}" if names else ""))
+    if sets := sorted(p.name for p in Path(args.runs, "data", ARCHIVED).glob("*")):
+        print(f"teacher label sets for distillation runs: {', '.join(sets)}")
     return 0
 
 

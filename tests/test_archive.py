@@ -120,11 +120,21 @@ def test_archive_refuses_scores_of_other_pairs(finished, tmp_path):
     assert not (tmp_path / "archive").exists()
 
 
+def _split_only(finished, where: Path) -> Path:
+    """A runs folder holding the split alone (no augmented or labelled sets), as `prepare_data` writes it."""
+    _, _, root = finished
+    (where / "data").mkdir(parents=True)
+    for name in ("train.parquet", "val.parquet", "test.parquet", "catalogue.parquet", "summary.json"):
+        shutil.copy(root / "runs" / "data" / name, where / "data" / name)
+    return where
+
+
 def test_a_restored_teacher_without_its_checkpoint_is_named_before_distilling(finished, tmp_path,
                                                                               tiny_teacher_dir, tiny_student_dir):
     _, _, root = finished
     archive = tmp_path / "archive"
     archive_runs(root / "runs", archive)
+    shutil.rmtree(archive / "labels")  # an archive without the teacher's labels
     here = _fresh_split(finished, tmp_path / "here")
     restore_runs(archive, here)
     (here / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in read_results(here)
@@ -144,3 +154,78 @@ def test_cli_archives_and_restores(finished, tmp_path, capsys):
     assert f"restored {len(rows)} run(s)" in capsys.readouterr().out
     assert cli.main(["experiment", "restore", "--archive", str(tmp_path / "nothing"), "--runs", str(here)]) == 2
     assert "not a results archive" in capsys.readouterr().err
+
+
+def _runner(finished, where: Path, teacher: str, student: str) -> Runner:
+    _, _, root = finished
+    return Runner("test", str(root / "train.csv"), str(where), fmt="homedepot", teacher_model=teacher,
+                  student_model=student)
+
+
+def test_archived_teacher_labels_stand_in_for_the_teacher(finished, tmp_path, tiny_teacher_dir, tiny_student_dir):
+    _, rows, root = finished
+    archive = tmp_path / "archive"
+    archive_runs(root / "runs", archive)
+    sets = sorted(p.name for p in (archive / "labels").iterdir())
+    assert sets == ["teacher-ensemble-2x", "teacher-soft-0x", "teacher-soft-2x"]
+    assert json.loads((archive / "manifest.json").read_text())["labels"] == sets
+    probs = pd.read_parquet(archive / "labels" / "teacher-soft-2x" / "probs.parquet")
+    assert list(probs.columns) == ["p0", "p1", "p2"] and str(probs.dtypes.iloc[0]) == "float32"
+
+    # a later session: the split alone, the archive restored, a distilled student rerun with no teacher
+    here = _split_only(finished, tmp_path / "here")
+    restore_runs(archive, here)
+    assert sorted(p.name for p in (here / "data" / "archived-labels").iterdir()) == sets
+    runner = _runner(finished, here, tiny_teacher_dir, tiny_student_dir)
+    row = runner.run(["student-margin-1x"], force=True)[0]
+    assert not (here / "models" / "teacher-soft").exists() and not list((here / "data").glob("augmented-0x*"))
+    original = pd.read_parquet(next((root / "runs" / "data").glob("distill-teacher-soft-1x-*.parquet")))
+    again = pd.read_parquet(next((here / "data").glob("distill-teacher-soft-1x-*.parquet")))
+    pd.testing.assert_frame_equal(again, original)  # the same pairs, the same labels, to the last bit
+    assert row["metrics"] == next(r for r in rows if r["run"] == "student-margin-1x")["metrics"]
+    # archiving the new folder again keeps its label sets, restored or not
+    assert archive_runs(here, tmp_path / "again") and sorted(
+        p.name for p in (tmp_path / "again" / "labels").iterdir()) == sets
+
+
+@pytest.mark.parametrize(("field", "message"), [
+    ("identity", "were made by a teacher-soft trained on other data or with other settings"),
+    ("pairs_digest", "are of another augmented set"),
+])
+def test_archived_labels_that_do_not_fit_are_named_and_not_used(finished, tmp_path, tiny_teacher_dir,
+                                                                 tiny_student_dir, field, message):
+    _, _, root = finished
+    archive = tmp_path / "archive"
+    archive_runs(root / "runs", archive)
+    here = _split_only(finished, tmp_path / "here")
+    restore_runs(archive, here)
+    record_path = here / "data" / "archived-labels" / "teacher-soft-2x" / "labels.json"
+    record = json.loads(record_path.read_text())
+    record_path.write_text(json.dumps({**record, field: "0" * 64}))
+    runner = _runner(finished, here, tiny_teacher_dir, tiny_student_dir)
+    with pytest.raises(FileNotFoundError, match=f"no checkpoint .*{message}"):
+        runner.run(["student-margin-1x"], force=True)
+    assert not list((here / "data").glob("labelled-*"))
+    # without the restored teacher row, the teacher is trained and labels instead
+    (here / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in read_results(here)
+                                                if r["run"] != "teacher-soft"))
+    runner.run(["student-margin-1x"], force=True)
+    assert (here / "models" / "teacher-soft" / "kdrank.json").is_file()
+
+
+def test_a_retrained_teacher_drops_its_old_labels_from_the_archive(finished, tmp_path):
+    _, rows, root = finished
+    archive = tmp_path / "archive"
+    archive_runs(root / "runs", archive)
+    later = _fresh_split(finished, tmp_path / "later")
+    teacher = next(r for r in rows if r["run"] == "teacher-soft")
+    shutil.copytree(root / "runs" / "eval" / "teacher-soft", later / "eval" / "teacher-soft")
+    record = json.loads((root / "runs" / "models" / "teacher-soft" / "kdrank.json").read_text())
+    record["training"]["config"]["learning_rate"] *= 2  # another teacher-soft: its old labels are not its own
+    (later / "eval" / "teacher-soft" / "checkpoint.json").write_text(json.dumps(record))
+    (later / "results.jsonl").write_text(json.dumps(teacher) + "\n")
+    shutil.rmtree(later / "data" / "archived-labels", ignore_errors=True)
+    for folder in (later / "data").glob("labelled-*"):
+        shutil.rmtree(folder)
+    assert archive_runs(later, archive) == ["teacher-soft"]
+    assert sorted(p.name for p in (archive / "labels").iterdir()) == ["teacher-ensemble-2x"]

@@ -4,6 +4,11 @@
 # Usage: bash tests/benchmarks/gpu_run.sh STEP [STEP ...], steps run in order:
 #   runs=NAME,NAME   `kdrank experiment run --profile full --only NAME,NAME` (needs .gpu/a; teacher runs .gpu/c)
 #   setup            nothing beyond the set-up every call does (wheels, fp32 MiniLM, the joined GGUF)
+#   restore          the split, then `kdrank experiment restore` of KDRANK_ARCHIVE (docs/results/archive/PROFILE,
+#                    which travels with the checkout): earlier sessions' rows, and their teacher labels, which
+#                    distillation runs use instead of training the teacher again when they fit
+#   archive          `kdrank experiment archive` of the runs into a copy of KDRANK_ARCHIVE, returned as
+#                    archive.tgz (rows and scores) and labels-NAME.tgz (one per teacher label set, ~8 MB at 16x)
 #   check            import what `kdrank run` needs (kfp and the Google clients from .gpu/b)
 #   bench            teacher vs student throughput and the efficiency ratio (needs .gpu/c)
 #   pipeline         `kdrank run --profile full` (the compiled KFP pipeline), timed (needs .gpu/b and .gpu/c);
@@ -19,6 +24,7 @@ WORK=${KDRANK_WORK:-/tmp/kdrank-gpu}
 PY=${PYTHON:-python3}  # the GPU image's python3 holds PyTorch; there may be no plain `python`
 PROFILE=${KDRANK_PROFILE:-full}
 DATA=${KDRANK_DATA:-.gpu/a/data/train.csv}
+ARCHIVE=${KDRANK_ARCHIVE:-docs/results/archive/$PROFILE}
 [ $# -gt 0 ] || { echo "usage: gpu_run.sh STEP [STEP ...] (runs=NAMES, setup, check, bench, pipeline)" >&2; exit 2; }
 mkdir -p "$WORK" "$OUT"
 
@@ -100,6 +106,26 @@ pipeline() {  # 575 s by default: the whole run was estimated at about 530 s, an
     fi
 }
 
+restore() {  # the split first (restore needs it), then the archive's rows and label sets
+    $PY -m pipelines.cli experiment run --profile "$PROFILE" --data "$DATA" --format homedepot \
+        --output "$WORK/results-$PROFILE" --only baseline-random > "$OUT/restore.log" 2>&1
+    $PY -m pipelines.cli experiment restore --archive "$ARCHIVE" --runs "$WORK/results-$PROFILE" 2>&1 \
+        | tee -a "$OUT/restore.log" | grep -v '%|'
+}
+
+archive() {  # rows, scores and label sets of every finished run, merged into the archive the checkout holds
+    rm -rf "$WORK/archive" && mkdir -p "$WORK/archive"
+    [ -d "$ARCHIVE" ] && cp -r "$ARCHIVE" "$WORK/archive/$PROFILE"
+    $PY -m pipelines.cli experiment archive --runs "$WORK/results-$PROFILE" --output "$WORK/archive/$PROFILE" \
+        2>&1 | grep -v '%|' | tail -5
+    # one file per label set: each is ~8 MB at 16x, and a returned file may hold 16 MiB
+    for set in "$WORK/archive/$PROFILE"/labels/*/; do
+        [ -d "$set" ] && tar -czf "$OUT/labels-$(basename "$set").tgz" -C "$WORK/archive/$PROFILE" "labels/$(basename "$set")"
+    done
+    tar -czf "$OUT/archive.tgz" -C "$WORK/archive/$PROFILE" --exclude=./labels .
+    ls -l "$OUT"
+}
+
 for step in "$@"; do
     case "$step" in
         runs=*) runs "${step#runs=}" ;;
@@ -111,6 +137,9 @@ for step in "$@"; do
         pipeline) pipeline ;;
         adopt-teacher) adopt_teacher ;;
         setup) echo "set-up done in $WORK" ;;  # the set-up above alone: a first call that carries .gpu/a only
-        *) echo "unknown step '$step' (runs=NAMES, check, bench, pipeline, adopt-teacher, setup)" >&2; exit 2 ;;
+        restore) restore ;;
+        archive) archive ;;
+        *) echo "unknown step '$step' (runs=NAMES, check, bench, pipeline, adopt-teacher, setup, restore, archive)" >&2
+           exit 2 ;;
     esac
 done

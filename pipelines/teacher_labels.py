@@ -1,0 +1,187 @@
+"""Teacher labels that outlive their teacher: kept in a results archive, used without the checkpoint.
+
+A distilled student needs its teacher's labels of the augmented pairs, not the teacher. On a lent GPU
+the teacher is the costly part (about 215 s to train, 120 s to label a 16x set of the full profile), and
+its 270 MB checkpoint cannot come back through what a call returns, so every session trained it again.
+The labels can come back: 3 probabilities per pair, about 8 MB for the 16x set.
+
+- Every labelled set that `kdrank experiment run` makes gets a record, `labels.json`, beside its shard:
+  which teacher run made it and that teacher's identity (`components.teacher.identity`: the digest of
+  its training data's contents and its config), the multiple, and the pair set's row count and the
+  digest of its (query id, product id) sequence.
+- `kdrank experiment archive` keeps each archived teacher's label sets as that record and
+  `probs.parquet`: the probabilities alone, one column per grade, in the pair set's row order (no ids,
+  texts or grades), float32 where that holds them exactly (teacher scoring yields float32).
+- `kdrank experiment restore` puts them under the runs folder's `data/archived-labels/`. A distillation
+  run then uses them instead of its teacher when the teacher this profile would train has the recorded
+  identity and the augmented set made here has the recorded pairs: the labelled set is written exactly
+  as labelling would have written it, and no teacher is trained or loaded. If either differs, the run
+  says which and falls back to the teacher.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from components import schema, storage
+
+log = logging.getLogger(__name__)
+
+RECORD = "labels.json"
+PROBS = "probs.parquet"
+ARCHIVED = "archived-labels"  # under a runs folder's data/: label sets restored from an archive
+FIELDS = ("teacher", "identity", "multiple", "pairs", "pairs_digest", "num_grades")
+
+
+class LabelsMismatch(ValueError):
+    """Archived labels that do not fit this runs folder (another teacher, another augmented set)."""
+
+
+def pairs_digest(frame: pd.DataFrame) -> str:
+    """sha256 of a pair table's (query id, product id) sequence, in row order."""
+    digest = hashlib.sha256()
+    for qid, pid in zip(frame[schema.QUERY_ID].astype(str), frame[schema.PRODUCT_ID].astype(str), strict=True):
+        digest.update(f"{qid}\x1f{pid}\x1e".encode())
+    return digest.hexdigest()
+
+
+def _key_frame(uri: str | Path, *extra: str) -> pd.DataFrame:
+    """The pair keys (and `extra` columns) of a Parquet file or folder of shards, in row order."""
+    from components.label import input_files
+
+    columns = [schema.QUERY_ID, schema.PRODUCT_ID, *extra]
+    frames = []
+    for path in input_files(str(uri)):
+        with storage.local_file(path) as local:
+            names = pq.read_schema(local).names
+            missing = [c for c in columns if c not in names]
+            if missing:
+                raise schema.DataError(f"missing column(s) {missing}; found {names}", path=path, column=missing[0])
+            frames.append(pd.read_parquet(local, columns=columns))
+    return pd.concat(frames, ignore_index=True)
+
+
+def set_name(teacher: str, multiple: float) -> str:
+    """The name of a teacher's label set in an archive, e.g. teacher-soft-16x."""
+    return f"{teacher}-{multiple:g}x"
+
+
+def write_record(labelled_dir: str | Path, *, teacher: str, identity: str, multiple: float,
+                 pairs_uri: str | Path) -> dict:
+    """Record, beside a finished labelled set, which teacher made it and of which pairs."""
+    pairs = _key_frame(pairs_uri)
+    labelled = _key_frame(labelled_dir, schema.TEACHER_PROBS)
+    digest = pairs_digest(pairs)
+    if len(labelled) != len(pairs) or pairs_digest(labelled) != digest:
+        raise LabelsMismatch(f"{labelled_dir} does not hold the pairs of {pairs_uri} in their order "
+                             f"({len(labelled)} rows for {len(pairs)} pairs)")
+    first = labelled[schema.TEACHER_PROBS].iloc[0] if len(labelled) else []
+    record = {"teacher": teacher, "identity": identity, "multiple": float(multiple), "pairs": len(pairs),
+              "pairs_digest": digest, "num_grades": len(first)}
+    storage.write_text(storage.join(str(labelled_dir), RECORD), json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def read_record(folder: str | Path) -> dict | None:
+    """A label set's record, or None when the folder has none (made before records were kept)."""
+    path = Path(folder, RECORD)
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    missing = [k for k in FIELDS if k not in record]
+    if missing:
+        raise LabelsMismatch(f"{path} lacks {missing}")
+    return record
+
+
+def _probs(labelled_dir: Path, record: dict) -> np.ndarray:
+    frame = _key_frame(labelled_dir, schema.TEACHER_PROBS, schema.TEACHER_SCORE)
+    if len(frame) != record["pairs"] or pairs_digest(frame) != record["pairs_digest"]:
+        raise LabelsMismatch(f"{labelled_dir} no longer holds the pairs its {RECORD} names")
+    probs = np.array(frame[schema.TEACHER_PROBS].tolist(), dtype=np.float64).reshape(len(frame), -1)
+    scores = frame[schema.TEACHER_SCORE].to_numpy(dtype=np.float64)
+    if not np.array_equal(probs @ np.arange(probs.shape[1], dtype=np.float64), scores):
+        # every labelled chunk is at most 50,000 rows, and a row's product does not depend on the others
+        raise LabelsMismatch(f"{labelled_dir}: teacher_score is not the expected grade of teacher_probs")
+    return probs
+
+
+def export_set(labelled_dir: str | Path, target: str | Path) -> dict:
+    """Write a labelled set's record and probabilities (no pairs) into the folder `target`."""
+    labelled_dir, target = Path(labelled_dir), Path(target)
+    record = read_record(labelled_dir)
+    if record is None:
+        raise LabelsMismatch(f"{labelled_dir} has no {RECORD}")
+    probs = _probs(labelled_dir, record)
+    narrow = probs.astype(np.float32)
+    kept = narrow if np.array_equal(narrow.astype(np.float64), probs) else probs
+    target.mkdir(parents=True, exist_ok=True)
+    # byte-stream split + zstd: about 6.6 MB for the 702k pairs of a full 16x set, against 9.8 with the defaults
+    pd.DataFrame({f"p{k}": kept[:, k] for k in range(kept.shape[1])}).to_parquet(
+        target / PROBS, index=False, compression="zstd", use_byte_stream_split=True, use_dictionary=False)
+    (target / RECORD).write_text(json.dumps({**record, "dtype": str(kept.dtype)}, indent=2) + "\n")
+    return record
+
+
+def check_stored(folder: str | Path) -> dict:
+    """A stored label set's record, after checking that its probabilities fit it."""
+    record = read_record(folder)
+    if record is None:
+        raise LabelsMismatch(f"{folder} is not a stored label set: {RECORD} is missing")
+    columns = pd.read_parquet(Path(folder, PROBS)).columns
+    rows = len(pd.read_parquet(Path(folder, PROBS), columns=[columns[0]]))
+    if list(columns) != [f"p{k}" for k in range(record["num_grades"])] or rows != record["pairs"]:
+        raise LabelsMismatch(f"{folder}: {PROBS} has {rows} rows and columns {list(columns)}; its {RECORD} "
+                             f"names {record['pairs']} pairs and {record['num_grades']} grades")
+    return record
+
+
+def copy_set(source: str | Path, target: str | Path) -> None:
+    """Copy a stored label set (record and probabilities) to `target`, written whole or not at all."""
+    with storage.atomic_dir(str(target)) as tmp:
+        for name in (RECORD, PROBS):
+            shutil.copy(Path(source, name), Path(tmp, name))
+
+
+def find_archived(data_dir: str | Path, teacher: str, multiple: float) -> Path | None:
+    """The restored label set of `teacher` at `multiple` under a runs folder's data/, if there is one."""
+    folder = Path(data_dir, ARCHIVED, set_name(teacher, multiple))
+    return folder if (folder / RECORD).is_file() else None
+
+
+def use_archived(stored: str | Path, pairs_uri: str, identity: str, data_dir: str | Path) -> tuple[str, str]:
+    """(labelled folder, tag): the pairs of `pairs_uri` labelled with a stored set's probabilities.
+
+    Raises LabelsMismatch, naming what differs, when the teacher `identity` or the pairs are not the
+    ones the set was made for. The folder is written as `label_pairs` writes one, with the record beside.
+    """
+    from components.label import write_labels
+
+    record = check_stored(stored)
+    name = set_name(record["teacher"], record["multiple"])
+    if record["identity"] != identity:
+        raise LabelsMismatch(f"the archived labels {name} were made by a {record['teacher']} trained on other "
+                             "data or with other settings than this profile's")
+    pairs = _key_frame(pairs_uri)
+    if len(pairs) != record["pairs"] or pairs_digest(pairs) != record["pairs_digest"]:
+        raise LabelsMismatch(f"the archived labels {name} are of another augmented set ({record['pairs']} pairs, "
+                             f"digest {record['pairs_digest'][:12]}) than {pairs_uri} ({len(pairs)} pairs, "
+                             f"digest {pairs_digest(pairs)[:12]}): augmentation here gave other pairs "
+                             "(another encoder, device or setting)")
+    tag = hashlib.sha256(f"{identity}:{record['pairs_digest']}".encode()).hexdigest()[:10]
+    target = Path(data_dir, f"labelled-{record['teacher']}-{record['multiple']:g}x-{tag}")
+    if read_record(target) != {k: record[k] for k in FIELDS}:
+        probs = pd.read_parquet(Path(stored, PROBS)).to_numpy(dtype=np.float64)
+        write_labels(pairs_uri, probs, str(target))
+        write_record(target, teacher=record["teacher"], identity=identity, multiple=record["multiple"],
+                     pairs_uri=pairs_uri)
+        log.info("labels of %s from the archive (%d pairs): no teacher needed", name, len(probs))
+    return str(target), tag
