@@ -185,13 +185,15 @@ class Runner:
         multiple = self.top if multiple is None or multiple > 0 else 0.0
         pairs_uri = self.augmented(multiple)
         why = ""
-        if (stored := teacher_labels.find_archived(self.out / "data", labels, multiple)) is not None:
-            # labels kept in a results archive stand in for the teacher when it would be the same model
-            # and this augmented set is theirs (pipelines/teacher_labels.py)
+        # labels kept in a results archive stand in for the teacher when it would be the same model and this
+        # augmented set is theirs (pipelines/teacher_labels.py); a 0x set may take a larger set's first rows
+        stored = (teacher_labels.find_archived(self.out / "data", labels, multiple)
+                  or teacher_labels.find_archived(self.out / "data", labels, self.top))
+        if stored is not None:
             identity = planned_identity(self.paths()["train"], self.paths()["val"],
                                         self.teacher_config(self.experiments[labels]))
             try:
-                return teacher_labels.use_archived(stored, pairs_uri, identity, self.out / "data")
+                return teacher_labels.use_archived(stored, pairs_uri, identity, self.out / "data", multiple)
             except teacher_labels.LabelsMismatch as err:
                 why = str(err)
                 log.warning("%s; labelling with the teacher instead", why)

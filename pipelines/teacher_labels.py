@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 RECORD = "labels.json"
 PROBS = "probs.parquet"
 ARCHIVED = "archived-labels"  # under a runs folder's data/: label sets restored from an archive
-FIELDS = ("teacher", "identity", "multiple", "pairs", "pairs_digest", "num_grades")
+FIELDS = ("teacher", "identity", "multiple", "pairs", "pairs_digest", "base_pairs", "base_digest", "num_grades")
 
 
 class LabelsMismatch(ValueError):
@@ -77,15 +77,21 @@ def set_name(teacher: str, multiple: float) -> str:
 def write_record(labelled_dir: str | Path, *, teacher: str, identity: str, multiple: float,
                  pairs_uri: str | Path) -> dict:
     """Record, beside a finished labelled set, which teacher made it and of which pairs."""
-    pairs = _key_frame(pairs_uri)
+    from components.augment import LABELLED
+
+    pairs = _key_frame(pairs_uri, schema.SOURCE)
     labelled = _key_frame(labelled_dir, schema.TEACHER_PROBS)
     digest = pairs_digest(pairs)
     if len(labelled) != len(pairs) or pairs_digest(labelled) != digest:
         raise LabelsMismatch(f"{labelled_dir} does not hold the pairs of {pairs_uri} in their order "
                              f"({len(labelled)} rows for {len(pairs)} pairs)")
+    # the training pairs lead every augmented set: a 0x run can take their labels from a larger set's
+    base = int((pairs[schema.SOURCE] != LABELLED).to_numpy().argmax()) if (pairs[schema.SOURCE] != LABELLED).any() \
+        else len(pairs)
     first = labelled[schema.TEACHER_PROBS].iloc[0] if len(labelled) else []
     record = {"teacher": teacher, "identity": identity, "multiple": float(multiple), "pairs": len(pairs),
-              "pairs_digest": digest, "num_grades": len(first)}
+              "pairs_digest": digest, "base_pairs": base, "base_digest": pairs_digest(pairs.iloc[:base]),
+              "num_grades": len(first)}
     storage.write_text(storage.join(str(labelled_dir), RECORD), json.dumps(record, indent=2) + "\n")
     return record
 
@@ -157,8 +163,10 @@ def find_archived(data_dir: str | Path, teacher: str, multiple: float) -> Path |
     return folder if (folder / RECORD).is_file() else None
 
 
-def use_archived(stored: str | Path, pairs_uri: str, identity: str, data_dir: str | Path) -> tuple[str, str]:
-    """(labelled folder, tag): the pairs of `pairs_uri` labelled with a stored set's probabilities.
+def use_archived(stored: str | Path, pairs_uri: str, identity: str, data_dir: str | Path,
+                 multiple: float) -> tuple[str, str]:
+    """(labelled folder, tag): the pairs of `pairs_uri` (the `multiple`x set) labelled with a stored set's
+    probabilities: the set's own pairs, or for a 0x set the training pairs that lead it.
 
     Raises LabelsMismatch, naming what differs, when the teacher `identity` or the pairs are not the
     ones the set was made for. The folder is written as `label_pairs` writes one, with the record beside.
@@ -171,17 +179,22 @@ def use_archived(stored: str | Path, pairs_uri: str, identity: str, data_dir: st
         raise LabelsMismatch(f"the archived labels {name} were made by a {record['teacher']} trained on other "
                              "data or with other settings than this profile's")
     pairs = _key_frame(pairs_uri)
-    if len(pairs) != record["pairs"] or pairs_digest(pairs) != record["pairs_digest"]:
+    digest = pairs_digest(pairs)
+    if len(pairs) == record["pairs"] and digest == record["pairs_digest"]:
+        rows = record["pairs"]
+    elif multiple == 0 and len(pairs) == record["base_pairs"] and digest == record["base_digest"]:
+        rows = record["base_pairs"]  # a 0x set: the training pairs, labelled as the larger set labelled them
+    else:
         raise LabelsMismatch(f"the archived labels {name} are of another augmented set ({record['pairs']} pairs, "
                              f"digest {record['pairs_digest'][:12]}) than {pairs_uri} ({len(pairs)} pairs, "
-                             f"digest {pairs_digest(pairs)[:12]}): augmentation here gave other pairs "
+                             f"digest {digest[:12]}): augmentation here gave other pairs "
                              "(another encoder, device or setting)")
-    tag = hashlib.sha256(f"{identity}:{record['pairs_digest']}".encode()).hexdigest()[:10]
-    target = Path(data_dir, f"labelled-{record['teacher']}-{record['multiple']:g}x-{tag}")
-    if read_record(target) != {k: record[k] for k in FIELDS}:
-        probs = pd.read_parquet(Path(stored, PROBS)).to_numpy(dtype=np.float64)
+    tag = hashlib.sha256(f"{identity}:{digest}".encode()).hexdigest()[:10]
+    target = Path(data_dir, f"labelled-{record['teacher']}-{multiple:g}x-{tag}")
+    existing = read_record(target)
+    if not existing or (existing["identity"], existing["pairs_digest"]) != (identity, digest):
+        probs = pd.read_parquet(Path(stored, PROBS)).to_numpy(dtype=np.float64)[:rows]
         write_labels(pairs_uri, probs, str(target))
-        write_record(target, teacher=record["teacher"], identity=identity, multiple=record["multiple"],
-                     pairs_uri=pairs_uri)
-        log.info("labels of %s from the archive (%d pairs): no teacher needed", name, len(probs))
+        write_record(target, teacher=record["teacher"], identity=identity, multiple=multiple, pairs_uri=pairs_uri)
+        log.info("labels of %d pairs from the archived set %s: no teacher needed", rows, name)
     return str(target), tag

@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -183,9 +184,19 @@ def test_archived_teacher_labels_stand_in_for_the_teacher(finished, tmp_path, ti
     again = pd.read_parquet(next((here / "data").glob("distill-teacher-soft-1x-*.parquet")))
     pd.testing.assert_frame_equal(again, original)  # the same pairs, the same labels, to the last bit
     assert row["metrics"] == next(r for r in rows if r["run"] == "student-margin-1x")["metrics"]
+    # a 0x run takes the training pairs' labels from the larger set when the archive has no 0x set
+    shutil.rmtree(here / "data" / "archived-labels" / "teacher-soft-0x")
+    runner.run(["student-margin-0x"], force=True)
+    assert not (here / "models" / "teacher-soft").exists()
+    original = pd.read_parquet(next((root / "runs" / "data").glob("distill-teacher-soft-0x-*.parquet")))
+    again = pd.read_parquet(next((here / "data").glob("distill-teacher-soft-0x-*.parquet")))
+    key = [schema.QUERY_ID, schema.PRODUCT_ID]
+    assert again[key].equals(original[key])  # labelled in other batches: equal up to float rounding
+    np.testing.assert_allclose(again[schema.TEACHER_SCORE], original[schema.TEACHER_SCORE], atol=1e-5)
     # archiving the new folder again keeps its label sets, restored or not
     assert archive_runs(here, tmp_path / "again") and sorted(
         p.name for p in (tmp_path / "again" / "labels").iterdir()) == sets
+    # (teacher-soft-0x now comes from the folder's own 0x set, made from the larger set's labels)
 
 
 @pytest.mark.parametrize(("field", "message"), [

@@ -48,7 +48,7 @@ def test_stored_probabilities_label_the_pairs_exactly_as_the_teacher_did(labelle
         "base_model"], epochs=1, batch_size=8, max_length=48)
     # the teacher this config would make is the one that made the labels: no training needed to know it
     assert planned_identity(train, val, config) == record["identity"]
-    again, _ = teacher_labels.use_archived(stored, pairs_uri, record["identity"], tmp_path / "data")
+    again, _ = teacher_labels.use_archived(stored, pairs_uri, record["identity"], tmp_path / "data", 2)
     # teacher-made chunks were 20 rows, these 50,000: every row's labels are its own, bit for bit
     pd.testing.assert_frame_equal(read_table(again), read_table(str(folder)), check_exact=True)
     assert teacher_labels.read_record(again) == {k: record[k] for k in teacher_labels.FIELDS}
@@ -71,11 +71,11 @@ def test_labels_of_other_pairs_or_another_teacher_are_refused_and_nothing_is_wri
     stored = tmp_path / "stored"
     record = teacher_labels.export_set(folder, stored)
     with pytest.raises(LabelsMismatch, match="trained on other data or with other settings"):
-        teacher_labels.use_archived(stored, pairs_uri, "0" * 64, tmp_path / "data")
+        teacher_labels.use_archived(stored, pairs_uri, "0" * 64, tmp_path / "data", 2)
     shuffled = pd.read_parquet(pairs_uri).iloc[::-1]
     other = write_table(shuffled, str(tmp_path / "other.parquet"))  # the same pairs in another order
     with pytest.raises(LabelsMismatch, match=r"another augmented set \(75 pairs, digest"):
-        teacher_labels.use_archived(stored, other, record["identity"], tmp_path / "data")
+        teacher_labels.use_archived(stored, other, record["identity"], tmp_path / "data", 2)
     assert not (tmp_path / "data").exists()
 
 

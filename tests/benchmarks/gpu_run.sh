@@ -108,9 +108,9 @@ pipeline() {  # 575 s by default: the whole run was estimated at about 530 s, an
 
 restore() {  # the split first (restore needs it), then the archive's rows and label sets
     $PY -m pipelines.cli experiment run --profile "$PROFILE" --data "$DATA" --format homedepot \
-        --output "$WORK/results-$PROFILE" --only baseline-random > "$OUT/restore.log" 2>&1
+        --output "$WORK/results-$PROFILE" --only baseline-random >> "$OUT/experiment.log" 2>&1
     $PY -m pipelines.cli experiment restore --archive "$ARCHIVE" --runs "$WORK/results-$PROFILE" 2>&1 \
-        | tee -a "$OUT/restore.log" | grep -v '%|'
+        | tee -a "$OUT/experiment.log" | grep -v '%|'
 }
 
 archive() {  # rows, scores and label sets of every finished run, merged into the archive the checkout holds
