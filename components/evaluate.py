@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -234,6 +235,34 @@ def evaluate_baseline(kind: str, data_uri: str, output_dir: str | None = None, *
     metrics = ranking_metrics(scored, SCORE, mapped_col=SCORE_GRADE)
     if output_dir:
         _write_outputs(output_dir, scored, metrics, name=f"baseline {kind}", source=f"baseline {kind}",
+                       data_uri=data_uri)
+    return metrics
+
+
+def evaluate_mean(score_files: Sequence[str], data_uri: str, output_dir: str | None = None, *, name: str,
+                  fmt: str | None = None) -> dict:
+    """Metrics of the mean of several models' per-pair scores of the same labelled pairs.
+
+    `score_files` are `scores.parquet` outputs of `evaluate_checkpoint` (teachers: expected grades). For a
+    teacher ensemble, whose probability is the mean of its members', the expected grade is the mean of
+    theirs (up to float rounding), so this scores an ensemble from its members' evaluations, with no model.
+    """
+    frame = read_labelled(data_uri, fmt)
+    wanted = pd.MultiIndex.from_frame(frame[[schema.QUERY_ID, schema.PRODUCT_ID]].astype(str))
+    raw, mapped = np.zeros(len(frame)), np.zeros(len(frame))
+    for path in score_files:
+        scored = pd.read_parquet(path)
+        index = pd.MultiIndex.from_frame(scored[[schema.QUERY_ID, schema.PRODUCT_ID]].astype(str))
+        position = index.get_indexer(wanted) if index.is_unique else np.full(len(frame), -1)
+        if len(scored) != len(frame) or (position < 0).any():
+            raise ValueError(f"{path} scored other pairs than the {len(frame)} of {data_uri} ({len(scored)} rows, "
+                             f"{int((position < 0).sum())} of the pairs not among them)")
+        raw += scored[SCORE].to_numpy(dtype=np.float64)[position]
+        mapped += scored[SCORE_GRADE].to_numpy(dtype=np.float64)[position]
+    scored = _scored_frame(frame, raw / len(score_files), mapped / len(score_files))
+    metrics = ranking_metrics(scored, SCORE, mapped_col=SCORE_GRADE)
+    if output_dir:
+        _write_outputs(output_dir, scored, metrics, name=name, source=f"mean of {len(score_files)} models' scores",
                        data_uri=data_uri)
     return metrics
 

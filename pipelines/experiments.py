@@ -6,6 +6,8 @@ control of the 0x run: the same loss without a teacher), margin-MSE students on 
 of the training pairs plus 0x..Nx augmented pairs (the scaling curve), pointwise MSE at the largest size,
 and optionally a teacher ensemble with its own largest distillation run, extra seeds, and teacher ablations
 (`teacher_ablations`: NAME -> teacher settings, run as `teacher-soft-NAME` and scored like the others).
+The ensemble is composed from single teacher runs (teacher-soft and the next seeds), so its members can be
+made, and their labels archived, in different sessions (see `Runner._ensemble`).
 
 Every run is idempotent: its checkpoint and metrics live under `--output`, a rerun skips what is done,
 and `--only NAME` runs one experiment (and whatever it needs). A finished run is found by name, so after
@@ -94,9 +96,19 @@ def plan(profile_name: str) -> list[Experiment]:
                                    f"pointwise MSE on teacher scores, {_fmt(top)}x augmented",
                                    labels="teacher-soft", augmented=top, loss="pointwise_mse", seed=seed,
                                    settings={"loss": "pointwise_mse", "seed": seed}))
-    if spec.get("ensemble_size", 1) > 1:
-        runs += [Experiment("teacher-ensemble", "teacher", f"ensemble of {spec['ensemble_size']} soft teachers",
-                            loss="soft_ce", settings={"ensemble_size": spec["ensemble_size"]}),
+    if (size := int(spec.get("ensemble_size", 1))) > 1:
+        # The ensemble is composed from single teachers, each its own run: teacher-soft and the same recipe
+        # with the next seeds (exactly the members `ensemble_size` would train). Each member is trained, scored
+        # and its labels archived on its own, so members made in different GPU sessions still combine.
+        base = int(profile.teacher.get("seed", 13))
+        members = ["teacher-soft"]
+        for seed in range(base + 1, base + size):
+            members.append(f"teacher-soft-seed{seed}")
+            runs.append(Experiment(members[-1], "teacher", f"teacher, soft targets, seed {seed} (ensemble member)",
+                                   loss="soft_ce", seed=seed, settings={"seed": seed}))
+        runs += [Experiment("teacher-ensemble", "ensemble",
+                            f"ensemble of {size} soft teachers (mean probability): {', '.join(members)}",
+                            loss="soft_ce", seed=base, settings={"members": members}),
                  Experiment(f"student-margin-{_fmt(top)}x-ensemble", "student",
                             f"margin MSE on the ensemble's labels, {_fmt(top)}x augmented",
                             labels="teacher-ensemble", augmented=top, loss="margin_mse")]
@@ -183,6 +195,8 @@ class Runner:
         from pipelines import teacher_labels
 
         multiple = self.top if multiple is None or multiple > 0 else 0.0
+        if self.experiments[labels].kind == "ensemble":
+            return self._ensemble_labelled(self.experiments[labels], multiple)
         pairs_uri = self.augmented(multiple)
         why = ""
         # labels kept in a results archive stand in for the teacher when it would be the same model and this
@@ -248,6 +262,8 @@ class Runner:
             row = self._baseline(exp)
         elif exp.kind == "teacher":
             row = self._teacher(exp)
+        elif exp.kind == "ensemble":
+            row = self._ensemble(exp)
         else:
             row = self._student(exp)
         row = {"run": name, "kind": exp.kind, "description": exp.description, "labels": exp.labels,
@@ -290,6 +306,47 @@ class Runner:
                 "train_pairs": int(summary["train_pairs"]), "train_seconds": round(float(summary["train_seconds"]), 1),
                 "train_pairs_per_s": summary["pairs_per_second"], "settings": settings,
                 **self._evaluate(target, exp.name)}
+
+    def _ensemble(self, exp: Experiment) -> dict:
+        """A teacher ensemble's row, composed from its members' rows and per-pair test scores (no model)."""
+        from components.evaluate import evaluate_mean
+
+        members = [self.run_one(name) for name in exp.settings["members"]]
+        files = [self.out / "eval" / m["run"] / "scores.parquet" for m in members]
+        if missing := [str(f) for f in files if not f.is_file()]:
+            raise FileNotFoundError(f"{exp.name} is scored from its members' test scores, and {missing} are missing")
+        metrics = evaluate_mean([str(f) for f in files], self.paths()["test"], str(self.out / "eval" / exp.name),
+                                name=exp.name)
+        return {"model": f"ensemble of {len(members)} x {members[0]['model']}", "members": exp.settings["members"],
+                "train_pairs": sum(m["train_pairs"] for m in members),
+                "train_seconds": round(sum(m["train_seconds"] for m in members), 1),
+                "settings": {"members": [m["settings"] for m in members]}, "metrics": metrics,
+                "hardware": "; ".join(sorted({m["hardware"] for m in members}))}
+
+    def _ensemble_labelled(self, exp: Experiment, multiple: float) -> tuple[str, str]:
+        """An ensemble's labels of an augmented set: the mean of its members' probabilities, computed as the
+        ensemble's own scorer computes it, from each member's labels (made here, or restored from an archive)."""
+        import numpy as np
+
+        from components import schema
+        from components.data import read_table
+        from components.label import write_labels
+        from pipelines import teacher_labels
+
+        pairs_uri = self.augmented(multiple)
+        labelled = [self.teacher_labelled(name, multiple) for name in exp.settings["members"]]
+        records = [teacher_labels.read_record(folder) for folder, _ in labelled]
+        tag = hashlib.sha256(":".join(t for _, t in labelled).encode()).hexdigest()[:10]
+        target = self.out / "data" / f"labelled-{exp.name}-{_fmt(multiple)}x-{tag}"
+        if teacher_labels.read_record(target) is None:
+            # members score in float32 and PairScorer averages those (components.scoring), so does this
+            probs = np.mean([np.array(read_table(folder)[schema.TEACHER_PROBS].tolist(), dtype=np.float32)
+                             for folder, _ in labelled], axis=0).astype(np.float64)
+            write_labels(pairs_uri, probs, str(target))
+            identity = hashlib.sha256(":".join(r["identity"] for r in records).encode()).hexdigest()
+            teacher_labels.write_record(target, teacher=exp.name, identity=identity, multiple=multiple,
+                                        pairs_uri=pairs_uri)
+        return str(target), tag
 
     def _student(self, exp: Experiment) -> dict:
         from components.student import StudentConfig, train_student
@@ -369,7 +426,7 @@ def rescore(runs_dir: str, test: str, name: str, *, fmt: str | None = None, max_
 
     from components import schema
     from components.data import write_table
-    from components.evaluate import evaluate_baseline, evaluate_checkpoint, read_labelled
+    from components.evaluate import evaluate_baseline, evaluate_checkpoint, evaluate_mean, read_labelled
 
     rows = read_results(runs_dir)
     if not rows:
@@ -379,7 +436,7 @@ def rescore(runs_dir: str, test: str, name: str, *, fmt: str | None = None, max_
     unknown = [n for n in names if n not in by_run]
     if unknown:
         raise ValueError(f"run(s) {unknown} have no result row in {runs_dir}; it has {list(by_run)}")
-    models = {n: Path(runs_dir, "models", n) for n in names if by_run[n]["kind"] != "baseline"}
+    models = {n: Path(runs_dir, "models", n) for n in names if by_run[n]["kind"] not in ("baseline", "ensemble")}
     absent = [str(p) for p in models.values() if not (p / "kdrank.json").exists()]
     if absent:
         raise FileNotFoundError(f"no checkpoint at {absent}: rescoring needs each run's model folder")
@@ -424,13 +481,18 @@ def rescore(runs_dir: str, test: str, name: str, *, fmt: str | None = None, max_
         start = time.perf_counter()
         if row["kind"] == "baseline":
             metrics = evaluate_baseline(run.removeprefix("baseline-"), str(test_path), str(out / "eval" / run))
+        elif row["kind"] == "ensemble":  # from its members' scores on this test set, as `experiment run` does
+            files = [out / "eval" / m / "scores.parquet" for m in row["members"]]
+            if missing := [m for m, f in zip(row["members"], files, strict=True) if not f.is_file()]:
+                raise FileNotFoundError(f"{run} is scored from its members' scores: rescore {missing} first")
+            metrics = evaluate_mean([str(f) for f in files], str(test_path), str(out / "eval" / run), name=run)
         else:
             metrics = evaluate_checkpoint(str(models[run]), str(test_path), str(out / "eval" / run), name=run)
         seconds = time.perf_counter() - start
         new = {**{k: v for k, v in row.items() if k not in ("metrics", "eval_seconds", "eval_pairs_per_s")},
                "metrics": metrics, "test_set": info, "trained_by": row["command"],
                "command": shlex.join(command + ["--only", run])}
-        if row["kind"] != "baseline":  # `hardware` stays the training machine's, as train time is its figure
+        if row["kind"] not in ("baseline", "ensemble"):  # `hardware` stays the training machine's (train time)
             new |= {"eval_seconds": round(seconds, 2), "eval_pairs_per_s": round(metrics["n_pairs"] / seconds, 1),
                     "eval_hardware": here}
         append_result(out, new)

@@ -168,7 +168,7 @@ def test_archived_teacher_labels_stand_in_for_the_teacher(finished, tmp_path, ti
     archive = tmp_path / "archive"
     archive_runs(root / "runs", archive)
     sets = sorted(p.name for p in (archive / "labels").iterdir())
-    assert sets == ["teacher-ensemble-2x", "teacher-soft-0x", "teacher-soft-2x"]
+    assert sets == ["teacher-soft-0x", "teacher-soft-2x", "teacher-soft-seed14-2x"]  # the ensemble's are its members'
     assert json.loads((archive / "manifest.json").read_text())["labels"] == sets
     probs = pd.read_parquet(archive / "labels" / "teacher-soft-2x" / "probs.parquet")
     assert list(probs.columns) == ["p0", "p1", "p2"] and str(probs.dtypes.iloc[0]) == "float32"
@@ -184,6 +184,12 @@ def test_archived_teacher_labels_stand_in_for_the_teacher(finished, tmp_path, ti
     again = pd.read_parquet(next((here / "data").glob("distill-teacher-soft-1x-*.parquet")))
     pd.testing.assert_frame_equal(again, original)  # the same pairs, the same labels, to the last bit
     assert row["metrics"] == next(r for r in rows if r["run"] == "student-margin-1x")["metrics"]
+    # the ensemble's student: its labels are the mean of its members' archived labels, with no teacher at all
+    runner.run(["student-margin-2x-ensemble"], force=True)
+    assert not list((here / "models").glob("teacher-*"))
+    original = pd.read_parquet(next((root / "runs" / "data").glob("distill-teacher-ensemble-2x-*.parquet")))
+    pd.testing.assert_frame_equal(pd.read_parquet(next((here / "data").glob("distill-teacher-ensemble-2x-*.parquet"))),
+                                  original)
     # a 0x run takes the training pairs' labels from the larger set when the archive has no 0x set
     shutil.rmtree(here / "data" / "archived-labels" / "teacher-soft-0x")
     runner.run(["student-margin-0x"], force=True)
@@ -239,4 +245,4 @@ def test_a_retrained_teacher_drops_its_old_labels_from_the_archive(finished, tmp
     for folder in (later / "data").glob("labelled-*"):
         shutil.rmtree(folder)
     assert archive_runs(later, archive) == ["teacher-soft"]
-    assert sorted(p.name for p in (archive / "labels").iterdir()) == ["teacher-ensemble-2x"]
+    assert sorted(p.name for p in (archive / "labels").iterdir()) == ["teacher-soft-seed14-2x"]

@@ -11,6 +11,10 @@ import pytest
 from kdrank_testing import make_labelled, write_homedepot_csv
 
 from components import schema
+from components.data import read_table
+from components.evaluate import evaluate_checkpoint
+from components.label import label_pairs
+from components.teacher import TeacherConfig, train_teacher
 from pipelines import cli, experiments
 from pipelines.experiments import Runner, plan, read_results
 
@@ -58,14 +62,29 @@ def test_distillation_sets_are_nested_and_sized_by_multiple(finished):
     assert counts["catalogue"]["products"] == 30 * 6
 
 
-def test_the_ensemble_takes_teacher_soft_as_its_first_member(finished):
+def test_the_ensemble_is_composed_from_single_teachers_exactly_as_an_ensemble_checkpoint(finished, tmp_path):
     runner, rows, root = finished
-    models = root / "runs" / "models"
-    members = json.loads((models / "teacher-ensemble" / "kdrank.json").read_text())["training"]["summary"]["members"]
-    assert members[0]["reused_from"] == str(models / "teacher-soft")
-    assert "reused_from" not in members[1] and members[1]["seed"] == members[0]["seed"] + 1
-    same = [(models / d / "model.safetensors").read_bytes() for d in ("teacher-soft", "teacher-ensemble/member-0")]
-    assert same[0] == same[1]
+    runs = root / "runs"
+    by_run = {r["run"]: r for r in rows}
+    assert by_run["teacher-ensemble"]["members"] == ["teacher-soft", "teacher-soft-seed14"]
+    assert by_run["teacher-soft-seed14"]["settings"]["seed"] == 14 and by_run["teacher-ensemble"]["kind"] == "ensemble"
+    assert not (runs / "models" / "teacher-ensemble").exists()  # no ensemble model: its members are the model
+    # the ensemble checkpoint `ensemble_size=2` would train takes both members as they are (same data, recipe,
+    # seeds), and labels the augmented set exactly as the composed labels do
+    config = TeacherConfig(**{**runner.profile.teacher, "ensemble_size": 2})
+    summary = train_teacher(runner.paths()["train"], runner.paths()["val"], str(tmp_path / "ensemble"), config,
+                            reuse=[str(runs / "models" / "teacher-soft"), str(runs / "models" / "teacher-soft-seed14")])
+    assert [m["reused_from"] for m in summary["members"]] == [str(runs / "models" / n)
+                                                                for n in ("teacher-soft", "teacher-soft-seed14")]
+    label_pairs(runner.augmented(), str(tmp_path / "ensemble"), str(tmp_path / "labels"), num_shards=1,
+                batch_size=int(runner.profile.label["batch_size"]), progress=False)
+    composed = next((runs / "data").glob("labelled-teacher-ensemble-2x-*"))
+    pd.testing.assert_frame_equal(read_table(str(composed)), read_table(str(tmp_path / "labels")), check_exact=True)
+    # its test row: the mean of the members' expected grades, the ensemble's expected grade up to rounding
+    metrics = evaluate_checkpoint(str(tmp_path / "ensemble"), runner.paths()["test"],
+                                  batch_size=int(runner.profile.evaluate["batch_size"]))
+    for key in ("ndcg@5", "pairwise_accuracy", "spearman", "rmse"):
+        assert by_run["teacher-ensemble"]["metrics"][key] == pytest.approx(metrics[key], abs=1e-6)
 
 
 def test_rerun_skips_finished_runs(finished):
