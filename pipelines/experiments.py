@@ -334,7 +334,10 @@ class Runner:
         from pipelines import teacher_labels
 
         pairs_uri = self.augmented(multiple)
+        # member by member, each trained (where its labels are not archived) and labelling before the next,
+        # so a session cut short keeps whole members; then the ensemble's own row, from theirs
         labelled = [self.teacher_labelled(name, multiple) for name in exp.settings["members"]]
+        self.run_one(exp.name)
         records = [teacher_labels.read_record(folder) for folder, _ in labelled]
         tag = hashlib.sha256(":".join(t for _, t in labelled).encode()).hexdigest()[:10]
         target = self.out / "data" / f"labelled-{exp.name}-{_fmt(multiple)}x-{tag}"
