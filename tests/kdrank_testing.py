@@ -175,3 +175,13 @@ def write_homedepot_csv(path: Path, n_queries: int = 30) -> str:
     })
     out.to_csv(path, index=False, encoding="latin-1")
     return str(path)
+
+
+def load_benchmark(name: str):
+    """A script of tests/benchmarks/ (not a package) as a module, for tests of its functions."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parent / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

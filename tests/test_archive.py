@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from kdrank_testing import load_benchmark
 
 from components import schema
 from pipelines import cli
@@ -246,3 +247,48 @@ def test_a_retrained_teacher_drops_its_old_labels_from_the_archive(finished, tmp
         shutil.rmtree(folder)
     assert archive_runs(later, archive) == ["teacher-soft"]
     assert sorted(p.name for p in (archive / "labels").iterdir()) == ["teacher-soft-seed14-2x"]
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_an_archive_sent_back_in_parts_is_put_together_whole_or_not_at_all(finished, tmp_path, capsys):
+    import tarfile
+
+    _, _, root = finished
+    made = tmp_path / "made"  # the archive as the GPU machine made it
+    archive_runs(root / "runs", made)
+    with tarfile.open(tmp_path / "archive.tgz", "w:gz") as tar:  # as gpu_run.sh packs it
+        for path in sorted(made.iterdir()):
+            if path.name != "labels":
+                tar.add(path, arcname=f"./{path.name}")
+    with tarfile.open(tmp_path / "labels-teacher-soft-seed14-2x.tgz", "w:gz") as tar:
+        tar.add(made / "labels" / "teacher-soft-seed14-2x", arcname="labels/teacher-soft-seed14-2x")
+    parts = [str(tmp_path / "archive.tgz"), str(tmp_path / "labels-teacher-soft-seed14-2x.tgz")]
+    # the checkout's archive: the other two label sets, unchanged, and none of the runs
+    checkout = tmp_path / "checkout"
+    for name in ("teacher-soft-0x", "teacher-soft-2x"):
+        shutil.copytree(made / "labels" / name, checkout / "labels" / name)
+    (checkout / "manifest.json").write_text("{}")
+    before = _files(checkout)
+
+    gpu_archive = load_benchmark("gpu_archive")
+    missing = tmp_path / "missing"  # a checkout without a set that came back in no part
+    shutil.copytree(checkout, missing)
+    shutil.rmtree(missing / "labels" / "teacher-soft-2x")
+    assert gpu_archive.main(["--archive", str(missing), *parts]) == 2
+    assert "label set teacher-soft-2x is in the new manifest, but came back in no part" in capsys.readouterr().err
+    broken = tmp_path / "broken.tgz"  # a label set whose probabilities do not fit its record
+    shutil.copytree(made / "labels" / "teacher-soft-seed14-2x", tmp_path / "b" / "labels" / "teacher-soft-seed14-2x")
+    probs = tmp_path / "b" / "labels" / "teacher-soft-seed14-2x" / "probs.parquet"
+    pd.read_parquet(probs).iloc[1:].to_parquet(probs)
+    with tarfile.open(broken, "w:gz") as tar:
+        tar.add(tmp_path / "b" / "labels", arcname="labels")
+    bad = shutil.move(broken, tmp_path / "b" / "labels-teacher-soft-seed14-2x.tgz")
+    assert gpu_archive.main(["--archive", str(checkout), parts[0], str(bad)]) == 2
+    assert "rows" in capsys.readouterr().err and _files(checkout) == before
+
+    assert gpu_archive.main(["--archive", str(checkout), *parts]) == 0
+    assert "label sets teacher-soft-0x, teacher-soft-2x, teacher-soft-seed14-2x" in capsys.readouterr().out
+    assert _files(checkout) == _files(made)

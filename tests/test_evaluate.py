@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from kdrank_testing import make_labelled
+from kdrank_testing import load_benchmark, make_labelled
 
 from components import data, schema
 from components.evaluate import (
@@ -210,11 +210,7 @@ def test_paired_bootstrap_separates_a_small_consistent_gain_that_unpaired_interv
 
 
 def test_agreement_script_counts_the_pairs_pairwise_accuracy_counts():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("agreement", Path(__file__).parent / "benchmarks" / "agreement.py")
-    agreement = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(agreement)
+    agreement = load_benchmark("agreement")
     rng = np.random.default_rng(5)
     base = pd.DataFrame({schema.QUERY_ID: np.repeat(["a", "b", "c"], 5), schema.PRODUCT_ID: [str(i) for i in range(15)],
                          schema.GRADE: rng.choice([0.0, 0.33, 0.67, 1.0, 1.33, 2.0], 15)})

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from kdrank_testing import make_labelled, write_homedepot_csv
+from kdrank_testing import load_benchmark, make_labelled, write_homedepot_csv
 
 from components import schema
 from components.data import read_table
@@ -153,16 +153,6 @@ def test_report_pairs_against_the_named_references(finished, tmp_path, capsys):
     assert not (tmp_path / "x.md").exists()
 
 
-def _gpu_merge():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "gpu_merge", Path(__file__).parent / "benchmarks" / "gpu_merge.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _bundle(runs: Path, path: Path) -> str:
     """A runs folder packed as gpu_run.sh packs it: rows, eval folders, data summary, training records."""
     import tarfile
@@ -178,7 +168,7 @@ def test_gpu_merge_adds_runs_that_scored_the_same_test_pairs_only(finished, tmp_
     import shutil
 
     runner, rows, root = finished
-    merge = _gpu_merge()
+    merge = load_benchmark("gpu_merge")
     bundle = _bundle(root / "runs", tmp_path / "experiment.tgz")
     here = tmp_path / "here"
     shutil.copytree(root / "runs" / "data", here / "data")

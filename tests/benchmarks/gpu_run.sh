@@ -8,7 +8,8 @@
 #                    which travels with the checkout): earlier sessions' rows, and their teacher labels, which
 #                    distillation runs use instead of training the teacher again when they fit
 #   archive          `kdrank experiment archive` of the runs into a copy of KDRANK_ARCHIVE, returned as
-#                    archive.tgz (rows and scores) and labels-NAME.tgz (one per teacher label set, ~8 MB at 16x)
+#                    archive.tgz (rows and scores, in place of experiment.tgz) and labels-NAME.tgz (one per label
+#                    set the checkout's archive lacks, ~7 MB at 16x); put together here by gpu_archive.py
 #   check            import what `kdrank run` needs (kfp and the Google clients from .gpu/b)
 #   bench            teacher vs student throughput and the efficiency ratio (needs .gpu/c)
 #   pipeline         `kdrank run --profile full` (the compiled KFP pipeline), timed (needs .gpu/b and .gpu/c);
@@ -118,11 +119,18 @@ archive() {  # rows, scores and label sets of every finished run, merged into th
     [ -d "$ARCHIVE" ] && cp -r "$ARCHIVE" "$WORK/archive/$PROFILE"
     $PY -m pipelines.cli experiment archive --runs "$WORK/results-$PROFILE" --output "$WORK/archive/$PROFILE" \
         2>&1 | grep -v '%|' | tail -5
-    # one file per label set: each is ~8 MB at 16x, and a returned file may hold 16 MiB
+    # One file per label set that the checkout's archive lacks as it is (a returned file may hold 16 MiB and a
+    # 16x set is ~7 MB; at most 8 files come back); tests/benchmarks/gpu_archive.py puts the parts together.
+    local set name
     for set in "$WORK/archive/$PROFILE"/labels/*/; do
-        [ -d "$set" ] && tar -czf "$OUT/labels-$(basename "$set").tgz" -C "$WORK/archive/$PROFILE" "labels/$(basename "$set")"
+        [ -d "$set" ] || continue
+        name=$(basename "$set")
+        cmp -s "$set/probs.parquet" "$ARCHIVE/labels/$name/probs.parquet" \
+            && cmp -s "$set/labels.json" "$ARCHIVE/labels/$name/labels.json" && continue
+        tar -czf "$OUT/labels-$name.tgz" -C "$WORK/archive/$PROFILE" "labels/$name"
     done
-    tar -czf "$OUT/archive.tgz" -C "$WORK/archive/$PROFILE" --exclude=./labels .
+    # the archive holds what experiment.tgz held (rows, scores, training records): one file fewer
+    tar -czf "$OUT/archive.tgz" -C "$WORK/archive/$PROFILE" --exclude=./labels . && rm -f "$OUT/experiment.tgz"
     ls -l "$OUT"
 }
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from kdrank_testing import load_benchmark
 
 from components import schema
 from components.checkpoint import read_info
@@ -108,16 +109,6 @@ def test_missing_inputs_fail_before_anything_runs(tmp_path):
     assert not (tmp_path / "run" / ROOT_DIR).exists()
 
 
-def _gpu_merge():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "gpu_merge", Path(__file__).parents[1] / "benchmarks" / "gpu_merge.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_gpu_merge_takes_the_pipelines_rows_and_names_an_overridden_teacher(local_run, tmp_path, capsys):
     """A pipeline bundle as gpu_run.sh packs it, from this real run: the student becomes a row on
     teacher-soft labels; a run with --set teacher.* brings its own teacher row, and the student names it."""
@@ -152,7 +143,7 @@ def test_gpu_merge_takes_the_pipelines_rows_and_names_an_overridden_teacher(loca
         test.iloc[drop:].to_parquet(runs / "data" / "test.parquet")
         return runs
 
-    merge = _gpu_merge()
+    merge = load_benchmark("gpu_merge")
     plain, runs = bundle("plain", {}), runs_folder("runs")
     assert merge.main(["--runs", str(runs), plain]) == 0
     (row,) = [json.loads(line) for line in (runs / "results.jsonl").read_text().splitlines()]
