@@ -153,7 +153,7 @@ class Runner:
         return self._paths
 
     def teacher(self, labels: str, why: str = "") -> str:
-        """The checkpoint folder of a teacher run ('teacher-soft', 'teacher-ensemble'), trained if needed.
+        """The checkpoint folder of a teacher run ('teacher-soft', 'teacher-soft-seed14'), trained if needed.
 
         `why`: why archived labels could not stand in for it, added to the error when it cannot be had."""
         self.run_one(labels)
@@ -298,8 +298,9 @@ class Runner:
         config = self.teacher_config(exp)
         settings = {**self.profile.teacher, **exp.settings}
         target = str(self.out / "models" / exp.name)
-        # An ensemble takes any member that another run already trained with the same recipe and seed
-        # (its first member is `teacher-soft`), and keeps its finished members if it is cut short.
+        # A teacher with ensemble_size > 1 in a profile's own settings takes any member that another run already
+        # trained with the same recipe and seed, and keeps its finished members if it is cut short (the plan's
+        # `teacher-ensemble` is composed from single teacher runs instead: `_ensemble`).
         others = [str(p) for p in sorted((self.out / "models").glob("teacher-*")) if p.name != exp.name]
         summary = train_teacher(self.paths()["train"], self.paths()["val"], target, config, reuse=others)
         return {"model": (settings.get("base_model") or "SmolLM2-135M-Instruct") + " teacher",

@@ -18,6 +18,7 @@ from components.evaluate import (
     baseline_scores,
     evaluate_baseline,
     evaluate_checkpoint,
+    evaluate_mean,
     fit_linear_calibration,
     metrics_table,
     ranking_metrics,
@@ -166,6 +167,27 @@ def test_evaluate_baseline_writes_null_rmse(tmp_path, tiny_labelled):
     metrics = evaluate_baseline("bm25", test_path, str(tmp_path / "bm25"))
     assert math.isnan(metrics["rmse"])
     assert json.loads(Path(tmp_path / "bm25" / "metrics.json").read_text())["rmse"] is None
+
+
+def test_evaluate_mean_scores_the_mean_of_several_models_and_refuses_other_pairs(tmp_path, tiny_labelled):
+    test_path = data.write_table(tiny_labelled, str(tmp_path / "test.parquet"))
+    parts = []
+    for i, kind in enumerate(("bm25", "random")):  # two "models" whose scores the files hold, in another order
+        evaluate_baseline(kind, test_path, str(tmp_path / kind))
+        scores = pd.read_parquet(tmp_path / kind / "scores.parquet").assign(score_grade=float(i))
+        scores.sample(frac=1.0, random_state=i).to_parquet(tmp_path / f"{kind}.parquet")
+        parts.append(str(tmp_path / f"{kind}.parquet"))
+    metrics = evaluate_mean(parts, test_path, str(tmp_path / "mean"), name="mean")
+    mean = pd.read_parquet(tmp_path / "mean" / "scores.parquet")
+    expected = (pd.read_parquet(tmp_path / "bm25" / "scores.parquet")["score"]
+                + pd.read_parquet(tmp_path / "random" / "scores.parquet")["score"]) / 2
+    np.testing.assert_allclose(mean["score"], expected, rtol=0, atol=1e-12)
+    assert (mean["score_grade"] == 0.5).all()
+    assert metrics == ranking_metrics(mean, "score", mapped_col="score_grade")
+    pd.read_parquet(parts[1]).iloc[1:].to_parquet(parts[1])
+    with pytest.raises(ValueError, match="random.parquet scored other pairs than the"):
+        evaluate_mean(parts, test_path, str(tmp_path / "bad"), name="bad")
+    assert not (tmp_path / "bad").exists()
 
 
 def test_query_bootstrap_intervals_cover_the_metric_and_shrink_with_more_queries():
