@@ -7,6 +7,7 @@ raises `DataError` naming the file, row and column; outputs are written whole or
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import logging
@@ -51,7 +52,7 @@ PRESETS = {"homedepot": HOMEDEPOT, "esci": ESCI}
 
 
 def infer_format(uri: str) -> str:
-    name = str(uri).lower().rstrip("/")
+    name = str(uri).lower().rstrip("/").removesuffix(".gz")  # CSV and JSONL may come gzip-compressed
     for suffix, fmt in ((".csv", "csv"), (".parquet", "parquet"), (".jsonl", "jsonl"), (".json", "jsonl")):
         if name.endswith(suffix):
             return fmt
@@ -80,6 +81,11 @@ def read_raw(uri: str, fmt: str | None = None, encoding: str = "utf-8") -> pd.Da
     if fmt == "parquet":
         return read_table(uri)
     raw = storage.read_bytes(uri)
+    if str(uri).lower().endswith(".gz"):
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as err:
+            raise DataError(f"not a readable gzip file: {err}", path=uri) from err
     text = _decode(raw, encoding, uri)
     try:
         if fmt == "csv":

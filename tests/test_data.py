@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -37,6 +38,19 @@ def test_homedepot_reader_maps_scale_and_soft_targets(tmp_path):
     # mean 2.33 on 1..3 = 1.33 on 0..2: p(1) = 2 - 1.33, p(2) = 1.33 - 1
     assert frame[schema.GRADE_DIST][2] == pytest.approx([0.0, 0.67, 0.33])
     assert "Chrome®" in frame[schema.PRODUCT_TEXT][2]
+
+
+def test_gzip_compressed_csv_reads_as_the_plain_file(tmp_path):
+    import gzip
+
+    plain = write(tmp_path, "train.csv", HOMEDEPOT_CSV.replace("Chrome", "Chrome\xae"), "latin-1")
+    packed = tmp_path / "train.csv.gz"
+    packed.write_bytes(gzip.compress(Path(plain).read_bytes()))
+    pd.testing.assert_frame_equal(data.read_pairs(str(packed), "homedepot"), data.read_pairs(plain, "homedepot"))
+    broken = tmp_path / "broken.csv.gz"
+    broken.write_bytes(packed.read_bytes()[:40])
+    with pytest.raises(DataError, match="broken.csv.gz: not a readable gzip file"):
+        data.read_pairs(str(broken), "homedepot")
 
 
 def test_homedepot_detected_from_header(tmp_path):
