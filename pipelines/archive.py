@@ -123,6 +123,10 @@ def archive_runs(runs_dir: str | Path, archive_dir: str | Path) -> list[str]:
         folder.name: folder for folder in sorted((archive_dir / "labels").glob("*"))
         if folder.name not in new_sets and (record := teacher_labels.read_record(folder))
         and identities.get(record["teacher"]) == record["identity"]}
+    for name in _covered({**{n: teacher_labels.read_record(f) for n, f in old_sets.items()},
+                          **{n: teacher_labels.read_record(f) for n, f in new_sets.items()}}):
+        old_sets.pop(name, None)  # a 0x run takes these from the larger set (every call sends the archive along)
+        new_sets.pop(name, None)
     with storage.atomic_dir(archive_dir) as tmp:
         out = Path(tmp)
         for row in kept:
@@ -148,6 +152,13 @@ def archive_runs(runs_dir: str | Path, archive_dir: str | Path) -> list[str]:
     log.info("archived %d run(s) of %s into %s%s", len(rows), runs_dir, archive_dir,
              f", with the label sets {', '.join(sorted(new_sets))}" if new_sets else "")
     return [r["run"] for r in rows]
+
+
+def _covered(records: dict[str, dict]) -> set[str]:
+    """The 0x label sets whose pairs lead a larger set of the same teacher (its training-pair prefix)."""
+    prefixes = {(r["teacher"], r["identity"], r["base_digest"]) for r in records.values() if r["multiple"] > 0}
+    return {name for name, r in records.items()
+            if r["multiple"] == 0 and (r["teacher"], r["identity"], r["pairs_digest"]) in prefixes}
 
 
 def _training_record(runs_dir: Path, run: str) -> Path | None:

@@ -169,7 +169,8 @@ def test_archived_teacher_labels_stand_in_for_the_teacher(finished, tmp_path, ti
     archive = tmp_path / "archive"
     archive_runs(root / "runs", archive)
     sets = sorted(p.name for p in (archive / "labels").iterdir())
-    assert sets == ["teacher-soft-0x", "teacher-soft-2x", "teacher-soft-seed14-2x"]  # the ensemble's are its members'
+    # the ensemble's labels are its members'; the 0x set is the 2x set's first rows, so it is not kept twice
+    assert sets == ["teacher-soft-2x", "teacher-soft-seed14-2x"]
     assert json.loads((archive / "manifest.json").read_text())["labels"] == sets
     probs = pd.read_parquet(archive / "labels" / "teacher-soft-2x" / "probs.parquet")
     assert list(probs.columns) == ["p0", "p1", "p2"] and str(probs.dtypes.iloc[0]) == "float32"
@@ -191,8 +192,7 @@ def test_archived_teacher_labels_stand_in_for_the_teacher(finished, tmp_path, ti
     original = pd.read_parquet(next((root / "runs" / "data").glob("distill-teacher-ensemble-2x-*.parquet")))
     pd.testing.assert_frame_equal(pd.read_parquet(next((here / "data").glob("distill-teacher-ensemble-2x-*.parquet"))),
                                   original)
-    # a 0x run takes the training pairs' labels from the larger set when the archive has no 0x set
-    shutil.rmtree(here / "data" / "archived-labels" / "teacher-soft-0x")
+    # a 0x run takes the training pairs' labels from the larger set (the archive keeps no 0x set beside it)
     runner.run(["student-margin-0x"], force=True)
     assert not (here / "models" / "teacher-soft").exists()
     original = pd.read_parquet(next((root / "runs" / "data").glob("distill-teacher-soft-0x-*.parquet")))
@@ -200,10 +200,9 @@ def test_archived_teacher_labels_stand_in_for_the_teacher(finished, tmp_path, ti
     key = [schema.QUERY_ID, schema.PRODUCT_ID]
     assert again[key].equals(original[key])  # labelled in other batches: equal up to float rounding
     np.testing.assert_allclose(again[schema.TEACHER_SCORE], original[schema.TEACHER_SCORE], atol=1e-5)
-    # archiving the new folder again keeps its label sets, restored or not
+    # archiving the new folder again keeps its label sets, restored or not (and again no 0x set)
     assert archive_runs(here, tmp_path / "again") and sorted(
         p.name for p in (tmp_path / "again" / "labels").iterdir()) == sets
-    # (teacher-soft-0x now comes from the folder's own 0x set, made from the larger set's labels)
 
 
 @pytest.mark.parametrize(("field", "message"), [
@@ -266,10 +265,9 @@ def test_an_archive_sent_back_in_parts_is_put_together_whole_or_not_at_all(finis
     with tarfile.open(tmp_path / "labels-teacher-soft-seed14-2x.tgz", "w:gz") as tar:
         tar.add(made / "labels" / "teacher-soft-seed14-2x", arcname="labels/teacher-soft-seed14-2x")
     parts = [str(tmp_path / "archive.tgz"), str(tmp_path / "labels-teacher-soft-seed14-2x.tgz")]
-    # the checkout's archive: the other two label sets, unchanged, and none of the runs
+    # the checkout's archive: the other label set, unchanged, and none of the runs
     checkout = tmp_path / "checkout"
-    for name in ("teacher-soft-0x", "teacher-soft-2x"):
-        shutil.copytree(made / "labels" / name, checkout / "labels" / name)
+    shutil.copytree(made / "labels" / "teacher-soft-2x", checkout / "labels" / "teacher-soft-2x")
     (checkout / "manifest.json").write_text("{}")
     before = _files(checkout)
 
@@ -290,5 +288,5 @@ def test_an_archive_sent_back_in_parts_is_put_together_whole_or_not_at_all(finis
     assert "rows" in capsys.readouterr().err and _files(checkout) == before
 
     assert gpu_archive.main(["--archive", str(checkout), *parts]) == 0
-    assert "label sets teacher-soft-0x, teacher-soft-2x, teacher-soft-seed14-2x" in capsys.readouterr().out
+    assert "label sets teacher-soft-2x, teacher-soft-seed14-2x" in capsys.readouterr().out
     assert _files(checkout) == _files(made)

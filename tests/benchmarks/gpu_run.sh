@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # On the lent GPU machine, from the repository root, with the carry groups of tests/benchmarks/gpu_stage.py
-# (.gpu/a, then .gpu/b, then .gpu/c over back-to-back calls; what /tmp holds stays while the machine is warm).
+# (.gpu/a, then .gpu/b, .gpu/c, ... (the GGUF parts), and .gpu/k for the pipeline, over back-to-back calls; what
+# /tmp holds stays while the machine is warm).
 # Usage: bash tests/benchmarks/gpu_run.sh STEP [STEP ...], steps run in order:
-#   runs=NAME,NAME   `kdrank experiment run --profile full --only NAME,NAME` (needs .gpu/a; teacher runs .gpu/c)
+#   runs=NAME,NAME   `kdrank experiment run --profile full --only NAME,NAME` (needs .gpu/a; teacher runs every
+#                    GGUF part)
 #   setup            nothing beyond the set-up every call does (wheels, fp32 MiniLM, the joined GGUF)
 #   restore          the split, then `kdrank experiment restore` of KDRANK_ARCHIVE (docs/results/archive/PROFILE,
 #                    which travels with the checkout): earlier sessions' rows, and their teacher labels, which
@@ -10,13 +12,13 @@
 #   archive          `kdrank experiment archive` of the runs into a copy of KDRANK_ARCHIVE, returned as
 #                    archive.tgz (rows and scores, in place of experiment.tgz) and labels-NAME.tgz (one per label
 #                    set the checkout's archive lacks, ~7 MB at 16x); put together here by gpu_archive.py
-#   check            import what `kdrank run` needs (kfp and the Google clients from .gpu/b)
-#   bench            teacher vs student throughput and the efficiency ratio (needs .gpu/c)
-#   pipeline         `kdrank run --profile full` (the compiled KFP pipeline), timed (needs .gpu/b and .gpu/c);
+#   check            import what `kdrank run` needs (kfp and the Google clients from .gpu/k)
+#   bench            teacher vs student throughput and the efficiency ratio (needs the GGUF parts)
+#   pipeline         `kdrank run --profile full` (the compiled KFP pipeline), timed (needs the GGUF parts, .gpu/k);
 #                    if it fails within a minute (a missing package, say), KDRANK_FALLBACK's runs run instead.
 #                    Its teacher becomes the plan's teacher-soft (adopt-teacher), so runs=student-margin-...
 #                    after it label with that teacher instead of training another
-# Environment: KDRANK_PROFILE (full), KDRANK_DATA (.gpu/a/data/train.csv), KDRANK_*_TIMEOUT (seconds per
+# Environment: KDRANK_PROFILE (full), KDRANK_DATA (.gpu/a/data/train.csv.gz), KDRANK_*_TIMEOUT (seconds per
 # step), KDRANK_SKIP_WHEELS=1 and PYTHON=... for a CPU dry run with this checkout's virtualenv.
 # Writes at most 8 files under $OUT (the device tool's limit), bundling run folders as .tgz: no checkpoints.
 set -euo pipefail
@@ -24,16 +26,17 @@ OUT=${OUT:-/tmp/kdrank-out}
 WORK=${KDRANK_WORK:-/tmp/kdrank-gpu}
 PY=${PYTHON:-python3}  # the GPU image's python3 holds PyTorch; there may be no plain `python`
 PROFILE=${KDRANK_PROFILE:-full}
-DATA=${KDRANK_DATA:-.gpu/a/data/train.csv}
+DATA=${KDRANK_DATA:-.gpu/a/data/train.csv.gz}
 ARCHIVE=${KDRANK_ARCHIVE:-docs/results/archive/$PROFILE}
 [ $# -gt 0 ] || { echo "usage: gpu_run.sh STEP [STEP ...] (runs=NAMES, setup, check, bench, pipeline)" >&2; exit 2; }
 mkdir -p "$WORK" "$OUT"
 
 # Set-up, each part once per machine: the wheels of every carry group present, fp32 MiniLM, the GGUF file.
-for group in a b c; do
-    if [ -z "${KDRANK_SKIP_WHEELS:-}" ] && [ -d ".gpu/$group/wheels" ] && [ ! -e "$WORK/wheels-$group" ]; then
+for wheels in .gpu/*/wheels; do
+    group=$(basename "$(dirname "$wheels")")
+    if [ -z "${KDRANK_SKIP_WHEELS:-}" ] && [ -d "$wheels" ] && [ ! -e "$WORK/wheels-$group" ]; then
         $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" \
-            .gpu/$group/wheels/*.whl && touch "$WORK/wheels-$group"
+            "$wheels"/*.whl && touch "$WORK/wheels-$group"
     fi
 done
 if [ ! -e "$WORK/minilm/config.json" ]; then
@@ -46,8 +49,12 @@ AutoTokenizer.from_pretrained(".gpu/a/minilm").save_pretrained(f"{work}/minilm")
 PY
 fi
 GGUF="$WORK/SmolLM2-135M-Instruct.Q4_1.gguf"
-if [ ! -e "$GGUF" ] && [ -e .gpu/b/teacher.gguf.b ] && [ -e .gpu/c/teacher.gguf.c ]; then
-    cat .gpu/b/teacher.gguf.b .gpu/c/teacher.gguf.c > "$GGUF.part" && mv "$GGUF.part" "$GGUF"
+first=$(compgen -G '.gpu/*/teacher.gguf.part1of*' | head -1 || true)
+if [ ! -e "$GGUF" ] && [ -n "$first" ]; then  # joined once every part has arrived: teacher.gguf.partIofN
+    n=${first##*of}
+    if [ "$(compgen -G ".gpu/*/teacher.gguf.part*of$n" | wc -l)" -eq "$n" ]; then
+        for i in $(seq 1 "$n"); do cat .gpu/*/"teacher.gguf.part${i}of$n"; done > "$GGUF.part" && mv "$GGUF.part" "$GGUF"
+    fi
 fi
 export KDRANK_STUDENT_BASE="$WORK/minilm" KDRANK_CACHE="$WORK/cache" HF_HUB_OFFLINE=1
 [ -e "$GGUF" ] && export KDRANK_TEACHER_GGUF="$GGUF"

@@ -1,25 +1,30 @@
 """Stage what a lent GPU machine needs under .gpu/ (git-ignored): it has torch, transformers and pandas,
-but none of kdrank's weight packages, no registry, and takes at most 64 MiB per call.
+but none of kdrank's weight packages, no registry, and takes at most 64 MiB per call, the checkout's
+tracked files (and untracked ones git does not ignore) included.
 
     PYTHONPATH=. .venv/bin/python tests/benchmarks/gpu_stage.py
 
-writes three carry groups, each under 64 MiB, to send over three back-to-back device calls (a carried
-path stays on the machine while it is warm; name only the new group each time):
+writes carry groups, each under 64 MiB with the checkout beside it, to send over back-to-back device
+calls (a carried path stays on the machine while it is warm; name only the new group each time):
   .gpu/a: MiniLM-L6 as fp16 safetensors (gpu_run.sh restores fp32), the wheels the core flow needs
-          there (gguf, bm25s; it has peft and accelerate) and a copy of the Home Depot CSV;
-  .gpu/b: the first half of the SmolLM2-135M GGUF file, and the wheels `kdrank run` adds (kfp and
-          the Google clients and cryptography it imports, ~9 MiB), for Python 3.12 as that machine has;
-  .gpu/c: the second half of the GGUF file.
-Then run tests/benchmarks/gpu_run.sh there (see docs/results.md).
+          there (gguf, bm25s; it has peft and accelerate) and the Home Depot CSV, gzip-compressed;
+  .gpu/b, .gpu/c, ...: the SmolLM2-135M GGUF file in as many parts as the room beside the checkout
+          needs (two while the checkout is small; the results archive's teacher labels grow it);
+  .gpu/k: the wheels `kdrank run` adds (kfp and the Google clients and cryptography it imports,
+          ~9 MiB), for the `check` and `pipeline` steps only.
+All for Python 3.12, as that machine has. Then run tests/benchmarks/gpu_run.sh there (docs/results.md).
 """
 
 from __future__ import annotations
 
+import gzip
+import math
 import os
 import shutil
 import subprocess
 import sys
 from importlib.metadata import version
+from pathlib import Path
 
 import torch
 from benchlib import HOMEDEPOT, ROOT
@@ -55,30 +60,50 @@ def fetch_wheels(dest, names: list[str]) -> None:
             subprocess.run([*pip, "wheel", "-q", "--no-deps", "-w", str(dest), spec], check=True)
 
 
+def tree_size() -> int:
+    """Bytes every device call sends beside its carry: the tracked files and the untracked ones git does not
+    ignore."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    return sum((ROOT / name).stat().st_size for name in set(listed) if name and (ROOT / name).is_file())
+
+
+def gguf_parts(size: int, tree: int) -> int:
+    """How many parts the GGUF file needs so that each, with the checkout, fits one call (1 MiB to spare)."""
+    room = LIMIT - tree - 2**20
+    if room < 8 * 2**20:
+        raise SystemExit(f"the checkout alone sends {tree / 2**20:.1f} MiB a call: too little room for the carries")
+    return math.ceil(size / room)
+
+
 def main() -> None:
     from transformers import AutoModel, AutoTokenizer
 
     out = ROOT / ".gpu"
     shutil.rmtree(out, ignore_errors=True)
-    a, b, c = out / "a", out / "b", out / "c"
+    a, k = out / "a", out / "k"
     minilm = models.default_student_path()
     model = AutoModel.from_pretrained(minilm, dtype=torch.float16)
     model.save_pretrained(a / "minilm")
     AutoTokenizer.from_pretrained(minilm).save_pretrained(a / "minilm")
     fetch_wheels(a / "wheels", CORE_WHEELS)
-    fetch_wheels(b / "wheels", PIPELINE_WHEELS)
+    fetch_wheels(k / "wheels", PIPELINE_WHEELS)
     (a / "data").mkdir(parents=True)
-    shutil.copy(HOMEDEPOT, a / "data" / "train.csv")
+    (a / "data" / "train.csv.gz").write_bytes(gzip.compress(Path(HOMEDEPOT).read_bytes(), mtime=0))
     gguf = models.packaged_teacher_gguf().read_bytes()
-    half = len(gguf) // 2
-    for folder, part in ((b, gguf[:half]), (c, gguf[half:])):
+    tree = tree_size()
+    n = gguf_parts(len(gguf), tree)
+    step = math.ceil(len(gguf) / n)
+    groups = [out / chr(ord("b") + i) for i in range(n)]
+    for i, folder in enumerate(groups):
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"teacher.gguf.{folder.name}").write_bytes(part)
-    for folder in (a, b, c):
+        (folder / f"teacher.gguf.part{i + 1}of{n}").write_bytes(gguf[i * step:(i + 1) * step])
+    print(f"the checkout: {tree / 2**20:.1f} MiB, sent with every call")
+    for folder in (a, *groups, k):
         size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-        print(f"{folder.relative_to(ROOT)}: {size / 2**20:.1f} MiB")
-        if size > LIMIT:
-            raise SystemExit(f"{folder} is over the 64 MiB a device call carries")
+        print(f"{folder.relative_to(ROOT)}: {size / 2**20:.1f} MiB, {(size + tree) / 2**20:.1f} MiB with the checkout")
+        if size + tree > LIMIT:
+            raise SystemExit(f"{folder} and the checkout are over the 64 MiB a device call carries")
 
 
 if __name__ == "__main__":
