@@ -329,8 +329,6 @@ class Runner:
         ensemble's own scorer computes it, from each member's labels (made here, or restored from an archive)."""
         import numpy as np
 
-        from components import schema
-        from components.data import read_table
         from components.label import write_labels
         from pipelines import teacher_labels
 
@@ -344,8 +342,8 @@ class Runner:
         target = self.out / "data" / f"labelled-{exp.name}-{_fmt(multiple)}x-{tag}"
         if teacher_labels.read_record(target) is None:
             # members score in float32 and PairScorer averages those (components.scoring), so does this
-            probs = np.mean([np.array(read_table(folder)[schema.TEACHER_PROBS].tolist(), dtype=np.float32)
-                             for folder, _ in labelled], axis=0).astype(np.float64)
+            probs = np.mean([teacher_labels.labelled_probs(folder, record).astype(np.float32)
+                             for (folder, _), record in zip(labelled, records, strict=True)], axis=0).astype(np.float64)
             write_labels(pairs_uri, probs, str(target))
             identity = hashlib.sha256(":".join(r["identity"] for r in records).encode()).hexdigest()
             teacher_labels.write_record(target, teacher=exp.name, identity=identity, multiple=multiple,

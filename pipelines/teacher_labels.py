@@ -3,7 +3,7 @@
 A distilled student needs its teacher's labels of the augmented pairs, not the teacher. On a lent GPU
 the teacher is the costly part (about 215 s to train, 120 s to label a 16x set of the full profile), and
 its 270 MB checkpoint cannot come back through what a call returns, so every session trained it again.
-The labels can come back: 3 probabilities per pair, about 8 MB for the 16x set.
+The labels can come back: 3 probabilities per pair, about 6.6 MB for the 16x set.
 
 - Every labelled set that `kdrank experiment run` makes gets a record, `labels.json`, beside its shard:
   which teacher run made it and that teacher's identity (`components.teacher.identity`: the digest of
@@ -108,7 +108,8 @@ def read_record(folder: str | Path) -> dict | None:
     return record
 
 
-def _probs(labelled_dir: Path, record: dict) -> np.ndarray:
+def labelled_probs(labelled_dir: str | Path, record: dict) -> np.ndarray:
+    """(pairs, grades) teacher probabilities of a labelled folder, checked against its record and its scores."""
     frame = _key_frame(labelled_dir, schema.TEACHER_PROBS, schema.TEACHER_SCORE)
     if len(frame) != record["pairs"] or pairs_digest(frame) != record["pairs_digest"]:
         raise LabelsMismatch(f"{labelled_dir} no longer holds the pairs its {RECORD} names")
@@ -126,7 +127,7 @@ def export_set(labelled_dir: str | Path, target: str | Path) -> dict:
     record = read_record(labelled_dir)
     if record is None:
         raise LabelsMismatch(f"{labelled_dir} has no {RECORD}")
-    probs = _probs(labelled_dir, record)
+    probs = labelled_probs(labelled_dir, record)
     narrow = probs.astype(np.float32)
     kept = narrow if np.array_equal(narrow.astype(np.float64), probs) else probs
     target.mkdir(parents=True, exist_ok=True)
@@ -142,8 +143,8 @@ def check_stored(folder: str | Path) -> dict:
     record = read_record(folder)
     if record is None:
         raise LabelsMismatch(f"{folder} is not a stored label set: {RECORD} is missing")
-    columns = pd.read_parquet(Path(folder, PROBS)).columns
-    rows = len(pd.read_parquet(Path(folder, PROBS), columns=[columns[0]]))
+    stored = pq.ParquetFile(Path(folder, PROBS))  # the footer only: names and row count
+    columns, rows = stored.schema_arrow.names, stored.metadata.num_rows
     if list(columns) != [f"p{k}" for k in range(record["num_grades"])] or rows != record["pairs"]:
         raise LabelsMismatch(f"{folder}: {PROBS} has {rows} rows and columns {list(columns)}; its {RECORD} "
                              f"names {record['pairs']} pairs and {record['num_grades']} grades")
