@@ -179,6 +179,13 @@ class Runner:
         augment_pairs(self.paths()["train"], self.paths()["catalogue"], target, AugmentConfig(**settings))
         return target
 
+    def prepare(self) -> dict[str, str]:
+        """Make the split and the plan's largest augmented set, the inputs every run shares, and nothing else.
+
+        Augmentation needs only the bi-encoder, so a GPU session can make the set in a call that carries
+        MiniLM but not yet the teacher, and the distillation runs after it find it finished."""
+        return {**self.paths(), "augmented": self.augmented()}
+
     def teacher_labelled(self, labels: str, multiple: float | None = None) -> tuple[str, str]:
         """(folder of teacher labels of an augmented set, version tag of those labels).
 
@@ -742,6 +749,18 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare(args: argparse.Namespace) -> int:
+    from components.data import read_table
+
+    runner = Runner(args.profile, args.data, args.output, fmt=args.format)
+    start = time.perf_counter()
+    paths = runner.prepare()
+    for name, uri in paths.items():
+        print(f"{name:<10} {len(read_table(uri)):>9,} rows  {uri}")
+    print(f"prepared in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
 def _list(args: argparse.Namespace) -> int:
     for exp in plan(args.profile):
         print(f"{exp.name:<34} {exp.description}")
@@ -790,16 +809,25 @@ def register(subparsers) -> argparse.ArgumentParser:
     exp = subparsers.add_parser("experiment", help="the paper's experiments on real data (results table, plot)")
     sub = exp.add_subparsers(dest="experiment_command", required=True, metavar="ACTION")
 
-    run = sub.add_parser("run", help="run every experiment of a profile, or --only some (resumable)")
-    run.add_argument("--profile", default="reduced", choices=choices, help="sizes and plan (default: %(default)s)")
-    run.add_argument("--data", required=True, help="labelled pairs (path or gs:// URI)")
-    run.add_argument("--format", choices=["homedepot", "esci", "csv", "parquet", "jsonl"])
-    run.add_argument("--output", required=True, help="folder of data splits, checkpoints, metrics, results.jsonl")
+    def source(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        parser.add_argument("--profile", default="reduced", choices=choices,
+                            help="sizes and plan (default: %(default)s)")
+        parser.add_argument("--data", required=True, help="labelled pairs (path or gs:// URI)")
+        parser.add_argument("--format", choices=["homedepot", "esci", "csv", "parquet", "jsonl"])
+        parser.add_argument("--output", required=True,
+                            help="folder of data splits, checkpoints, metrics, results.jsonl")
+        return parser
+
+    run = source(sub.add_parser("run", help="run every experiment of a profile, or --only some (resumable)"))
     run.add_argument("--only", action="append", metavar="NAME[,NAME]", help="run just these (see `list`)")
     run.add_argument("--force", action="store_true", help="rerun --only runs that already have a result row")
     run.add_argument("--teacher-model", help="teacher base model folder (default: SmolLM2-135M)")
     run.add_argument("--student-model", help="student base model folder (default: MiniLM-L6)")
     run.set_defaults(handler=_run)
+
+    pre = source(sub.add_parser("prepare", help="make the split and the plan's largest augmented set only "
+                                                "(no teacher needed); later runs find them finished"))
+    pre.set_defaults(handler=_prepare)
 
     lst = sub.add_parser("list", help="the experiments of a profile, in run order")
     lst.add_argument("--profile", default="reduced", choices=choices)

@@ -105,6 +105,25 @@ def test_only_runs_one_experiment_and_what_it_needs(tmp_path, tiny_teacher_dir, 
     assert sorted(r["run"] for r in read_results(tmp_path / "runs")) == ["student-margin-1x", "teacher-soft"]
 
 
+def test_prepare_makes_the_shared_inputs_and_the_runs_after_it_find_them_finished(tmp_path, tiny_teacher_dir,
+                                                                                  tiny_student_dir, capsys):
+    data = write_homedepot_csv(tmp_path / "train.csv", n_queries=20)
+    out = tmp_path / "runs"
+    assert cli.main(["experiment", "prepare", "--profile", "test", "--data", data, "--format", "homedepot",
+                     "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    top = out / "data" / "augmented-2x.parquet"  # the test profile's largest multiple
+    train = pd.read_parquet(out / "data" / "train.parquet")
+    assert len(pd.read_parquet(top)) == 3 * len(train) and f"augmented  {3 * len(train):>9,} rows" in printed
+    assert not (out / "models").exists() and not (out / "results.jsonl").exists()  # no teacher, no rows
+    made = top.stat().st_mtime_ns
+    runner = Runner("test", data, str(out), fmt="homedepot", teacher_model=tiny_teacher_dir,
+                    student_model=tiny_student_dir)
+    runner.run(["student-margin-1x"])
+    assert top.stat().st_mtime_ns == made
+    assert sorted(r["run"] for r in read_results(out)) == ["student-margin-1x", "teacher-soft"]
+
+
 def test_a_0x_run_labels_the_training_pairs_alone(tmp_path, tiny_teacher_dir, tiny_student_dir):
     data = write_homedepot_csv(tmp_path / "train.csv", n_queries=20)
     runner = Runner("test", data, str(tmp_path / "runs"), fmt="homedepot", teacher_model=tiny_teacher_dir,

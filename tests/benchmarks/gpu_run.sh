@@ -9,6 +9,8 @@
 #   restore          the split, then `kdrank experiment restore` of KDRANK_ARCHIVE (docs/results/archive/PROFILE,
 #                    which travels with the checkout): earlier sessions' rows, and their teacher labels, which
 #                    distillation runs use instead of training the teacher again when they fit
+#   prepare          `kdrank experiment prepare`: the split and the plan's largest augmented set (needs .gpu/a
+#                    only), so a first call that carries MiniLM makes them and the teacher's call starts labelling
 #   archive          `kdrank experiment archive` of the runs into a copy of KDRANK_ARCHIVE, returned as
 #                    archive.tgz (rows and scores, in place of experiment.tgz) and labels-NAME.tgz (one per label
 #                    set the checkout's archive lacks, ~7 MB at 16x); put together here by gpu_archive.py
@@ -28,7 +30,7 @@ PY=${PYTHON:-python3}  # the GPU image's python3 holds PyTorch; there may be no 
 PROFILE=${KDRANK_PROFILE:-full}
 DATA=${KDRANK_DATA:-.gpu/a/data/train.csv.gz}
 ARCHIVE=${KDRANK_ARCHIVE:-docs/results/archive/$PROFILE}
-[ $# -gt 0 ] || { echo "usage: gpu_run.sh STEP [STEP ...] (runs=NAMES, setup, check, bench, pipeline)" >&2; exit 2; }
+[ $# -gt 0 ] || { echo "usage: gpu_run.sh STEP [STEP ...] (see the top of this file)" >&2; exit 2; }
 mkdir -p "$WORK" "$OUT"
 
 # Set-up, each part once per machine: the wheels of every carry group present, fp32 MiniLM, the GGUF file.
@@ -121,6 +123,14 @@ restore() {  # the split first (restore needs it), then the archive's rows and l
         | tee -a "$OUT/experiment.log" | grep -v '%|'
 }
 
+prepare() {  # 300 s by default: the full 16x set took 80-100 s on the H200
+    local rc=0 start=$SECONDS
+    timeout "${KDRANK_PREPARE_TIMEOUT:-300}" $PY -m pipelines.cli experiment prepare --profile "$PROFILE" \
+        --data "$DATA" --format homedepot --output "$WORK/results-$PROFILE" >> "$OUT/experiment.log" 2>&1 || rc=$?
+    echo "experiment prepare: exit $rc after $((SECONDS - start)) s" >> "$OUT/experiment.log"
+    tr '\r' '\n' < "$OUT/experiment.log" | grep -v '%|' | grep -E "rows|prepare|augmentation|already|Error|error" | tail -8
+}
+
 archive() {  # rows, scores and label sets of every finished run, merged into the archive the checkout holds
     rm -rf "$WORK/archive" && mkdir -p "$WORK/archive"
     [ -d "$ARCHIVE" ] && cp -r "$ARCHIVE" "$WORK/archive/$PROFILE"
@@ -153,8 +163,10 @@ for step in "$@"; do
         adopt-teacher) adopt_teacher ;;
         setup) echo "set-up done in $WORK" ;;  # the set-up above alone: a first call that carries .gpu/a only
         restore) restore ;;
+        prepare) prepare ;;
         archive) archive ;;
-        *) echo "unknown step '$step' (runs=NAMES, check, bench, pipeline, adopt-teacher, setup, restore, archive)" >&2
+        *) echo "unknown step '$step' (runs=NAMES, check, bench, pipeline, adopt-teacher, setup, restore, prepare," \
+                "archive)" >&2
            exit 2 ;;
     esac
 done
