@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # On the lent GPU machine, from the repository root, with the carry groups of tests/benchmarks/gpu_stage.py
-# (.gpu/a, then .gpu/b, .gpu/c, ... (the GGUF parts), and .gpu/k for the pipeline, over back-to-back calls; what
-# /tmp holds stays while the machine is warm).
+# (.gpu/a and any .gpu/a2, ... (MiniLM's other parts), then .gpu/b, .gpu/c, ... (the GGUF parts), and .gpu/k for
+# the pipeline, over back-to-back calls, in the order gpu_stage.py prints; what /tmp holds stays while the machine
+# is warm).
 # Usage: bash tests/benchmarks/gpu_run.sh STEP [STEP ...], steps run in order:
-#   runs=NAME,NAME   `kdrank experiment run --profile full --only NAME,NAME` (needs .gpu/a; teacher runs every
-#                    GGUF part)
+#   runs=NAME,NAME   `kdrank experiment run --profile full --only NAME,NAME` (needs .gpu/a and any .gpu/a2, ...;
+#                    teacher runs every GGUF part)
 #   setup            nothing beyond the set-up every call does (wheels, fp32 MiniLM, the joined GGUF)
 #   restore          the split, then `kdrank experiment restore` of KDRANK_ARCHIVE (docs/results/archive/PROFILE,
 #                    which travels with the checkout): earlier sessions' rows, and their teacher labels, which
 #                    distillation runs use instead of training the teacher again when they fit
-#   prepare          `kdrank experiment prepare`: the split and the plan's largest augmented set (needs .gpu/a
-#                    only), so a first call that carries MiniLM makes them and the teacher's call starts labelling
+#   prepare          `kdrank experiment prepare`: the split and the plan's largest augmented set (needs MiniLM
+#                    only), so the call that completes MiniLM makes them and the teacher's call starts labelling
 #   archive          `kdrank experiment archive` of the runs into a copy of KDRANK_ARCHIVE, returned as
 #                    archive.tgz (rows and scores, in place of experiment.tgz) and labels-NAME.tgz (one per label
 #                    set the checkout's archive lacks, ~7 MB at 16x); put together here by gpu_archive.py
@@ -41,24 +42,33 @@ for wheels in .gpu/*/wheels; do
             "$wheels"/*.whl && touch "$WORK/wheels-$group"
     fi
 done
-if [ ! -e "$WORK/minilm/config.json" ]; then
-    $PY - "$WORK" <<'PY'
+join_parts() {  # $1: NAME, $2: file; joins .gpu/*/NAME.partIofN into it once every part has arrived
+    local first n i
+    first=$(compgen -G ".gpu/*/$1.part1of*" | head -1 || true)
+    { [ -e "$2" ] || [ -z "$first" ]; } && return 0
+    n=${first##*of}
+    [ "$(compgen -G ".gpu/*/$1.part*of$n" | wc -l)" -eq "$n" ] || { echo "$1: waiting for more of its $n parts"; return 0; }
+    for i in $(seq 1 "$n"); do cat .gpu/*/"$1.part${i}of$n"; done > "$2.part" && mv "$2.part" "$2"
+}
+MINILM=.gpu/a/minilm  # MiniLM's fp16 weights travel whole, or in parts (.gpu/a, .gpu/a2, ...) beside a large checkout
+if [ ! -e "$MINILM/model.safetensors" ] && [ -d "$MINILM" ]; then
+    mkdir -p "$WORK/minilm-fp16" && cp "$MINILM"/*.json "$WORK/minilm-fp16/"
+    MINILM="$WORK/minilm-fp16"
+    join_parts minilm.safetensors "$MINILM/model.safetensors"
+fi
+if [ ! -e "$WORK/minilm/config.json" ] && [ -e "$MINILM/model.safetensors" ]; then
+    $PY - "$WORK" "$MINILM" <<'PY'
 import sys, torch
 from transformers import AutoModel, AutoTokenizer
-work = sys.argv[1]
-AutoModel.from_pretrained(".gpu/a/minilm", dtype=torch.float32).save_pretrained(f"{work}/minilm")
-AutoTokenizer.from_pretrained(".gpu/a/minilm").save_pretrained(f"{work}/minilm")
+work, source = sys.argv[1:]
+AutoModel.from_pretrained(source, dtype=torch.float32).save_pretrained(f"{work}/minilm")
+AutoTokenizer.from_pretrained(source).save_pretrained(f"{work}/minilm")
 PY
 fi
 GGUF="$WORK/SmolLM2-135M-Instruct.Q4_1.gguf"
-first=$(compgen -G '.gpu/*/teacher.gguf.part1of*' | head -1 || true)
-if [ ! -e "$GGUF" ] && [ -n "$first" ]; then  # joined once every part has arrived: teacher.gguf.partIofN
-    n=${first##*of}
-    if [ "$(compgen -G ".gpu/*/teacher.gguf.part*of$n" | wc -l)" -eq "$n" ]; then
-        for i in $(seq 1 "$n"); do cat .gpu/*/"teacher.gguf.part${i}of$n"; done > "$GGUF.part" && mv "$GGUF.part" "$GGUF"
-    fi
-fi
-export KDRANK_STUDENT_BASE="$WORK/minilm" KDRANK_CACHE="$WORK/cache" HF_HUB_OFFLINE=1
+join_parts teacher.gguf "$GGUF"
+export KDRANK_CACHE="$WORK/cache" HF_HUB_OFFLINE=1
+[ -e "$WORK/minilm/config.json" ] && export KDRANK_STUDENT_BASE="$WORK/minilm"
 [ -e "$GGUF" ] && export KDRANK_TEACHER_GGUF="$GGUF"
 export PYTHONPATH="$WORK/site:." PYTHONUNBUFFERED=1
 (nvidia-smi --query-gpu=name,memory.total --format=csv || echo "no nvidia-smi: CPU dry run") | tee "$OUT/gpu.txt"

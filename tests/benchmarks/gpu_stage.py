@@ -8,8 +8,10 @@ writes carry groups, each under 64 MiB with the checkout beside it, to send over
 calls (a carried path stays on the machine while it is warm; name only the new group each time):
   .gpu/a: MiniLM-L6 as fp16 safetensors (gpu_run.sh restores fp32), the wheels the core flow needs
           there (gguf, bm25s; it has peft and accelerate) and the Home Depot CSV, gzip-compressed;
+          when the checkout leaves too little room beside them (the results archive's teacher labels
+          grow it, ~7 MiB a 16x set), MiniLM's weights are cut into parts and the rest go to .gpu/a2, ...;
   .gpu/b, .gpu/c, ...: the SmolLM2-135M GGUF file in as many parts as the room beside the checkout
-          needs (two while the checkout is small; the results archive's teacher labels grow it);
+          needs (two while the checkout is small);
   .gpu/k: the wheels `kdrank run` adds (kfp and the Google clients and cryptography it imports,
           ~9 MiB), for the `check` and `pipeline` steps only.
 All for Python 3.12, as that machine has. Then run tests/benchmarks/gpu_run.sh there (docs/results.md).
@@ -45,7 +47,8 @@ PIPELINE_WHEELS = ["kfp", "kfp-kubernetes", "kfp-pipeline-spec", "kfp-server-api
 PLATFORM = ["--python-version", os.environ.get("KDRANK_GPU_PYTHON", "3.12"), "--implementation", "cp",
             "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_17_x86_64",
             "--platform", "manylinux2014_x86_64"]
-LIMIT = 64 * 2**20
+LIMIT = int(os.environ.get("KDRANK_GPU_LIMIT", 64 * 2**20))  # lower it to dry-run the splitting here
+SPARE = 2**20  # kept free in every call
 
 
 def fetch_wheels(dest, names: list[str]) -> None:
@@ -68,12 +71,36 @@ def tree_size() -> int:
     return sum((ROOT / name).stat().st_size for name in set(listed) if name and (ROOT / name).is_file())
 
 
-def gguf_parts(size: int, tree: int) -> int:
-    """How many parts the GGUF file needs so that each, with the checkout, fits one call (1 MiB to spare)."""
-    room = LIMIT - tree - 2**20
-    if room < 8 * 2**20:
+def room(tree: int, limit: int = LIMIT) -> int:
+    """Bytes a carry group may hold beside the checkout in one call."""
+    left = limit - tree - SPARE
+    if left < 8 * 2**20:
         raise SystemExit(f"the checkout alone sends {tree / 2**20:.1f} MiB a call: too little room for the carries")
-    return math.ceil(size / room)
+    return left
+
+
+def part_count(size: int, beside: int, space: int) -> int:
+    """Into how many equal parts a file of `size` bytes is cut so that the first fits in a group that already
+    holds `beside` bytes, and each other part in a group of its own, each group within `space` bytes."""
+    if size + beside <= space:
+        return 1
+    if beside >= space:
+        raise SystemExit(f"{beside / 2**20:.1f} MiB must travel with the first part, more than the "
+                         f"{space / 2**20:.1f} MiB a call has room for")
+    return math.ceil(size / (space - beside))
+
+
+def write_parts(data: bytes, name: str, folders: list[Path]) -> None:
+    """`data` cut into len(folders) equal parts, folder i holding NAME.part{i+1}of{n} (gpu_run.sh joins them)."""
+    n = len(folders)
+    step = math.ceil(len(data) / n)
+    for i, folder in enumerate(folders):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{name}.part{i + 1}of{n}").write_bytes(data[i * step:(i + 1) * step])
+
+
+def folder_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 def main() -> None:
@@ -90,20 +117,27 @@ def main() -> None:
     fetch_wheels(k / "wheels", PIPELINE_WHEELS)
     (a / "data").mkdir(parents=True)
     (a / "data" / "train.csv.gz").write_bytes(gzip.compress(Path(HOMEDEPOT).read_bytes(), mtime=0))
-    gguf = models.packaged_teacher_gguf().read_bytes()
     tree = tree_size()
-    n = gguf_parts(len(gguf), tree)
-    step = math.ceil(len(gguf) / n)
-    groups = [out / chr(ord("b") + i) for i in range(n)]
-    for i, folder in enumerate(groups):
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"teacher.gguf.part{i + 1}of{n}").write_bytes(gguf[i * step:(i + 1) * step])
-    print(f"the checkout: {tree / 2**20:.1f} MiB, sent with every call")
-    for folder in (a, *groups, k):
-        size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    space = room(tree)
+    # MiniLM's weights in parts when .gpu/a cannot hold them whole: the first beside the rest of .gpu/a
+    weights = a / "minilm" / "model.safetensors"
+    n = part_count(weights.stat().st_size, folder_size(a) - weights.stat().st_size, space)
+    if n > 1:
+        data = weights.read_bytes()
+        weights.unlink()
+        a_groups = [a, *(out / f"a{i}" for i in range(2, n + 1))]
+        write_parts(data, "minilm.safetensors", a_groups)
+    else:
+        a_groups = [a]
+    gguf = models.packaged_teacher_gguf().read_bytes()
+    groups = [out / chr(ord("b") + i) for i in range(part_count(len(gguf), 0, space))]
+    write_parts(gguf, "teacher.gguf", groups)
+    print(f"the checkout: {tree / 2**20:.1f} MiB, sent with every call; carry, one call each, in this order:")
+    for folder in (*a_groups, *groups, k):
+        size = folder_size(folder)
         print(f"{folder.relative_to(ROOT)}: {size / 2**20:.1f} MiB, {(size + tree) / 2**20:.1f} MiB with the checkout")
         if size + tree > LIMIT:
-            raise SystemExit(f"{folder} and the checkout are over the 64 MiB a device call carries")
+            raise SystemExit(f"{folder} and the checkout are over the {LIMIT / 2**20:.0f} MiB a device call carries")
 
 
 if __name__ == "__main__":
