@@ -180,8 +180,12 @@ def write_homedepot_csv(path: Path, n_queries: int = 30) -> str:
 def load_benchmark(name: str):
     """A script of tests/benchmarks/ (not a package) as a module, for tests of its functions."""
     import importlib.util
+    import sys
 
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).parent / "benchmarks" / f"{name}.py")
+    folder = Path(__file__).parent / "benchmarks"
+    if str(folder) not in sys.path:  # the scripts import their sibling benchlib, as they do when run
+        sys.path.append(str(folder))
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -16,11 +16,7 @@ MIB = 2**20
 
 @pytest.fixture(scope="module")
 def stage():
-    sys.path.insert(0, str(ROOT / "tests" / "benchmarks"))  # gpu_stage imports its sibling benchlib
-    try:
-        yield load_benchmark("gpu_stage")
-    finally:
-        sys.path.remove(str(ROOT / "tests" / "benchmarks"))
+    return load_benchmark("gpu_stage")
 
 
 def test_part_count_keeps_every_group_within_a_call(stage):
