@@ -3,7 +3,8 @@
 A profile's `experiments` settings give the plan: baselines (random, BM25, zero-shot bi-encoder), the
 teacher with soft and with hard targets, a student on human labels (pointwise MSE, and margin MSE as the
 control of the 0x run: the same loss without a teacher), margin-MSE students on teacher labels
-of the training pairs plus 0x..Nx augmented pairs (the scaling curve), pointwise MSE at the largest size,
+of the training pairs plus 0x..Nx augmented pairs (the scaling curve), the 0x run's born-again control
+(the same distillation from the human-label student instead of the LLM), pointwise MSE at the largest size,
 and optionally a teacher ensemble with its own largest distillation run, extra seeds, and teacher ablations
 (`teacher_ablations`: NAME -> teacher settings, run as `teacher-soft-NAME` and scored like the others).
 The ensemble is composed from single teacher runs (teacher-soft and the next seeds), so its members can be
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 BASELINES = ("random", "bm25", "biencoder")
 RESULTS = "results.jsonl"
+BORN_AGAIN = "bornagain"  # suffix of the run distilled from a student teacher instead of the LLM
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ class Experiment:
     name: str
     kind: str  # baseline | teacher | student
     description: str
-    labels: str = "human"  # human | teacher-soft | teacher-ensemble (what the model learned from)
+    labels: str = "human"  # human | teacher-soft | teacher-ensemble | student-human: what the model learned from
     augmented: float | None = None  # augmented multiple of a distilled student
     loss: str = ""
     seed: int = 13
@@ -91,6 +93,13 @@ def plan(profile_name: str) -> list[Experiment]:
         runs += [Experiment(f"student-margin-{_fmt(m)}x{tag}", "student", f"margin MSE, {_fmt(m)}x augmented",
                             labels="teacher-soft", augmented=m, loss="margin_mse", seed=seed,
                             settings={"seed": seed}) for m in chosen]
+        if 0.0 in chosen:
+            # the born-again control of the 0x run: the same distillation from a teacher of the student's own
+            # size and architecture (the first seed's human-label student), so what the LLM adds shows
+            runs.append(Experiment(f"student-margin-0x-{BORN_AGAIN}{tag}", "student",
+                                   "margin MSE on the human-label student's scores, 0x (born-again control)",
+                                   labels="student-human", augmented=0.0,
+                                   loss="margin_mse", seed=seed, settings={"seed": seed}))
         if not tag or top in repeat:
             runs.append(Experiment(f"student-pointwise-{_fmt(top)}x{tag}", "student",
                                    f"pointwise MSE on teacher scores, {_fmt(top)}x augmented",
@@ -204,6 +213,8 @@ class Runner:
         multiple = self.top if multiple is None or multiple > 0 else 0.0
         if self.experiments[labels].kind == "ensemble":
             return self._ensemble_labelled(self.experiments[labels], multiple)
+        if self.experiments[labels].kind == "student":
+            return self._student_labelled(labels, multiple)
         pairs_uri = self.augmented(multiple)
         why = ""
         # labels kept in a results archive stand in for the teacher when it would be the same model and this
@@ -355,6 +366,41 @@ class Runner:
             identity = hashlib.sha256(":".join(r["identity"] for r in records).encode()).hexdigest()
             teacher_labels.write_record(target, teacher=exp.name, identity=identity, multiple=multiple,
                                         pairs_uri=pairs_uri)
+        return str(target), tag
+
+    def _student_labelled(self, labels: str, multiple: float) -> tuple[str, str]:
+        """A student's scores of the training pairs as teacher labels (the born-again control's teacher).
+
+        `teacher_score` is the student's score on the grade scale (its validation calibration), as a teacher's
+        is its expected grade. Training pairs only: a student checkpoint has no grade probabilities to
+        archive, and the control is of the 0x run. The tag hashes the checkpoint and the training file, as
+        `teacher_labelled`'s does."""
+        from components import schema
+        from components.augment import LABELLED
+        from components.data import read_table, write_table
+        from components.scoring import PairScorer
+
+        if multiple != 0:
+            raise ValueError(f"{labels} is a student: its scores can stand in for teacher labels of the training "
+                             f"pairs only (0x), not of a {_fmt(multiple)}x augmented set")
+        model = self.teacher(labels)
+        train = self.paths()["train"]
+        digest = hashlib.sha256(Path(model, "kdrank.json").read_bytes())
+        digest.update(str(Path(train).stat().st_mtime_ns).encode())
+        tag = digest.hexdigest()[:10]
+        target = self.out / "data" / f"scored-{labels}-0x-{tag}.parquet"
+        if not target.exists():
+            frame = read_table(train)
+            scorer = PairScorer(model)
+            try:
+                scores = scorer.score(frame[schema.QUERY].astype(str).tolist(),
+                                      frame[schema.PRODUCT_TEXT].astype(str).tolist(),
+                                      batch_size=int(self.profile.evaluate.get("batch_size", 64)),
+                                      desc=f"scoring the training pairs ({labels})")
+                grade = scorer.to_grade(scores.score)
+            finally:
+                scorer.close()
+            write_table(frame.assign(**{schema.SOURCE: LABELLED, schema.TEACHER_SCORE: grade}), str(target))
         return str(target), tag
 
     def _student(self, exp: Experiment) -> dict:

@@ -14,6 +14,7 @@ from components import schema
 from components.data import read_table
 from components.evaluate import evaluate_checkpoint
 from components.label import label_pairs
+from components.scoring import PairScorer
 from components.teacher import TeacherConfig, train_teacher
 from pipelines import cli, experiments
 from pipelines.experiments import Runner, plan, read_results
@@ -85,6 +86,36 @@ def test_the_ensemble_is_composed_from_single_teachers_exactly_as_an_ensemble_ch
                                   batch_size=int(runner.profile.evaluate["batch_size"]))
     for key in ("ndcg@5", "pairwise_accuracy", "spearman", "rmse"):
         assert by_run["teacher-ensemble"]["metrics"][key] == pytest.approx(metrics[key], abs=1e-6)
+
+
+def test_the_born_again_control_distils_the_human_label_students_scores_of_the_training_pairs(finished):
+    runner, rows, root = finished
+    by_run = {r["run"]: r for r in rows}
+    row = by_run["student-margin-0x-bornagain"]
+    assert (row["labels"], row["loss"], row["augmented"]) == ("student-human", "margin_mse", 0.0)
+    assert row["train_pairs"] == by_run["student-margin-0x"]["train_pairs"]
+    again = by_run["student-margin-0x-bornagain-seed14"]  # another student seed, the same (seed 13) teacher
+    assert again["seed"] == 14 and again["settings"]["seed"] == 14 and again["metrics"] != row["metrics"]
+    data = root / "runs" / "data"
+    sets = list(data.glob("distill-student-human-0x-*.parquet"))
+    assert len(sets) == 1
+    distilled = pd.read_parquet(sets[0])
+    train = pd.read_parquet(runner.paths()["train"])
+    key = [schema.QUERY_ID, schema.PRODUCT_ID]
+    assert distilled[key].equals(train[key])
+    # its targets: the human-label student's scores on the grade scale, as that checkpoint scores them anywhere
+    scorer = PairScorer(str(root / "runs" / "models" / "student-human"))
+    try:
+        expected = scorer.to_grade(scorer.score(train[schema.QUERY].tolist(), train[schema.PRODUCT_TEXT].tolist(),
+                                                progress=False).score)
+    finally:
+        scorer.close()
+    assert np.allclose(distilled[schema.TEACHER_SCORE], expected, atol=1e-5)
+    assert not np.allclose(distilled[schema.TEACHER_SCORE], train[schema.GRADE], atol=1e-3)  # not the grades
+    # it is a 0x control only: a student's scores never label an augmented set
+    with pytest.raises(ValueError, match="student-human is a student.*0x"):
+        runner.teacher_labelled("student-human", 2.0)
+    assert not experiments.scaling_points([row])[0]  # and it is no point of the teacher's scaling curve
 
 
 def test_rerun_skips_finished_runs(finished):
