@@ -50,7 +50,7 @@ BORN_AGAIN = "bornagain"  # suffix of the run distilled from a student teacher i
 @dataclass(frozen=True)
 class Experiment:
     name: str
-    kind: str  # baseline | teacher | student
+    kind: str  # baseline | teacher | ensemble | student
     description: str
     labels: str = "human"  # human | teacher-soft | teacher-ensemble | student-human: what the model learned from
     augmented: float | None = None  # augmented multiple of a distilled student
