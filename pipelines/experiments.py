@@ -3,10 +3,11 @@
 A profile's `experiments` settings give the plan: baselines (random, BM25, zero-shot bi-encoder), the
 teacher with soft and with hard targets, a student on human labels (pointwise MSE, and margin MSE as the
 control of the 0x run: the same loss without a teacher), margin-MSE students on teacher labels
-of the training pairs plus 0x..Nx augmented pairs (the scaling curve), the 0x run's born-again control
-(the same distillation from the human-label student instead of the LLM), pointwise MSE at the largest size,
-and optionally a teacher ensemble with its own largest distillation run, extra seeds, and teacher ablations
-(`teacher_ablations`: NAME -> teacher settings, run as `teacher-soft-NAME` and scored like the others).
+of the training pairs plus 0x..Nx augmented pairs (the scaling curve), optionally the 0x run's born-again
+control (`born_again`: the same distillation from the human-label student instead of the LLM), pointwise MSE
+at the largest size, and optionally a teacher ensemble with its own largest distillation run, extra seeds,
+and teacher ablations (`teacher_ablations`: NAME -> teacher settings, run as `teacher-soft-NAME` and scored
+like the others).
 The ensemble is composed from single teacher runs (teacher-soft and the next seeds), so its members can be
 made, and their labels archived, in different sessions (see `Runner._ensemble`).
 
@@ -93,7 +94,7 @@ def plan(profile_name: str) -> list[Experiment]:
         runs += [Experiment(f"student-margin-{_fmt(m)}x{tag}", "student", f"margin MSE, {_fmt(m)}x augmented",
                             labels="teacher-soft", augmented=m, loss="margin_mse", seed=seed,
                             settings={"seed": seed}) for m in chosen]
-        if 0.0 in chosen:
+        if spec.get("born_again") and 0.0 in chosen:
             # the born-again control of the 0x run: the same distillation from a teacher of the student's own
             # size and architecture (the first seed's human-label student), so what the LLM adds shows
             runs.append(Experiment(f"student-margin-0x-{BORN_AGAIN}{tag}", "student",

@@ -116,6 +116,10 @@ def test_the_born_again_control_distils_the_human_label_students_scores_of_the_t
     with pytest.raises(ValueError, match="student-human is a student.*0x"):
         runner.teacher_labelled("student-human", 2.0)
     assert not experiments.scaling_points([row])[0]  # and it is no point of the teacher's scaling curve
+    # a profile opts in: the full plan has both seeds, the reduced plan (sized to 2 hours) none
+    assert [e.name for e in plan("full") if "bornagain" in e.name] == ["student-margin-0x-bornagain",
+                                                                      "student-margin-0x-bornagain-seed14"]
+    assert not [e.name for e in plan("reduced") if "bornagain" in e.name]
 
 
 def test_rerun_skips_finished_runs(finished):
