@@ -106,6 +106,14 @@ def plan(profile_name: str) -> list[Experiment]:
                                    f"pointwise MSE on teacher scores, {_fmt(top)}x augmented",
                                    labels="teacher-soft", augmented=top, loss="pointwise_mse", seed=seed,
                                    settings={"loss": "pointwise_mse", "seed": seed}))
+    if spec.get("born_again") and 0.0 in multiples and len(seeds) > 1:
+        # the same control from the other seed's human-label student (another teacher of the same recipe and
+        # accuracy within a seed's spread): does the born-again student's level follow its teacher's?
+        teacher = f"student-human-seed{seeds[1]}"
+        runs.append(Experiment(f"student-margin-0x-{BORN_AGAIN}-from-seed{seeds[1]}", "student",
+                               f"margin MSE on {teacher}'s scores, 0x (born-again control, other teacher)",
+                               labels=teacher, augmented=0.0, loss="margin_mse", seed=seeds[0],
+                               settings={"seed": seeds[0]}))
     if (size := int(spec.get("ensemble_size", 1))) > 1:
         # The ensemble is composed from single teachers, each its own run: teacher-soft and the same recipe
         # with the next seeds (exactly the members `ensemble_size` would train). Each member is trained, scored

@@ -116,9 +116,15 @@ def test_the_born_again_control_distils_the_human_label_students_scores_of_the_t
     with pytest.raises(ValueError, match="student-human is a student.*0x"):
         runner.teacher_labelled("student-human", 2.0)
     assert not experiments.scaling_points([row])[0]  # and it is no point of the teacher's scaling curve
-    # a profile opts in: the full plan has both seeds, the reduced plan (sized to 2 hours) none
-    assert [e.name for e in plan("full") if "bornagain" in e.name] == ["student-margin-0x-bornagain",
-                                                                      "student-margin-0x-bornagain-seed14"]
+    # the same control from the other seed's human-label student: its own scores, the first seed's student
+    other = by_run["student-margin-0x-bornagain-from-seed14"]
+    assert (other["labels"], other["seed"]) == ("student-human-seed14", 13)
+    theirs = pd.read_parquet(next(data.glob("distill-student-human-seed14-0x-*.parquet")))
+    assert theirs[key].equals(train[key])
+    assert not np.allclose(theirs[schema.TEACHER_SCORE], distilled[schema.TEACHER_SCORE], atol=1e-3)
+    # a profile opts in: the full plan has all three, the reduced plan (sized to 2 hours) none
+    assert [e.name for e in plan("full") if "bornagain" in e.name] == [
+        "student-margin-0x-bornagain", "student-margin-0x-bornagain-seed14", "student-margin-0x-bornagain-from-seed14"]
     assert not [e.name for e in plan("reduced") if "bornagain" in e.name]
 
 
