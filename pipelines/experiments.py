@@ -97,10 +97,7 @@ def plan(profile_name: str) -> list[Experiment]:
         if spec.get("born_again") and 0.0 in chosen:
             # the born-again control of the 0x run: the same distillation from a teacher of the student's own
             # size and architecture (the first seed's human-label student), so what the LLM adds shows
-            runs.append(Experiment(f"student-margin-0x-{BORN_AGAIN}{tag}", "student",
-                                   "margin MSE on the human-label student's scores, 0x (born-again control)",
-                                   labels="student-human", augmented=0.0,
-                                   loss="margin_mse", seed=seed, settings={"seed": seed}))
+            runs.append(_born_again(tag, "student-human", seed))
         if not tag or top in repeat:
             runs.append(Experiment(f"student-pointwise-{_fmt(top)}x{tag}", "student",
                                    f"pointwise MSE on teacher scores, {_fmt(top)}x augmented",
@@ -109,11 +106,7 @@ def plan(profile_name: str) -> list[Experiment]:
     if spec.get("born_again") and 0.0 in multiples and len(seeds) > 1:
         # the same control from the other seed's human-label student (another teacher of the same recipe and
         # accuracy within a seed's spread): does the born-again student's level follow its teacher's?
-        teacher = f"student-human-seed{seeds[1]}"
-        runs.append(Experiment(f"student-margin-0x-{BORN_AGAIN}-from-seed{seeds[1]}", "student",
-                               f"margin MSE on {teacher}'s scores, 0x (born-again control, other teacher)",
-                               labels=teacher, augmented=0.0, loss="margin_mse", seed=seeds[0],
-                               settings={"seed": seeds[0]}))
+        runs.append(_born_again(f"-from-seed{seeds[1]}", f"student-human-seed{seeds[1]}", seeds[0]))
     if (size := int(spec.get("ensemble_size", 1))) > 1:
         # The ensemble is composed from single teachers, each its own run: teacher-soft and the same recipe
         # with the next seeds (exactly the members `ensemble_size` would train). Each member is trained, scored
@@ -131,6 +124,13 @@ def plan(profile_name: str) -> list[Experiment]:
                             f"margin MSE on the ensemble's labels, {_fmt(top)}x augmented",
                             labels="teacher-ensemble", augmented=top, loss="margin_mse")]
     return runs
+
+
+def _born_again(suffix: str, teacher: str, seed: int) -> Experiment:
+    """The 0x run's recipe, margin MSE on a human-label student's scores of the training pairs (no LLM)."""
+    return Experiment(f"student-margin-0x-{BORN_AGAIN}{suffix}", "student",
+                      f"margin MSE on {teacher}'s scores, 0x (born-again control)", labels=teacher, augmented=0.0,
+                      loss="margin_mse", seed=seed, settings={"seed": seed})
 
 
 def _fmt(multiple: float) -> str:
@@ -259,7 +259,7 @@ class Runner:
         from components.data import read_table, write_table
 
         source, tag = self.teacher_labelled(labels, multiple)
-        target = self.out / "data" / f"distill-{labels}-{_fmt(multiple)}x-{tag}.parquet"
+        target = self._distill_path(labels, multiple, tag)
         if target.exists():
             return str(target)
         labelled = read_table(source)
@@ -270,6 +270,9 @@ class Runner:
             raise RuntimeError(f"{_fmt(multiple)}x needs {want} augmented pairs but augmentation made {len(new)}")
         write_table(pd.concat([base, new.iloc[:want]], ignore_index=True), str(target))
         return str(target)
+
+    def _distill_path(self, labels: str, multiple: float, tag: str) -> Path:
+        return self.out / "data" / f"distill-{labels}-{_fmt(multiple)}x-{tag}.parquet"
 
     # ----- experiments ---------------------------------------------------------------------------------
     def run(self, only: list[str] | None = None, force: bool = False) -> list[dict]:
@@ -383,7 +386,8 @@ class Runner:
         `teacher_score` is the student's score on the grade scale (its validation calibration), as a teacher's
         is its expected grade. Training pairs only: a student checkpoint has no grade probabilities to
         archive, and the control is of the 0x run. The tag hashes the checkpoint and the training file, as
-        `teacher_labelled`'s does."""
+        `teacher_labelled`'s does. The scored pairs are the 0x distillation set itself, so they are written
+        where `distill_set` finds them finished (one copy, not two)."""
         from components import schema
         from components.augment import LABELLED
         from components.data import read_table, write_table
@@ -397,7 +401,7 @@ class Runner:
         digest = hashlib.sha256(Path(model, "kdrank.json").read_bytes())
         digest.update(str(Path(train).stat().st_mtime_ns).encode())
         tag = digest.hexdigest()[:10]
-        target = self.out / "data" / f"scored-{labels}-0x-{tag}.parquet"
+        target = self._distill_path(labels, 0.0, tag)
         if not target.exists():
             frame = read_table(train)
             scorer = PairScorer(model)
