@@ -78,3 +78,51 @@ def test_gpu_run_joins_minilm_and_the_teacher_once_every_part_has_arrived(stage,
         (staged / group).rename(tree / ".gpu" / group)
     assert run_setup(tree, work).returncode == 0
     assert next(work.glob("*.gguf")).read_bytes() == gguf
+
+
+FAKE_PYTHON = """#!/usr/bin/env bash
+# stands in for `python -m pipelines.cli experiment prepare|run ...`: logs when each command starts and ends
+echo "start $4" >> "$FAKE_LOG"
+if [ "$4" = prepare ]; then sleep "${FAKE_PREPARE_SECONDS:-2}"; fi
+# a run waits (up to 10 s) until a background prepare has started, so that the order shows the overlap
+for _ in $(seq 100); do grep -q "start prepare" "$FAKE_LOG" && break; sleep 0.1; done
+echo "end $4" >> "$FAKE_LOG"
+exit "${FAKE_EXIT:-0}"
+"""
+
+
+def run_steps(tmp_path: Path, *steps: str, **env: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    fake, log, work = tmp_path / "python", tmp_path / "calls.log", tmp_path / "work"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    for folder in ("eval", "data", "models"):
+        (work / "results-full" / folder).mkdir(parents=True, exist_ok=True)
+    log.write_text("")
+    environ = {**os.environ, "OUT": str(tmp_path / "out"), "KDRANK_WORK": str(work), "KDRANK_SKIP_WHEELS": "1",
+               "PYTHON": str(fake), "FAKE_LOG": str(log), "PATH": "/usr/bin:/bin", **env}
+    done = subprocess.run(["bash", str(ROOT / "tests" / "benchmarks" / "gpu_run.sh"), *steps], cwd=tmp_path,
+                          env=environ, capture_output=True, text=True, timeout=60)
+    return done, log.read_text().split("\n")[:-1]
+
+
+def test_a_background_prepare_overlaps_the_runs_after_it_and_wait_waits_for_it(tmp_path):
+    done, calls = run_steps(tmp_path, "prepare-bg", "runs=teacher-soft", "wait", "runs=student-margin-16x")
+    assert done.returncode == 0, done.stderr
+    # the teacher ran while the set was being made; the distillation run only after it was finished
+    assert sorted(calls[:2]) == ["start prepare", "start run"] and calls[2:] == [
+        "end run", "end prepare", "start run", "end run"]
+    assert "background prepare: exit 0" in done.stdout
+
+    # the script's end waits for a prepare no step waited for, and reports its failure
+    done, calls = run_steps(tmp_path, "prepare-bg", FAKE_EXIT="3", FAKE_PREPARE_SECONDS="1")
+    assert done.returncode == 0, done.stderr
+    assert calls == ["start prepare", "end prepare"]
+    assert "experiment prepare: exit 3" in done.stdout
+
+
+def test_the_deadline_stops_runs_steps_and_leaves_the_steps_after_them(tmp_path):
+    done, calls = run_steps(tmp_path, "runs=teacher-soft", "setup", KDRANK_DEADLINE="0")
+    assert done.returncode == 0, done.stderr
+    assert calls == []
+    assert "runs=teacher-soft: not started, KDRANK_DEADLINE (0) s reached" in done.stdout
+    assert "set-up done" in done.stdout

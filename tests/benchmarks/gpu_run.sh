@@ -15,6 +15,10 @@
 #   archive          `kdrank experiment archive` of the runs into a copy of KDRANK_ARCHIVE, returned as
 #                    archive.tgz (rows and scores, in place of experiment.tgz) and labels-NAME.tgz (one per label
 #                    set the checkout's archive lacks, ~7 MB at 16x); put together here by gpu_archive.py
+#   prepare-bg       `prepare` in the background, so the steps after it (runs=teacher-soft: the teacher needs
+#                    no augmented set) overlap it; `wait` (or `archive`, or the script's end) waits for it.
+#                    A run that needs the augmented set must come after `wait`: it would make the set again
+#   wait             wait for a background prepare; its exit status and summary go to the log
 #   check            import what `kdrank run` needs (kfp and the Google clients from .gpu/k)
 #   bench            teacher vs student throughput and the efficiency ratio (needs the GGUF parts)
 #   pipeline         `kdrank run --profile full` (the compiled KFP pipeline), timed (needs the GGUF parts, .gpu/k);
@@ -22,7 +26,8 @@
 #                    Its teacher becomes the plan's teacher-soft (adopt-teacher), so runs=student-margin-...
 #                    after it label with that teacher instead of training another
 # Environment: KDRANK_PROFILE (full), KDRANK_DATA (.gpu/a/data/train.csv.gz), KDRANK_*_TIMEOUT (seconds per
-# step), KDRANK_SKIP_WHEELS=1 and PYTHON=... for a CPU dry run with this checkout's virtualenv.
+# step), KDRANK_DEADLINE (seconds from the script's start by which every runs= step is stopped, so that the
+# archive step after them still fits in the call), KDRANK_SKIP_WHEELS=1 and PYTHON=... for a CPU dry run with this checkout's virtualenv.
 # Writes at most 8 files under $OUT (the device tool's limit), bundling run folders as .tgz: no checkpoints.
 set -euo pipefail
 OUT=${OUT:-/tmp/kdrank-out}
@@ -76,12 +81,23 @@ export PYTHONPATH="$WORK/site:." PYTHONUNBUFFERED=1
 # kernel launches), not the GPU, sets the rate.
 if command -v nvidia-smi >/dev/null; then
     nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 2 > "$OUT/gpu-util.csv" &
-    trap 'kill $! 2>/dev/null || true' EXIT
+    UTIL_PID=$!
+    trap 'kill $UTIL_PID 2>/dev/null || true' EXIT
 fi
 
+within_deadline() {  # $1: a step's own limit (s); prints it, cut to what KDRANK_DEADLINE leaves of the call
+    local limit=$1
+    if [ -n "${KDRANK_DEADLINE:-}" ] && [ $((KDRANK_DEADLINE - SECONDS)) -lt "$limit" ]; then
+        limit=$((KDRANK_DEADLINE - SECONDS))
+    fi
+    echo $((limit > 0 ? limit : 0))
+}
+
 runs() {  # $1: comma-separated experiment names
-    local rc=0 start=$SECONDS
-    timeout "${KDRANK_EXPERIMENT_TIMEOUT:-420}" $PY -m pipelines.cli experiment run --profile "$PROFILE" \
+    local rc=0 start=$SECONDS limit
+    limit=$(within_deadline "${KDRANK_EXPERIMENT_TIMEOUT:-420}")
+    if [ "$limit" -lt 5 ]; then echo "runs=$1: not started, KDRANK_DEADLINE (${KDRANK_DEADLINE:-}) s reached"; return 0; fi
+    timeout "$limit" $PY -m pipelines.cli experiment run --profile "$PROFILE" \
         --data "$DATA" --format homedepot --output "$WORK/results-$PROFILE" --only "$1" \
         >> "$OUT/experiment.log" 2>&1 || rc=$?
     echo "experiment run --only $1: exit $rc after $((SECONDS - start)) s" >> "$OUT/experiment.log"
@@ -141,6 +157,22 @@ prepare() {  # 300 s by default: the full 16x set took 80-100 s on the H200
     tr '\r' '\n' < "$OUT/experiment.log" | grep -v '%|' | grep -E "rows|prepare|augmentation|already|Error|error" | tail -8
 }
 
+PREPARE_PID=""
+prepare_bg() {
+    prepare > "$WORK/prepare-bg.txt" 2>&1 &
+    PREPARE_PID=$!
+    echo "prepare: started in the background (pid $PREPARE_PID)"
+}
+
+wait_prepare() {
+    [ -n "$PREPARE_PID" ] || return 0
+    local rc=0 start=$SECONDS
+    wait "$PREPARE_PID" || rc=$?
+    PREPARE_PID=""
+    echo "background prepare: exit $rc, waited $((SECONDS - start)) s for it"
+    cat "$WORK/prepare-bg.txt"
+}
+
 archive() {  # rows, scores and label sets of every finished run, merged into the archive the checkout holds
     rm -rf "$WORK/archive" && mkdir -p "$WORK/archive"
     [ -d "$ARCHIVE" ] && cp -r "$ARCHIVE" "$WORK/archive/$PROFILE"
@@ -174,9 +206,12 @@ for step in "$@"; do
         setup) echo "set-up done in $WORK" ;;  # the set-up above alone: a first call that carries .gpu/a only
         restore) restore ;;
         prepare) prepare ;;
-        archive) archive ;;
+        prepare-bg) prepare_bg ;;
+        wait) wait_prepare ;;
+        archive) wait_prepare; archive ;;
         *) echo "unknown step '$step' (runs=NAMES, check, bench, pipeline, adopt-teacher, setup, restore, prepare," \
-                "archive)" >&2
+                "prepare-bg, wait, archive)" >&2
            exit 2 ;;
     esac
 done
+wait_prepare
