@@ -22,7 +22,8 @@ class Profile:
     label: dict = field(default_factory=dict)  # label_shard kwargs: batch_size; num_shards
     student: dict = field(default_factory=dict)  # StudentConfig kwargs
     evaluate: dict = field(default_factory=dict)  # evaluate_checkpoint kwargs: batch_size
-    # `kdrank experiment` plan: multiples (augmented sizes of the scaling curve), seeds, ensemble_size
+    # `kdrank experiment` plan: multiples (augmented sizes of the scaling curve), seeds, ensemble_size,
+    # teacher_ablations (NAME -> teacher settings), ensemble_recipes (ablations also run as an ensemble)
     experiments: dict = field(default_factory=dict)
 
     def with_models(self, teacher_base: str | None, student_base: str | None) -> Profile:
@@ -43,7 +44,7 @@ PROFILES: dict[str, Profile] = {
         student={"epochs": 1.0, "batch_size": 8, "max_length": 64},
         evaluate={"batch_size": 32},
         experiments={"multiples": [0, 1, 2], "seeds": [13, 14], "ensemble_size": 2, "born_again": True,
-                     "teacher_ablations": {"lr1e-3": {"learning_rate": 1e-3}}},
+                     "teacher_ablations": {"lr1e-3": {"learning_rate": 1e-3}}, "ensemble_recipes": ["lr1e-3"]},
     ),
     "demo": Profile(
         name="demo", description="synthetic default data, real default models, < 10 min on a 2-core CPU",
@@ -98,9 +99,13 @@ PROFILES: dict[str, Profile] = {
         # same test ranking (0.608 against 0.609 pairwise; lr 1e-4 for the 4x fewer, larger steps).
         # born_again: the 0x run's recipe on the human-label student's scores, per seed (no LLM: the control of
         # what the LLM's labels add; docs/results.md). The reduced plan leaves it out, to stay under 2 hours.
+        # ensemble_recipes: the ensemble again from three batch-256 teachers (teacher-ensemble-batch256), which
+        # one GPU session trains and scores in about 180 s and labels 16x for in about 300 s more, against the
+        # reference ensemble's 420 s and 200 s for its two new members (teacher-soft's labels are archived).
         experiments={"multiples": [0, 2, 4, 8, 16], "seeds": [13, 14], "ensemble_size": 3, "born_again": True,
                      "teacher_ablations": {"verbaliser": {"head_init": "verbaliser"},
-                                           "batch256": {"batch_size": 256, "learning_rate": 1e-4}}},
+                                           "batch256": {"batch_size": 256, "learning_rate": 1e-4}},
+                     "ensemble_recipes": ["batch256"]},
     ),
 }
 

@@ -111,19 +111,34 @@ def plan(profile_name: str) -> list[Experiment]:
         # The ensemble is composed from single teachers, each its own run: teacher-soft and the same recipe
         # with the next seeds (exactly the members `ensemble_size` would train). Each member is trained, scored
         # and its labels archived on its own, so members made in different GPU sessions still combine.
+        # `ensemble_recipes` adds the same ensemble of a teacher ablation's recipe (its run is the first member).
+        ablations = spec.get("teacher_ablations", {})
+        recipes = [""] + list(spec.get("ensemble_recipes", []))
+        if unknown := [r for r in recipes[1:] if r not in ablations]:
+            raise ValueError(f"profile '{profile_name}': ensemble_recipes {unknown} are not teacher_ablations "
+                             f"({sorted(ablations)}); an ensemble's recipe is one of its teacher ablations")
         base = int(profile.teacher.get("seed", 13))
-        members = ["teacher-soft"]
-        for seed in range(base + 1, base + size):
-            members.append(f"teacher-soft-seed{seed}")
-            runs.append(Experiment(members[-1], "teacher", f"teacher, soft targets, seed {seed} (ensemble member)",
-                                   loss="soft_ce", seed=seed, settings={"seed": seed}))
-        runs += [Experiment("teacher-ensemble", "ensemble",
-                            f"ensemble of {size} soft teachers (mean probability): {', '.join(members)}",
-                            loss="soft_ce", seed=base, settings={"members": members}),
-                 Experiment(f"student-margin-{_fmt(top)}x-ensemble", "student",
-                            f"margin MSE on the ensemble's labels, {_fmt(top)}x augmented",
-                            labels="teacher-ensemble", augmented=top, loss="margin_mse")]
+        for recipe in recipes:
+            runs += _ensemble_runs(recipe, ablations.get(recipe, {}), size, base, top)
     return runs
+
+
+def _ensemble_runs(recipe: str, overrides: dict, size: int, base: int, top: float) -> list[Experiment]:
+    """An ensemble of `size` soft teachers of one recipe ('' for the profile's own, else a teacher ablation's),
+    seeds base, base+1, ...: its new members, its composed row and its distillation run at the largest size."""
+    suffix, named = (f"-{recipe}", f"{recipe} ") if recipe else ("", "")
+    what = "".join(f", {k}={v}" for k, v in overrides.items())
+    members, runs = [f"teacher-soft{suffix}"], []
+    for seed in range(base + 1, base + size):
+        members.append(f"teacher-soft{suffix}-seed{seed}")
+        runs.append(Experiment(members[-1], "teacher", f"teacher, soft targets{what}, seed {seed} (ensemble member)",
+                               loss="soft_ce", seed=seed, settings={**overrides, "seed": seed}))
+    return runs + [Experiment(f"teacher-ensemble{suffix}", "ensemble",
+                              f"ensemble of {size} soft teachers (mean probability): {', '.join(members)}",
+                              loss="soft_ce", seed=base, settings={"members": members}),
+                   Experiment(f"student-margin-{_fmt(top)}x-ensemble{suffix}", "student",
+                              f"margin MSE on the {named}ensemble's labels, {_fmt(top)}x augmented",
+                              labels=f"teacher-ensemble{suffix}", augmented=top, loss="margin_mse")]
 
 
 def _born_again(suffix: str, teacher: str, seed: int) -> Experiment:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -87,6 +88,35 @@ def test_the_ensemble_is_composed_from_single_teachers_exactly_as_an_ensemble_ch
     for key in ("ndcg@5", "pairwise_accuracy", "spearman", "rmse"):
         assert by_run["teacher-ensemble"]["metrics"][key] == pytest.approx(metrics[key], abs=1e-6)
 
+
+
+def test_an_ablation_recipe_makes_its_own_ensemble_whose_labels_are_its_members_mean(finished):
+    runner, rows, root = finished
+    data = root / "runs" / "data"
+    by_run = {r["run"]: r for r in rows}
+    members = ["teacher-soft-lr1e-3", "teacher-soft-lr1e-3-seed14"]
+    assert by_run["teacher-ensemble-lr1e-3"]["members"] == members
+    # the new member is the ablation's recipe with the next seed, not the reference recipe's seed-14 teacher
+    assert by_run[members[1]]["settings"]["learning_rate"] == 1e-3 and by_run[members[1]]["settings"]["seed"] == 14
+    assert by_run[members[1]]["metrics"] != by_run["teacher-soft-seed14"]["metrics"]
+    student = by_run["student-margin-2x-ensemble-lr1e-3"]
+    assert (student["labels"], student["augmented"]) == ("teacher-ensemble-lr1e-3", 2.0)
+    assert student["metrics"] != by_run["student-margin-2x-ensemble"]["metrics"]
+    # its labels: the mean of its own members' probabilities, pair by pair
+    probs = [read_table(str(next(data.glob(f"labelled-{name}-2x-*")))) for name in members]
+    composed = read_table(str(next(data.glob("labelled-teacher-ensemble-lr1e-3-2x-*"))))
+    mean = np.mean([np.stack(p[schema.TEACHER_PROBS].to_list()).astype(np.float32) for p in probs], axis=0)
+    assert mean.shape == (len(composed), 3)
+    np.testing.assert_allclose(np.stack(composed[schema.TEACHER_PROBS].to_list()), mean, rtol=0, atol=1e-6)
+
+
+def test_an_ensemble_recipe_must_be_a_teacher_ablation(monkeypatch):
+    from components import flow
+
+    spec = {**flow.PROFILES["test"].experiments, "ensemble_recipes": ["lr1e-3", "batch512"]}
+    monkeypatch.setitem(flow.PROFILES, "test", dataclasses.replace(flow.PROFILES["test"], experiments=spec))
+    with pytest.raises(ValueError, match=r"ensemble_recipes \['batch512'\] are not teacher_ablations \(\['lr1e-3'\]\)"):
+        plan("test")
 
 def test_the_born_again_control_distils_the_human_label_students_scores_of_the_training_pairs(finished):
     runner, rows, root = finished
@@ -267,7 +297,9 @@ def test_list_prints_the_plan(capsys):
     assert cli.main(["experiment", "list", "--profile", "reduced"]) == 0
     out = capsys.readouterr().out
     assert "student-margin-8x" in out and "teacher-hard" in out and "ensemble" not in out
-    assert experiments.plan("full")[-1].name == "student-margin-16x-ensemble"
+    assert [e.name for e in experiments.plan("full")][-4:] == [
+        "teacher-soft-batch256-seed14", "teacher-soft-batch256-seed15", "teacher-ensemble-batch256",
+        "student-margin-16x-ensemble-batch256"]
     ablation = next(e for e in experiments.plan("full") if e.name == "teacher-soft-verbaliser")
     assert ablation.settings == {"head_init": "verbaliser"} and "head_init=verbaliser" in ablation.description
 
