@@ -126,3 +126,13 @@ def test_the_deadline_stops_runs_steps_and_leaves_the_steps_after_them(tmp_path)
     assert calls == []
     assert "runs=teacher-soft: not started, KDRANK_DEADLINE (0) s reached" in done.stdout
     assert "set-up done" in done.stdout
+
+    # and a prepare, in the foreground or the background, is cut at the deadline as well
+    done, calls = run_steps(tmp_path, "prepare", "prepare-bg", "wait", "setup", KDRANK_DEADLINE="0")
+    assert done.returncode == 0, done.stderr
+    assert calls == []
+    assert done.stdout.count("prepare: not started, KDRANK_DEADLINE (0) s reached") == 2
+    assert "set-up done" in done.stdout
+    done, calls = run_steps(tmp_path, "prepare", KDRANK_DEADLINE="6", FAKE_PREPARE_SECONDS="30")
+    assert calls == ["start prepare"]  # killed at the deadline, long before its own 30 s
+    assert "experiment prepare: exit 124" in done.stdout

@@ -26,8 +26,9 @@
 #                    Its teacher becomes the plan's teacher-soft (adopt-teacher), so runs=student-margin-...
 #                    after it label with that teacher instead of training another
 # Environment: KDRANK_PROFILE (full), KDRANK_DATA (.gpu/a/data/train.csv.gz), KDRANK_*_TIMEOUT (seconds per
-# step), KDRANK_DEADLINE (seconds from the script's start by which every runs= step is stopped, so that the
-# archive step after them still fits in the call; `prepare` keeps its own KDRANK_PREPARE_TIMEOUT),
+# step), KDRANK_DEADLINE (seconds from the script's start by which every runs= and prepare step is stopped, so
+# that the archive step after them still fits in the call; a cut prepare leaves no set, and a run that needs it
+# makes it),
 # KDRANK_SKIP_WHEELS=1 and PYTHON=... for a CPU dry run with this checkout's virtualenv.
 # Writes at most 8 files under $OUT (the device tool's limit), bundling run folders as .tgz: no checkpoints.
 set -euo pipefail
@@ -150,9 +151,11 @@ restore() {  # the split first (restore needs it), then the archive's rows and l
         | tee -a "$OUT/experiment.log" | grep -v '%|'
 }
 
-prepare() {  # 300 s by default: the full 16x set took 80-100 s on the H200
-    local rc=0 start=$SECONDS
-    timeout "${KDRANK_PREPARE_TIMEOUT:-300}" $PY -m pipelines.cli experiment prepare --profile "$PROFILE" \
+prepare() {  # 300 s by default: the full 16x set took 41-100 s on the H200
+    local rc=0 start=$SECONDS limit
+    limit=$(within_deadline "${KDRANK_PREPARE_TIMEOUT:-300}")
+    if [ "$limit" -lt 5 ]; then echo "prepare: not started, KDRANK_DEADLINE (${KDRANK_DEADLINE:-}) s reached"; return 0; fi
+    timeout "$limit" $PY -m pipelines.cli experiment prepare --profile "$PROFILE" \
         --data "$DATA" --format homedepot --output "$WORK/results-$PROFILE" >> "$OUT/experiment.log" 2>&1 || rc=$?
     echo "experiment prepare: exit $rc after $((SECONDS - start)) s" >> "$OUT/experiment.log"
     tr '\r' '\n' < "$OUT/experiment.log" | grep -v '%|' | grep -E "rows|prepare|augmentation|already|Error|error" | tail -8
