@@ -13,7 +13,9 @@ compared pair by pair with them. The archive keeps what the data cannot give bac
   (no ids, texts or grades);
 - `labels/TEACHER-Mx/`: an archived teacher's labels of an augmented set, as probabilities in the set's
   row order and a record of the teacher's identity and the set's digest (`pipelines/teacher_labels.py`),
-  so that later sessions can distil from them without training the teacher again.
+  so that later sessions can distil from them without training the teacher again. A composed ensemble's
+  own set (the mean of its members', identity from theirs) takes the place of its members' sets, unless a
+  student learned from a member itself; a 0x set that leads a larger set of the same teacher is not kept.
 
 `restore` puts the rows back into a runs folder whose split was made anew from the same data and
 settings; it refuses another split, and it recomputes every run's metrics from the restored scores
@@ -118,14 +120,18 @@ def archive_runs(runs_dir: str | Path, archive_dir: str | Path) -> list[str]:
     kept = [r for r in (read_results(archive_dir) if old else []) if r["run"] not in names]
     identities = {**_identities(kept, lambda run: archive_dir / "runs" / run / "checkpoint.json"),
                   **_identities(rows, lambda run: _training_record(runs_dir, run))}
+    identities.update(_ensemble_identities(kept + rows, identities))
     new_sets = _label_sets(runs_dir, identities)
     old_sets = {} if not old else {
         folder.name: folder for folder in sorted((archive_dir / "labels").glob("*"))
         if folder.name not in new_sets and (record := teacher_labels.read_record(folder))
         and identities.get(record["teacher"]) == record["identity"]}
-    for name in _covered({**{n: teacher_labels.read_record(f) for n, f in old_sets.items()},
-                          **{n: teacher_labels.read_record(f) for n, f in new_sets.items()}}):
-        old_sets.pop(name, None)  # a 0x run takes these from the larger set (every call sends the archive along)
+    records = {**{n: teacher_labels.read_record(f) for n, f in old_sets.items()},
+               **{n: teacher_labels.read_record(f) for n, f in new_sets.items()}}
+    # a 0x run takes these from the larger set, an ensemble's student from the ensemble's own set (every call
+    # sends the archive along, so a set kept twice costs every later call its room)
+    for name in _covered(records) | _held_by_ensembles(records, kept + rows):
+        old_sets.pop(name, None)
         new_sets.pop(name, None)
     with storage.atomic_dir(archive_dir) as tmp:
         out = Path(tmp)
@@ -152,6 +158,28 @@ def archive_runs(runs_dir: str | Path, archive_dir: str | Path) -> list[str]:
     log.info("archived %d run(s) of %s into %s%s", len(rows), runs_dir, archive_dir,
              f", with the label sets {', '.join(sorted(new_sets))}" if new_sets else "")
     return [r["run"] for r in rows]
+
+
+def _ensemble_identities(rows: list[dict], identities: dict[str, str]) -> dict[str, str]:
+    """Composed ensemble run -> the identity of its labels, where every member's teacher identity is known."""
+    from pipelines.experiments import ensemble_identity
+
+    return {r["run"]: ensemble_identity([identities[m] for m in r["members"]]) for r in rows
+            if r["kind"] == "ensemble" and r.get("members") and all(m in identities for m in r["members"])}
+
+
+def _held_by_ensembles(records: dict[str, dict], rows: list[dict]) -> set[str]:
+    """Members' label sets whose pairs an archived set of their ensemble holds (as the members' mean), where
+    no student learned from the member itself: the ensemble's students need the ensemble's set alone."""
+    ensembles: dict[str, set[str]] = {}
+    for row in rows:
+        if row["kind"] == "ensemble":
+            for member in row.get("members", []):
+                ensembles.setdefault(member, set()).add(row["run"])
+    taught = {r["labels"] for r in rows if r["kind"] == "student"}
+    held = {(r["teacher"], r["pairs_digest"]) for r in records.values()}
+    return {name for name, r in records.items() if r["teacher"] not in taught
+            and any((e, r["pairs_digest"]) in held for e in ensembles.get(r["teacher"], ()))}
 
 
 def _covered(records: dict[str, dict]) -> set[str]:

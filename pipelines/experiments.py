@@ -141,6 +141,11 @@ def _ensemble_runs(recipe: str, overrides: dict, size: int, base: int, top: floa
                               labels=f"teacher-ensemble{suffix}", augmented=top, loss="margin_mse")]
 
 
+def ensemble_identity(members: list[str]) -> str:
+    """The identity of a composed ensemble's labels: its members' teacher identities, in member order."""
+    return hashlib.sha256(":".join(members).encode()).hexdigest()
+
+
 def _born_again(suffix: str, teacher: str, seed: int) -> Experiment:
     """The 0x run's recipe, margin MSE on a human-label student's scores of the training pairs (no LLM)."""
     return Experiment(f"student-margin-0x-{BORN_AGAIN}{suffix}", "student",
@@ -375,9 +380,22 @@ class Runner:
         import numpy as np
 
         from components.label import write_labels
+        from components.teacher import planned_identity
         from pipelines import teacher_labels
 
         pairs_uri = self.augmented(multiple)
+        # the ensemble's own labels, archived when its student was (`experiment archive` keeps them in place of
+        # its members' sets): no member is needed at all when they are of these very pairs
+        stored = (teacher_labels.find_archived(self.out / "data", exp.name, multiple)
+                  or teacher_labels.find_archived(self.out / "data", exp.name, self.top))
+        if stored is not None:
+            identity = ensemble_identity([planned_identity(self.paths()["train"], self.paths()["val"],
+                                                           self.teacher_config(self.experiments[name]))
+                                          for name in exp.settings["members"]])
+            try:
+                return teacher_labels.use_archived(stored, pairs_uri, identity, self.out / "data", multiple)
+            except teacher_labels.LabelsMismatch as err:
+                log.warning("%s; composing them from its members instead", err)
         # member by member, each trained (where its labels are not archived) and labelling before the next,
         # so a session cut short keeps whole members; then the ensemble's own row, from theirs
         labelled = [self.teacher_labelled(name, multiple) for name in exp.settings["members"]]
@@ -390,7 +408,7 @@ class Runner:
             probs = np.mean([teacher_labels.labelled_probs(folder, record).astype(np.float32)
                              for (folder, _), record in zip(labelled, records, strict=True)], axis=0).astype(np.float64)
             write_labels(pairs_uri, probs, str(target))
-            identity = hashlib.sha256(":".join(r["identity"] for r in records).encode()).hexdigest()
+            identity = ensemble_identity([r["identity"] for r in records])
             teacher_labels.write_record(target, teacher=exp.name, identity=identity, multiple=multiple,
                                         pairs_uri=pairs_uri)
         return str(target), tag

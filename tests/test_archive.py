@@ -169,8 +169,9 @@ def test_archived_teacher_labels_stand_in_for_the_teacher(finished, tmp_path, ti
     archive = tmp_path / "archive"
     archive_runs(root / "runs", archive)
     sets = sorted(p.name for p in (archive / "labels").iterdir())
-    # the ensemble's labels are its members'; the 0x set is the 2x set's first rows, so it is not kept twice
-    assert sets == ["teacher-soft-2x", "teacher-soft-seed14-2x"]
+    # an ensemble's own set stands for its members' (teacher-soft's stays: students learned from it alone); the
+    # 0x set is the 2x set's first rows, so it is not kept twice
+    assert sets == ["teacher-ensemble-2x", "teacher-ensemble-lr1e-3-2x", "teacher-soft-2x"]
     assert json.loads((archive / "manifest.json").read_text())["labels"] == sets
     probs = pd.read_parquet(archive / "labels" / "teacher-soft-2x" / "probs.parquet")
     assert list(probs.columns) == ["p0", "p1", "p2"] and str(probs.dtypes.iloc[0]) == "float32"
@@ -186,8 +187,9 @@ def test_archived_teacher_labels_stand_in_for_the_teacher(finished, tmp_path, ti
     again = pd.read_parquet(next((here / "data").glob("distill-teacher-soft-1x-*.parquet")))
     pd.testing.assert_frame_equal(again, original)  # the same pairs, the same labels, to the last bit
     assert row["metrics"] == next(r for r in rows if r["run"] == "student-margin-1x")["metrics"]
-    # the ensemble's student: its labels are the mean of its members' archived labels, with no teacher at all
-    runner.run(["student-margin-2x-ensemble"], force=True)
+    # the ensemble's student: its labels are the ensemble's archived set, with no teacher at all
+    ensemble = next(r for r in rows if r["run"] == "student-margin-2x-ensemble")
+    assert runner.run(["student-margin-2x-ensemble"], force=True)[0]["metrics"] == ensemble["metrics"]
     assert not list((here / "models").glob("teacher-*"))
     original = pd.read_parquet(next((root / "runs" / "data").glob("distill-teacher-ensemble-2x-*.parquet")))
     pd.testing.assert_frame_equal(pd.read_parquet(next((here / "data").glob("distill-teacher-ensemble-2x-*.parquet"))),
@@ -203,6 +205,55 @@ def test_archived_teacher_labels_stand_in_for_the_teacher(finished, tmp_path, ti
     # archiving the new folder again keeps its label sets, restored or not (and again no 0x set)
     assert archive_runs(here, tmp_path / "again") and sorted(
         p.name for p in (tmp_path / "again" / "labels").iterdir()) == sets
+
+
+def test_an_ensemble_cut_short_keeps_its_members_sets_and_is_composed_from_them_later(
+        finished, tmp_path, tiny_teacher_dir, tiny_student_dir):
+    # a session that labelled the members but never composed the ensemble (cut before its student)
+    _, rows, root = finished
+    cut = tmp_path / "cut"
+    shutil.copytree(root / "runs", cut)
+    for folder in (cut / "data").glob("*teacher-ensemble-2x-*"):
+        shutil.rmtree(folder) if folder.is_dir() else folder.unlink()
+    archive = tmp_path / "archive"
+    archive_runs(cut, archive)
+    assert sorted(p.name for p in (archive / "labels").iterdir()) == [
+        "teacher-ensemble-lr1e-3-2x", "teacher-soft-2x", "teacher-soft-seed14-2x"]
+    # a later session composes the ensemble's labels from its members' archived sets, no teacher trained
+    here = _split_only(finished, tmp_path / "here")
+    restore_runs(archive, here)
+    runner = _runner(finished, here, tiny_teacher_dir, tiny_student_dir)
+    row = runner.run(["student-margin-2x-ensemble"], force=True)[0]
+    assert not list((here / "models").glob("teacher-*"))
+    assert row["metrics"] == next(r for r in rows if r["run"] == "student-margin-2x-ensemble")["metrics"]
+    original = pd.read_parquet(next((root / "runs" / "data").glob("distill-teacher-ensemble-2x-*.parquet")))
+    pd.testing.assert_frame_equal(pd.read_parquet(next((here / "data").glob("distill-teacher-ensemble-2x-*.parquet"))),
+                                  original)
+    # archived again, the composed set now stands for the member's
+    assert archive_runs(here, tmp_path / "again")
+    assert sorted(p.name for p in (tmp_path / "again" / "labels").iterdir()) == [
+        "teacher-ensemble-2x", "teacher-ensemble-lr1e-3-2x", "teacher-soft-2x"]
+
+
+def test_an_archived_ensemble_set_of_other_members_is_named_and_composed_anew(
+        finished, tmp_path, tiny_teacher_dir, tiny_student_dir, caplog):
+    _, rows, root = finished
+    archive = tmp_path / "archive"
+    archive_runs(root / "runs", archive)
+    record = archive / "labels" / "teacher-ensemble-2x" / "labels.json"
+    record.write_text(json.dumps({**json.loads(record.read_text()), "identity": "0" * 64}))
+    here = _split_only(finished, tmp_path / "here")
+    restore_runs(archive, here)
+    runner = _runner(finished, here, tiny_teacher_dir, tiny_student_dir)
+    # teacher-soft's labels are archived; its other member's were not (the ensemble's set stood for them), and
+    # its restored row has no checkpoint: named, with the way out
+    with caplog.at_level("WARNING"), pytest.raises(FileNotFoundError, match=r"teacher-soft-seed14 has a result row .* "
+                                                   r"no checkpoint .* `--only teacher-soft-seed14 --force`"):
+        runner.run(["student-margin-2x-ensemble"], force=True)
+    assert ("the archived labels teacher-ensemble-2x were made by a teacher-ensemble trained on other data"
+            in caplog.text)
+    assert "composing them from its members instead" in caplog.text
+    assert not (here / "models").exists() or not list((here / "models").iterdir())
 
 
 @pytest.mark.parametrize(("field", "message"), [
@@ -245,7 +296,9 @@ def test_a_retrained_teacher_drops_its_old_labels_from_the_archive(finished, tmp
     for folder in (later / "data").glob("labelled-*"):
         shutil.rmtree(folder)
     assert archive_runs(later, archive) == ["teacher-soft"]
-    assert sorted(p.name for p in (archive / "labels").iterdir()) == ["teacher-soft-seed14-2x"]
+    # the ensemble's set, composed from the old teacher-soft, goes with it (its other member's set was never
+    # kept beside it); the lr1e-3 recipe's ensemble does not hold teacher-soft and stays
+    assert sorted(p.name for p in (archive / "labels").iterdir()) == ["teacher-ensemble-lr1e-3-2x"]
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -262,12 +315,13 @@ def test_an_archive_sent_back_in_parts_is_put_together_whole_or_not_at_all(finis
         for path in sorted(made.iterdir()):
             if path.name != "labels":
                 tar.add(path, arcname=f"./{path.name}")
-    with tarfile.open(tmp_path / "labels-teacher-soft-seed14-2x.tgz", "w:gz") as tar:
-        tar.add(made / "labels" / "teacher-soft-seed14-2x", arcname="labels/teacher-soft-seed14-2x")
-    parts = [str(tmp_path / "archive.tgz"), str(tmp_path / "labels-teacher-soft-seed14-2x.tgz")]
-    # the checkout's archive: the other label set, unchanged, and none of the runs
+    with tarfile.open(tmp_path / "labels-teacher-ensemble-2x.tgz", "w:gz") as tar:
+        tar.add(made / "labels" / "teacher-ensemble-2x", arcname="labels/teacher-ensemble-2x")
+    parts = [str(tmp_path / "archive.tgz"), str(tmp_path / "labels-teacher-ensemble-2x.tgz")]
+    # the checkout's archive: the other label sets, unchanged, and none of the runs
     checkout = tmp_path / "checkout"
-    shutil.copytree(made / "labels" / "teacher-soft-2x", checkout / "labels" / "teacher-soft-2x")
+    for name in ("teacher-soft-2x", "teacher-ensemble-lr1e-3-2x"):
+        shutil.copytree(made / "labels" / name, checkout / "labels" / name)
     (checkout / "manifest.json").write_text("{}")
     before = _files(checkout)
 
@@ -278,15 +332,15 @@ def test_an_archive_sent_back_in_parts_is_put_together_whole_or_not_at_all(finis
     assert gpu_archive.main(["--archive", str(missing), *parts]) == 2
     assert "label set teacher-soft-2x is in the new manifest, but came back in no part" in capsys.readouterr().err
     broken = tmp_path / "broken.tgz"  # a label set whose probabilities do not fit its record
-    shutil.copytree(made / "labels" / "teacher-soft-seed14-2x", tmp_path / "b" / "labels" / "teacher-soft-seed14-2x")
-    probs = tmp_path / "b" / "labels" / "teacher-soft-seed14-2x" / "probs.parquet"
+    shutil.copytree(made / "labels" / "teacher-ensemble-2x", tmp_path / "b" / "labels" / "teacher-ensemble-2x")
+    probs = tmp_path / "b" / "labels" / "teacher-ensemble-2x" / "probs.parquet"
     pd.read_parquet(probs).iloc[1:].to_parquet(probs)
     with tarfile.open(broken, "w:gz") as tar:
         tar.add(tmp_path / "b" / "labels", arcname="labels")
-    bad = shutil.move(broken, tmp_path / "b" / "labels-teacher-soft-seed14-2x.tgz")
+    bad = shutil.move(broken, tmp_path / "b" / "labels-teacher-ensemble-2x.tgz")
     assert gpu_archive.main(["--archive", str(checkout), parts[0], str(bad)]) == 2
     assert "rows" in capsys.readouterr().err and _files(checkout) == before
 
     assert gpu_archive.main(["--archive", str(checkout), *parts]) == 0
-    assert "label sets teacher-soft-2x, teacher-soft-seed14-2x" in capsys.readouterr().out
+    assert "label sets teacher-ensemble-2x, teacher-ensemble-lr1e-3-2x, teacher-soft-2x" in capsys.readouterr().out
     assert _files(checkout) == _files(made)
