@@ -169,8 +169,8 @@ def _ensemble_identities(rows: list[dict], identities: dict[str, str]) -> dict[s
 
 
 def _held_by_ensembles(records: dict[str, dict], rows: list[dict]) -> set[str]:
-    """Members' label sets whose pairs an archived set of their ensemble holds (as the members' mean), where
-    no student learned from the member itself: the ensemble's students need the ensemble's set alone."""
+    """Members' label sets whose pairs an archived set of each of their ensembles holds (as the members' mean),
+    where no student learned from the member itself: those ensembles' students need their own sets alone."""
     ensembles: dict[str, set[str]] = {}
     for row in rows:
         if row["kind"] == "ensemble":
@@ -179,7 +179,7 @@ def _held_by_ensembles(records: dict[str, dict], rows: list[dict]) -> set[str]:
     taught = {r["labels"] for r in rows if r["kind"] == "student"}
     held = {(r["teacher"], r["pairs_digest"]) for r in records.values()}
     return {name for name, r in records.items() if r["teacher"] not in taught
-            and any((e, r["pairs_digest"]) in held for e in ensembles.get(r["teacher"], ()))}
+            and r["teacher"] in ensembles and all((e, r["pairs_digest"]) in held for e in ensembles[r["teacher"]])}
 
 
 def _covered(records: dict[str, dict]) -> set[str]:

@@ -344,3 +344,20 @@ def test_an_archive_sent_back_in_parts_is_put_together_whole_or_not_at_all(finis
     assert gpu_archive.main(["--archive", str(checkout), *parts]) == 0
     assert "label sets teacher-ensemble-2x, teacher-ensemble-lr1e-3-2x, teacher-soft-2x" in capsys.readouterr().out
     assert _files(checkout) == _files(made)
+
+
+def test_a_member_set_goes_only_when_every_ensemble_of_it_has_its_own_set():
+    from pipelines.archive import _held_by_ensembles
+
+    def record(teacher: str, digest: str = "d16") -> dict:
+        return {"teacher": teacher, "pairs_digest": digest}
+
+    rows = [{"run": "e1", "kind": "ensemble", "members": ["a", "b"]},
+            {"run": "e2", "kind": "ensemble", "members": ["b", "c"]},
+            {"run": "s", "kind": "student", "labels": "c"}]
+    records = {"a-16x": record("a"), "b-16x": record("b"), "c-16x": record("c"), "e1-16x": record("e1")}
+    # a: its one ensemble's set is kept; b: e2 has no set yet, so e2 still needs it; c: a student learned from it
+    assert _held_by_ensembles(records, rows) == {"a-16x"}
+    assert _held_by_ensembles({**records, "e2-16x": record("e2")}, rows) == {"a-16x", "b-16x"}
+    # an ensemble's set of other pairs (another augmented set) holds nothing of these
+    assert _held_by_ensembles({**records, "e1-16x": record("e1", "other")}, rows) == set()
