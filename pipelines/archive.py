@@ -35,7 +35,7 @@ import pandas as pd
 
 from components import schema, storage
 from pipelines import teacher_labels
-from pipelines.experiments import append_result, read_results
+from pipelines.experiments import append_result, ensemble_identity, read_results
 
 log = logging.getLogger(__name__)
 
@@ -162,8 +162,6 @@ def archive_runs(runs_dir: str | Path, archive_dir: str | Path) -> list[str]:
 
 def _ensemble_identities(rows: list[dict], identities: dict[str, str]) -> dict[str, str]:
     """Composed ensemble run -> the identity of its labels, where every member's teacher identity is known."""
-    from pipelines.experiments import ensemble_identity
-
     return {r["run"]: ensemble_identity([identities[m] for m in r["members"]]) for r in rows
             if r["kind"] == "ensemble" and r.get("members") and all(m in identities for m in r["members"])}
 

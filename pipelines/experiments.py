@@ -236,7 +236,7 @@ class Runner:
         profile's teacher's labels of this very augmented set; then no teacher is trained or loaded.
         """
         from components.label import label_pairs
-        from components.teacher import checkpoint_identity, planned_identity
+        from components.teacher import checkpoint_identity
         from pipelines import teacher_labels
 
         multiple = self.top if multiple is None or multiple > 0 else 0.0
@@ -245,19 +245,11 @@ class Runner:
         if self.experiments[labels].kind == "student":
             return self._student_labelled(labels, multiple)
         pairs_uri = self.augmented(multiple)
-        why = ""
-        # labels kept in a results archive stand in for the teacher when it would be the same model and this
-        # augmented set is theirs (pipelines/teacher_labels.py); a 0x set may take a larger set's first rows
-        stored = (teacher_labels.find_archived(self.out / "data", labels, multiple)
-                  or teacher_labels.find_archived(self.out / "data", labels, self.top))
-        if stored is not None:
-            identity = planned_identity(self.paths()["train"], self.paths()["val"],
-                                        self.teacher_config(self.experiments[labels]))
-            try:
-                return teacher_labels.use_archived(stored, pairs_uri, identity, self.out / "data", multiple)
-            except teacher_labels.LabelsMismatch as err:
-                why = str(err)
-                log.warning("%s; labelling with the teacher instead", why)
+        found, why = self._archived_labels(labels, multiple, pairs_uri, lambda: self._planned_identity(labels))
+        if found is not None:
+            return found
+        if why:
+            log.warning("%s; labelling with the teacher instead", why)
         teacher = self.teacher(labels, why)
         digest = hashlib.sha256(Path(teacher, "kdrank.json").read_bytes())
         digest.update(str(Path(pairs_uri).stat().st_mtime_ns).encode())
@@ -269,6 +261,30 @@ class Runner:
             teacher_labels.write_record(target, teacher=labels, identity=checkpoint_identity(teacher),
                                         multiple=multiple, pairs_uri=pairs_uri)
         return str(target), tag
+
+    def _planned_identity(self, teacher: str) -> str:
+        """The identity of the teacher run `teacher` would train here (no training)."""
+        from components.teacher import planned_identity
+
+        return planned_identity(self.paths()["train"], self.paths()["val"],
+                                self.teacher_config(self.experiments[teacher]))
+
+    def _archived_labels(self, name: str, multiple: float, pairs_uri: str,
+                         identity) -> tuple[tuple[str, str] | None, str]:
+        """((labelled folder, tag), "") from a restored label set of run `name` (a teacher or a composed
+        ensemble) when it is of `identity()` and of these pairs, a 0x set taking a larger set's first rows
+        (pipelines/teacher_labels.py); (None, why not) when a set is there but does not fit; (None, "")."""
+        from pipelines import teacher_labels
+
+        data = self.out / "data"
+        stored = (teacher_labels.find_archived(data, name, multiple)
+                  or teacher_labels.find_archived(data, name, self.top))
+        if stored is None:
+            return None, ""
+        try:
+            return teacher_labels.use_archived(stored, pairs_uri, identity(), data, multiple), ""
+        except teacher_labels.LabelsMismatch as err:
+            return None, str(err)
 
     def distill_set(self, labels: str, multiple: float) -> str:
         """Training pairs plus the first multiple x N augmented pairs (fill order), with teacher labels."""
@@ -380,22 +396,17 @@ class Runner:
         import numpy as np
 
         from components.label import write_labels
-        from components.teacher import planned_identity
         from pipelines import teacher_labels
 
         pairs_uri = self.augmented(multiple)
         # the ensemble's own labels, archived when its student was (`experiment archive` keeps them in place of
         # its members' sets): no member is needed at all when they are of these very pairs
-        stored = (teacher_labels.find_archived(self.out / "data", exp.name, multiple)
-                  or teacher_labels.find_archived(self.out / "data", exp.name, self.top))
-        if stored is not None:
-            identity = ensemble_identity([planned_identity(self.paths()["train"], self.paths()["val"],
-                                                           self.teacher_config(self.experiments[name]))
-                                          for name in exp.settings["members"]])
-            try:
-                return teacher_labels.use_archived(stored, pairs_uri, identity, self.out / "data", multiple)
-            except teacher_labels.LabelsMismatch as err:
-                log.warning("%s; composing them from its members instead", err)
+        found, why = self._archived_labels(exp.name, multiple, pairs_uri, lambda: ensemble_identity(
+            [self._planned_identity(name) for name in exp.settings["members"]]))
+        if found is not None:
+            return found
+        if why:
+            log.warning("%s; composing them from its members instead", why)
         # member by member, each trained (where its labels are not archived) and labelling before the next,
         # so a session cut short keeps whole members; then the ensemble's own row, from theirs
         labelled = [self.teacher_labelled(name, multiple) for name in exp.settings["members"]]

@@ -89,7 +89,6 @@ def test_the_ensemble_is_composed_from_single_teachers_exactly_as_an_ensemble_ch
         assert by_run["teacher-ensemble"]["metrics"][key] == pytest.approx(metrics[key], abs=1e-6)
 
 
-
 def test_an_ablation_recipe_makes_its_own_ensemble_whose_labels_are_its_members_mean(finished):
     runner, rows, root = finished
     data = root / "runs" / "data"
@@ -117,6 +116,7 @@ def test_an_ensemble_recipe_must_be_a_teacher_ablation(monkeypatch):
     monkeypatch.setitem(flow.PROFILES, "test", dataclasses.replace(flow.PROFILES["test"], experiments=spec))
     with pytest.raises(ValueError, match=r"ensemble_recipes \['batch512'\] are not teacher_ablations \(\['lr1e-3'\]\)"):
         plan("test")
+
 
 def test_the_born_again_control_distils_the_human_label_students_scores_of_the_training_pairs(finished):
     runner, rows, root = finished

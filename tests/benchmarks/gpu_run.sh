@@ -28,8 +28,7 @@
 # Environment: KDRANK_PROFILE (full), KDRANK_DATA (.gpu/a/data/train.csv.gz), KDRANK_*_TIMEOUT (seconds per
 # step), KDRANK_DEADLINE (seconds from the script's start by which every runs= and prepare step is stopped, so
 # that the archive step after them still fits in the call; a cut prepare leaves no set, and a run that needs it
-# makes it),
-# KDRANK_SKIP_WHEELS=1 and PYTHON=... for a CPU dry run with this checkout's virtualenv.
+# makes it), KDRANK_SKIP_WHEELS=1 and PYTHON=... for a CPU dry run with this checkout's virtualenv.
 # Writes at most 8 files under $OUT (the device tool's limit), bundling run folders as .tgz: no checkpoints.
 set -euo pipefail
 OUT=${OUT:-/tmp/kdrank-out}
