@@ -305,7 +305,8 @@ def fill_order(lists: dict[str, list[np.ndarray]], origins: np.ndarray, labelled
 # ---------------------------------------------------------------- the step
 
 
-def _read_inputs(labelled_uri: str, catalogue_uri: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+def read_inputs(labelled_uri: str, catalogue_uri: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(labelled pairs, catalogue of products with text, one row per product id in id order), checked."""
     labelled = read_table(labelled_uri)
     schema.require_columns(labelled, schema.PAIR_COLUMNS, path=labelled_uri)
     if labelled.empty:
@@ -320,6 +321,28 @@ def _read_inputs(labelled_uri: str, catalogue_uri: str) -> tuple[pd.DataFrame, p
     if catalogue.empty:
         raise schema.DataError("no products in the catalogue", path=catalogue_uri)
     return labelled, catalogue.reset_index(drop=True)
+
+
+def base_pairs(labelled: pd.DataFrame) -> pd.DataFrame:
+    """The labelled pairs that lead every augmented set: one row per (query, product), source 'labelled'."""
+    return labelled[schema.PAIR_COLUMNS].astype({schema.PRODUCT_ID: str}).drop_duplicates(
+        [schema.QUERY_ID, schema.PRODUCT_ID]).assign(**{schema.SOURCE: LABELLED})
+
+
+def input_settings(labelled: pd.DataFrame, catalogue: pd.DataFrame, config: AugmentConfig) -> dict:
+    """What fixes an augmented set apart from the encoder's weights: the settings and the inputs' contents."""
+    return {**config.output_settings(),
+            "labelled": _fingerprint(*labelled[schema.QUERY_ID], *labelled[schema.PRODUCT_ID].map(str)),
+            "catalogue": _catalogue_hash(catalogue)}
+
+
+def query_pool(base: pd.DataFrame, catalogue: pd.DataFrame, config: AugmentConfig) -> pd.DataFrame:
+    """The queries new pairs are drawn for, in the order `fill_order` numbers them: the labelled queries
+    (first appearance; origin -1), then any derived from catalogue titles (origin: the title's row)."""
+    queries = base.drop_duplicates(schema.QUERY_ID)[[schema.QUERY_ID, schema.QUERY]].assign(origin=-1)
+    titles = _title_queries(catalogue, round(config.title_queries * len(queries)),
+                            set(queries[schema.QUERY_ID]), config.seed)
+    return pd.concat([queries, titles], ignore_index=True)
 
 
 def _finished(output_uri: str, settings: dict) -> dict | None:
@@ -345,18 +368,15 @@ def augment_pairs(labelled_uri: str, catalogue_uri: str, output_uri: str,
     config = config or AugmentConfig()
     config.validate()
     start = time.perf_counter()
-    labelled, catalogue = _read_inputs(labelled_uri, catalogue_uri)
+    labelled, catalogue = read_inputs(labelled_uri, catalogue_uri)
     encoder_path = (models.resolve_model(config.encoder, "student", cache_dir=config.cache_dir)
                     if config.encoder else default_encoder_path())
-    settings = {**config.output_settings(), "encoder_id": _encoder_identity(encoder_path),
-                "labelled": _fingerprint(*labelled[schema.QUERY_ID], *labelled[schema.PRODUCT_ID].map(str)),
-                "catalogue": _catalogue_hash(catalogue)}
+    settings = {**input_settings(labelled, catalogue, config), "encoder_id": _encoder_identity(encoder_path)}
     if (done := _finished(output_uri, settings)) is not None:
         log.info("augmented pairs already in %s", output_uri)
         return {**done, "skipped": True}
 
-    base = labelled[schema.PAIR_COLUMNS].astype({schema.PRODUCT_ID: str}).drop_duplicates(
-        [schema.QUERY_ID, schema.PRODUCT_ID]).assign(**{schema.SOURCE: LABELLED})
+    base = base_pairs(labelled)
     n_new = round(config.multiple * len(base))
     summary = {"output": str(output_uri), "labelled": len(base), "requested_new": n_new, "new": 0,
                "queries": int(base[schema.QUERY_ID].nunique()), "title_queries": 0, "depth": [0, 0],
@@ -393,13 +413,10 @@ def _embed(queries: list[str], texts: list[str], encoder_path: str, config: Augm
 def _new_pairs(base: pd.DataFrame, catalogue: pd.DataFrame, n_new: int, encoder_path: str,
                config: AugmentConfig, summary: dict) -> pd.DataFrame:
     """n_new pairs (or fewer when the catalogue runs out) not in `base`, in fill order."""
-    queries = base.drop_duplicates(schema.QUERY_ID)[[schema.QUERY_ID, schema.QUERY]].assign(origin=-1)
-    titles = _title_queries(catalogue, round(config.title_queries * len(queries)),
-                            set(queries[schema.QUERY_ID]), config.seed)
-    pool = pd.concat([queries, titles], ignore_index=True)
+    pool = query_pool(base, catalogue, config)
     texts, n_docs = list(catalogue[schema.PRODUCT_TEXT]), len(catalogue)
 
-    summary["title_queries"] = len(titles)
+    summary["title_queries"] = int((pool["origin"] >= 0).sum())
     query_emb = doc_emb = None
     if config.biencoder_k:
         query_emb, doc_emb = _embed(list(pool[schema.QUERY]), texts, encoder_path, config, summary)
@@ -434,6 +451,12 @@ def _new_pairs(base: pd.DataFrame, catalogue: pd.DataFrame, n_new: int, encoder_
     q, doc = order["q"].to_numpy(), order["doc"].to_numpy()
     source = np.array(RETRIEVERS)[order["src"].clip(lower=0).to_numpy()]
     source[pool["origin"].to_numpy()[q] >= 0] = TITLE  # every pair of a title-derived query
+    return pair_rows(pool, catalogue, q, doc, source)
+
+
+def pair_rows(pool: pd.DataFrame, catalogue: pd.DataFrame, q: np.ndarray, doc: np.ndarray,
+              source: np.ndarray) -> pd.DataFrame:
+    """New pairs as table rows, from positions in the query pool and the catalogue."""
     return pd.DataFrame({
         schema.QUERY_ID: pool[schema.QUERY_ID].to_numpy()[q], schema.QUERY: pool[schema.QUERY].to_numpy()[q],
         schema.PRODUCT_ID: catalogue[schema.PRODUCT_ID].to_numpy()[doc],

@@ -16,11 +16,15 @@ compared pair by pair with them. The archive keeps what the data cannot give bac
   so that later sessions can distil from them without training the teacher again. A composed ensemble's
   own set (the mean of its members', identity from theirs) takes the place of its members' sets, unless a
   student learned from a member itself; a 0x set that leads a larger set of the same teacher is not kept.
+- `pairs/augmented-Mx/`: the augmented set those labels are of, as positions in the query pool and the
+  catalogue (`pipelines/pair_sets.py`), so that a later session (another device, say) makes exactly
+  those pairs without augmenting, and the labels fit them.
 
 `restore` puts the rows back into a runs folder whose split was made anew from the same data and
 settings; it refuses another split, and it recomputes every run's metrics from the restored scores
 and the split's grades and refuses a run whose metrics differ from the archived ones. Label sets go to
-the folder's `data/archived-labels/`, where distillation runs find them.
+the folder's `data/archived-labels/` and pair sets to its `data/archived-pairs/`, where distillation
+runs find them.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from pathlib import Path
 import pandas as pd
 
 from components import schema, storage
-from pipelines import teacher_labels
+from pipelines import pair_sets, teacher_labels
 from pipelines.experiments import append_result, ensemble_identity, read_results
 
 log = logging.getLogger(__name__)
@@ -133,6 +137,7 @@ def archive_runs(runs_dir: str | Path, archive_dir: str | Path) -> list[str]:
     for name in _covered(records) | _held_by_ensembles(records, kept + rows):
         old_sets.pop(name, None)
         new_sets.pop(name, None)
+    pairs = _pair_sets(runs_dir, archive_dir if old else None, {n: records[n] for n in (*old_sets, *new_sets)})
     with storage.atomic_dir(archive_dir) as tmp:
         out = Path(tmp)
         for row in kept:
@@ -144,6 +149,16 @@ def archive_runs(runs_dir: str | Path, archive_dir: str | Path) -> list[str]:
                 teacher_labels.copy_set(folder, out / "labels" / name)
             else:
                 teacher_labels.export_set(folder, out / "labels" / name)
+        for name, source in list(pairs.items()):
+            if source.is_dir():  # restored, or kept in the archive: copied as it is
+                pair_sets.copy_set(source, out / "pairs" / name)
+                continue
+            try:
+                pair_sets.export_set(source, str(runs_dir / "data" / "train.parquet"),
+                                     str(runs_dir / "data" / "catalogue.parquet"), out / "pairs" / name)
+            except pair_sets.PairsMismatch as err:  # the labels are still worth keeping
+                log.warning("%s: the label sets of %s are archived without their pairs", err, name)
+                del pairs[name]
         for row in rows:
             source, target = runs_dir / "eval" / row["run"], out / "runs" / row["run"]
             target.mkdir(parents=True)
@@ -154,10 +169,42 @@ def archive_runs(runs_dir: str | Path, archive_dir: str | Path) -> list[str]:
         all_rows = kept + rows
         (out / "results.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in all_rows))
         (out / MANIFEST).write_text(json.dumps({**manifest, "runs": [r["run"] for r in all_rows],
-                                                "labels": sorted({*old_sets, *new_sets})}, indent=2) + "\n")
-    log.info("archived %d run(s) of %s into %s%s", len(rows), runs_dir, archive_dir,
-             f", with the label sets {', '.join(sorted(new_sets))}" if new_sets else "")
+                                                "labels": sorted({*old_sets, *new_sets}),
+                                                "pairs": sorted(pairs)}, indent=2) + "\n")
+    log.info("archived %d run(s) of %s into %s%s%s", len(rows), runs_dir, archive_dir,
+             f", with the label sets {', '.join(sorted(new_sets))}" if new_sets else "",
+             f" and the pair sets {', '.join(sorted(pairs))}" if pairs else "")
     return [r["run"] for r in rows]
+
+
+def _pair_sets(runs_dir: Path, archive_dir: Path | None, records: dict[str, dict]) -> dict[str, Path]:
+    """augmented-Mx -> where the pairs of the archived label sets at Mx come from: a stored set (restored
+    into the runs folder, or already in the archive) with their digest, else the folder's augmented file
+    when it holds them. One set per multiple: label sets of other pairs of that multiple are named in the
+    log and keep no pairs."""
+    by_multiple: dict[float, dict[str, str]] = {}
+    for name, record in sorted(records.items()):
+        if record["multiple"] > 0:
+            by_multiple.setdefault(record["multiple"], {})[name] = record["pairs_digest"]
+    chosen = {}
+    for multiple, digests in sorted(by_multiple.items()):
+        name = pair_sets.set_name(multiple)
+        stored = [runs_dir / "data" / pair_sets.ARCHIVED / name]
+        if archive_dir is not None:
+            stored.append(archive_dir / "pairs" / name)
+        found = {folder: record["pairs_digest"] for folder in stored if (record := pair_sets.read_record(folder))}
+        current = runs_dir / "data" / f"augmented-{multiple:g}x.parquet"
+        if not any(d in digests.values() for d in found.values()) and current.is_file():
+            found[current] = teacher_labels.pairs_digest(pd.read_parquet(current, columns=KEY))
+        for source, digest in found.items():
+            if digest in digests.values():
+                chosen[name] = source
+                break
+        other = sorted(n for n, d in digests.items() if name not in chosen or d != found[chosen[name]])
+        if other:
+            log.warning("the pairs of the label set(s) %s are %s: kept without them", ", ".join(other),
+                        "of another augmented set than the one archived" if name in chosen else "not in this folder")
+    return chosen
 
 
 def _ensemble_identities(rows: list[dict], identities: dict[str, str]) -> dict[str, str]:
@@ -278,6 +325,11 @@ def restore_runs(archive_dir: str | Path, runs_dir: str | Path) -> list[str]:
         records = {folder.name: teacher_labels.check_stored(folder) for folder in label_sets}
     except teacher_labels.LabelsMismatch as err:
         raise ArchiveError(f"{archive_dir}: {err}") from None
+    pair_folders = sorted(p for p in (archive_dir / "pairs").glob("*") if p.is_dir())
+    try:
+        pair_records = {folder.name: pair_sets.check_stored(folder) for folder in pair_folders}
+    except pair_sets.PairsMismatch as err:
+        raise ArchiveError(f"{archive_dir}: {err}") from None
     base = test[[schema.QUERY_ID, schema.QUERY, schema.PRODUCT_ID, schema.GRADE]].reset_index(drop=True)
     frames = {}
     for row in todo:  # all checked before any is written
@@ -301,6 +353,11 @@ def restore_runs(archive_dir: str | Path, runs_dir: str | Path) -> list[str]:
         if teacher_labels.read_record(target) != records[folder.name]:
             teacher_labels.copy_set(folder, target)
             log.info("label set %s restored into %s", folder.name, target.parent)
+    for folder in pair_folders:
+        target = runs_dir / "data" / pair_sets.ARCHIVED / folder.name
+        if pair_sets.read_record(target) != pair_records[folder.name]:
+            pair_sets.copy_set(folder, target)
+            log.info("pair set %s restored into %s", folder.name, target.parent)
     for name in sorted(have & {r["run"] for r in archived}):
         log.info("%s: already in %s; left as it is", name, runs_dir)
     return [r["run"] for r in todo]

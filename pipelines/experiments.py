@@ -208,13 +208,25 @@ class Runner:
         return TeacherConfig(**{**self.profile.teacher, **exp.settings})
 
     def augmented(self, multiple: float | None = None) -> str:
-        """The training pairs plus `multiple` (default: the plan's largest) x N augmented pairs."""
+        """The training pairs plus `multiple` (default: the plan's largest) x N augmented pairs.
+
+        Pairs restored from a results archive (`data/archived-pairs/`, pipelines/pair_sets.py) are used
+        instead of augmenting when they were made from this folder's training pairs and catalogue with
+        this profile's settings; then the bi-encoder is not loaded, and archived labels of them fit."""
         from components.augment import AugmentConfig, augment_pairs
+        from pipelines import pair_sets
 
         multiple = self.top if multiple is None else multiple
         target = str(self.out / "data" / f"augmented-{_fmt(multiple)}x.parquet")
-        settings = {**self.profile.augment, "multiple": multiple}
-        augment_pairs(self.paths()["train"], self.paths()["catalogue"], target, AugmentConfig(**settings))
+        config = AugmentConfig(**{**self.profile.augment, "multiple": multiple})
+        train, catalogue = self.paths()["train"], self.paths()["catalogue"]
+        if (stored := pair_sets.find_archived(self.out / "data", multiple)) is not None:
+            try:
+                pair_sets.use_archived(stored, train, catalogue, target, config)
+                return target
+            except pair_sets.PairsMismatch as err:
+                log.warning("%s; augmenting here instead", err)
+        augment_pairs(train, catalogue, target, config)
         return target
 
     def prepare(self) -> dict[str, str]:
@@ -885,13 +897,15 @@ def _archive(args: argparse.Namespace) -> int:
 
 
 def _restore(args: argparse.Namespace) -> int:
+    from pipelines import pair_sets, teacher_labels
     from pipelines.archive import restore_runs
-    from pipelines.teacher_labels import ARCHIVED
 
     names = restore_runs(args.archive, args.runs)
     print(f"restored {len(names)} run(s) into {args.runs}" + (f": {', '.join(names)}" if names else ""))
-    if sets := sorted(p.name for p in Path(args.runs, "data", ARCHIVED).glob("*")):
+    if sets := sorted(p.name for p in Path(args.runs, "data", teacher_labels.ARCHIVED).glob("*")):
         print(f"teacher label sets for distillation runs: {', '.join(sets)}")
+    if sets := sorted(p.name for p in Path(args.runs, "data", pair_sets.ARCHIVED).glob("*")):
+        print(f"augmented pair sets, used in place of augmenting: {', '.join(sets)}")
     return 0
 
 

@@ -153,7 +153,9 @@ def test_cli_archives_and_restores(finished, tmp_path, capsys):
     assert cli.main(["experiment", "archive", "--runs", str(root / "runs"), "--output", str(archive)]) == 0
     assert f"archived {len(rows)} run(s)" in capsys.readouterr().out
     assert cli.main(["experiment", "restore", "--archive", str(archive), "--runs", str(here)]) == 0
-    assert f"restored {len(rows)} run(s)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"restored {len(rows)} run(s)" in out
+    assert "augmented pair sets, used in place of augmenting: augmented-2x" in out
     assert cli.main(["experiment", "restore", "--archive", str(tmp_path / "nothing"), "--runs", str(here)]) == 2
     assert "not a results archive" in capsys.readouterr().err
 

@@ -2,11 +2,12 @@
 
 `gpu_run.sh archive` merges the machine's runs into a copy of the checkout's archive and sends it back
 in parts, within the device tool's limits (8 files, 16 MiB each): `archive.tgz` (manifest, rows,
-per-pair scores, training records) and one `labels-NAME.tgz` per label set that the checkout's archive
-does not already hold as it is (a 16x set is about 7 MB). This rebuilds the whole archive from those
-parts and the current one: every label set the new manifest names must come from a part or, unchanged,
-from the current archive. Every label set is checked against its record, and the archive is replaced
-whole, or not at all.
+per-pair scores, training records, the augmented pair sets) and one `labels-NAME.tgz` per label set that
+the checkout's archive does not already hold as it is (a 16x set is about 7 MB). This rebuilds the
+whole archive from those parts and the current one: every label set the new manifest names must come
+from a part or, unchanged, from the current archive, and every pair set it names must be in
+archive.tgz. Every label and pair set is checked against its record, and the archive is replaced whole,
+or not at all.
 
     PYTHONPATH=. python tests/benchmarks/gpu_archive.py --archive docs/results/archive/full \
         FILES_AT/archive.tgz FILES_AT/labels-*.tgz
@@ -23,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 from components import storage
-from pipelines import teacher_labels
+from pipelines import pair_sets, teacher_labels
 from pipelines.archive import MANIFEST, ArchiveError
 
 
@@ -47,7 +48,8 @@ def assemble(archive: str | Path, parts: list[str | Path]) -> list[str]:
             raise ArchiveError(f"{main[0]} holds no {MANIFEST}: not an archive made by `kdrank experiment archive`")
         for part in sets:
             _extract(part, new)
-        names = json.loads((new / MANIFEST).read_text()).get("labels", [])
+        manifest = json.loads((new / MANIFEST).read_text())
+        names, pairs = manifest.get("labels", []), manifest.get("pairs", [])
         for name in names:
             if not (new / "labels" / name).is_dir():
                 if not (archive / "labels" / name).is_dir():
@@ -57,10 +59,14 @@ def assemble(archive: str | Path, parts: list[str | Path]) -> list[str]:
         extra = sorted(p.name for p in (new / "labels").glob("*") if p.name not in names)
         if extra:
             raise ArchiveError(f"label sets {extra} came back but the manifest does not name them")
+        if missing := [name for name in pairs if not (new / "pairs" / name).is_dir()]:
+            raise ArchiveError(f"pair set(s) {missing} are in the new manifest but not in {main[0]}")
         try:
             for name in names:
                 teacher_labels.check_stored(new / "labels" / name)
-        except teacher_labels.LabelsMismatch as err:
+            for name in pairs:
+                pair_sets.check_stored(new / "pairs" / name)
+        except (teacher_labels.LabelsMismatch, pair_sets.PairsMismatch) as err:
             raise ArchiveError(str(err)) from None
         with storage.atomic_dir(str(archive)) as target:
             shutil.copytree(new, target, dirs_exist_ok=True)
