@@ -179,7 +179,7 @@ def use_archived(stored: str | Path, train_uri: str, catalogue_uri: str, target:
     here = input_settings(labelled, catalogue, config)
     if differ := sorted(k for k in {*here, *record["settings"]} if here.get(k) != record["settings"].get(k)):
         named = {"labelled": "training pairs", "catalogue": "catalogue"}
-        raise PairsMismatch(f"the archived pairs {name} were made with another "
+        raise PairsMismatch(f"the archived pairs {name} were made with other "
                             f"{', '.join(named.get(k, k) for k in differ)} than this folder's augmentation")
     summary = {**record["made"], "output": str(target), "archived": True, "skipped": False}
     if storage.exists(target) and holds(target, record):
@@ -187,8 +187,7 @@ def use_archived(stored: str | Path, train_uri: str, catalogue_uri: str, target:
         return {**summary, "skipped": True}
     base = base_pairs(labelled)
     pool = query_pool(base, catalogue, config)
-    with storage.local_file(str(Path(stored, PAIRS))) as path:
-        pairs = pd.read_parquet(path)
+    pairs = pd.read_parquet(Path(stored, PAIRS))
     q, doc, src = (pairs[c].to_numpy(dtype=np.int64) for c in COLUMNS)
     for what, values, bound in (("query", q, len(pool)), ("product", doc, len(catalogue)),
                                 ("source", src, len(record["sources"]))):

@@ -100,11 +100,11 @@ def test_pairs_made_with_other_settings_or_data_are_named_and_not_used(archived,
     stored = pair_sets.find_archived(here / "data", 2.0)
     train, catalogue = str(here / "data" / "train.parquet"), str(here / "data" / "catalogue.parquet")
     target = tmp_path / "augmented.parquet"
-    with pytest.raises(pair_sets.PairsMismatch, match="made with another bm25_k, seed than"):
+    with pytest.raises(pair_sets.PairsMismatch, match="made with other bm25_k, seed than"):
         pair_sets.use_archived(stored, train, catalogue, str(target), _config(bm25_k=4, seed=3))
     fewer = tmp_path / "train.parquet"
     pd.read_parquet(train).iloc[1:].to_parquet(fewer)
-    with pytest.raises(pair_sets.PairsMismatch, match="made with another training pairs than"):
+    with pytest.raises(pair_sets.PairsMismatch, match="made with other training pairs than"):
         pair_sets.use_archived(stored, str(fewer), catalogue, str(target), _config())
     assert not target.exists()
 
