@@ -26,15 +26,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
 from components import schema, storage
-from pipelines.teacher_labels import pairs_digest
+from pipelines.teacher_labels import copy_files, footer, load_record, pairs_digest
 
 log = logging.getLogger(__name__)
 
@@ -128,13 +126,7 @@ def export_set(augmented_uri: str | Path, train_uri: str, catalogue_uri: str, ta
 
 def read_record(folder: str | Path) -> dict | None:
     """A stored pair set's record, or None when the folder has none."""
-    path = Path(folder, RECORD)
-    if not path.is_file():
-        return None
-    record = json.loads(path.read_text())
-    if missing := [k for k in FIELDS if k not in record]:
-        raise PairsMismatch(f"{path} lacks {missing}")
-    return record
+    return load_record(Path(folder, RECORD), FIELDS, PairsMismatch)
 
 
 def check_stored(folder: str | Path) -> dict:
@@ -142,9 +134,8 @@ def check_stored(folder: str | Path) -> dict:
     record = read_record(folder)
     if record is None:
         raise PairsMismatch(f"{folder} is not a stored pair set: {RECORD} is missing")
-    stored = pq.ParquetFile(Path(folder, PAIRS))
-    names, rows = stored.schema_arrow.names, stored.metadata.num_rows
-    if list(names) != COLUMNS or rows != record["pairs"] - record["base_pairs"]:
+    names, rows = footer(Path(folder, PAIRS))
+    if names != COLUMNS or rows != record["pairs"] - record["base_pairs"]:
         raise PairsMismatch(f"{folder}: {PAIRS} has {rows} rows and columns {list(names)}; its {RECORD} names "
                             f"{record['pairs'] - record['base_pairs']} new pairs and columns {COLUMNS}")
     return record
@@ -152,9 +143,7 @@ def check_stored(folder: str | Path) -> dict:
 
 def copy_set(source: str | Path, target: str | Path) -> None:
     """Copy a stored pair set (record and pairs) to `target`, written whole or not at all."""
-    with storage.atomic_dir(str(target)) as tmp:
-        for name in (RECORD, PAIRS):
-            shutil.copy(Path(source, name), Path(tmp, name))
+    copy_files(source, target, (RECORD, PAIRS))
 
 
 def find_archived(data_dir: str | Path, multiple: float) -> Path | None:

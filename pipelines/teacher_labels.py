@@ -96,16 +96,19 @@ def write_record(labelled_dir: str | Path, *, teacher: str, identity: str, multi
     return record
 
 
-def read_record(folder: str | Path) -> dict | None:
-    """A label set's record, or None when the folder has none (made before records were kept)."""
-    path = Path(folder, RECORD)
+def load_record(path: Path, fields: tuple[str, ...], error: type[ValueError]) -> dict | None:
+    """A stored set's JSON record at `path`, or None when there is none; `error` when it lacks any of `fields`."""
     if not path.is_file():
         return None
     record = json.loads(path.read_text())
-    missing = [k for k in FIELDS if k not in record]
-    if missing:
-        raise LabelsMismatch(f"{path} lacks {missing}")
+    if missing := [k for k in fields if k not in record]:
+        raise error(f"{path} lacks {missing}")
     return record
+
+
+def read_record(folder: str | Path) -> dict | None:
+    """A label set's record, or None when the folder has none (made before records were kept)."""
+    return load_record(Path(folder, RECORD), FIELDS, LabelsMismatch)
 
 
 def labelled_probs(labelled_dir: str | Path, record: dict) -> np.ndarray:
@@ -143,19 +146,30 @@ def check_stored(folder: str | Path) -> dict:
     record = read_record(folder)
     if record is None:
         raise LabelsMismatch(f"{folder} is not a stored label set: {RECORD} is missing")
-    stored = pq.ParquetFile(Path(folder, PROBS))  # the footer only: names and row count
-    columns, rows = stored.schema_arrow.names, stored.metadata.num_rows
+    columns, rows = footer(Path(folder, PROBS))
     if list(columns) != [f"p{k}" for k in range(record["num_grades"])] or rows != record["pairs"]:
         raise LabelsMismatch(f"{folder}: {PROBS} has {rows} rows and columns {list(columns)}; its {RECORD} "
                              f"names {record['pairs']} pairs and {record['num_grades']} grades")
     return record
 
 
+def footer(path: str | Path) -> tuple[list[str], int]:
+    """(column names, row count) of a stored Parquet file, from its footer alone."""
+    stored = pq.ParquetFile(path)
+    return list(stored.schema_arrow.names), stored.metadata.num_rows
+
+
+def copy_files(source: str | Path, target: str | Path, names: tuple[str, ...] = (RECORD, PROBS)) -> None:
+    """Copy a stored set's files (by default a label set's record and probabilities) from the folder
+    `source` to the folder `target`, written whole or not at all."""
+    with storage.atomic_dir(str(target)) as tmp:
+        for name in names:
+            shutil.copy(Path(source, name), Path(tmp, name))
+
+
 def copy_set(source: str | Path, target: str | Path) -> None:
     """Copy a stored label set (record and probabilities) to `target`, written whole or not at all."""
-    with storage.atomic_dir(str(target)) as tmp:
-        for name in (RECORD, PROBS):
-            shutil.copy(Path(source, name), Path(tmp, name))
+    copy_files(source, target)
 
 
 def find_archived(data_dir: str | Path, teacher: str, multiple: float) -> Path | None:
