@@ -220,3 +220,17 @@ def test_bm25_keeps_an_installed_jax_off_the_gpu(tmp_path, preset):
             "assert scores[0] > scores[1] == 0, scores\n")
     subprocess.run([sys.executable, "-c", code], env=env, check=True, cwd=tmp_path)
     assert (tmp_path / "seen.txt").read_text() == (preset or "cpu")
+
+
+def test_a_set_with_title_queries_is_stored_and_rebuilt_exactly(inputs, first_run, tmp_path):
+    from pipelines import pair_sets
+
+    _, frame, output = first_run
+    assert (frame[schema.SOURCE] == augment.TITLE).any()
+    record = pair_sets.export_set(output, inputs["pairs"], inputs["catalogue"], tmp_path / "stored")
+    assert record["made"]["title_queries"] == round(0.3 * 30)
+    rebuilt = tmp_path / "rebuilt.parquet"
+    config = AugmentConfig(multiple=2.0, title_queries=0.3, batch_size=8)  # batch size and cache do not count
+    summary = pair_sets.use_archived(tmp_path / "stored", inputs["pairs"], inputs["catalogue"], str(rebuilt), config)
+    assert summary["archived"] and not summary["skipped"]
+    pd.testing.assert_frame_equal(data.read_table(str(rebuilt)), frame)
