@@ -345,13 +345,18 @@ def query_pool(base: pd.DataFrame, catalogue: pd.DataFrame, config: AugmentConfi
     return pd.concat([queries, titles], ignore_index=True)
 
 
+def made_with(output_uri: str) -> dict:
+    """{"settings", "summary"} that `augment_pairs` stored in an augmented set's Parquet metadata ({} if none)."""
+    with storage.local_file(str(output_uri)) as path:
+        return json.loads(pd.read_parquet(path, columns=[schema.SOURCE]).attrs.get(ATTRS_KEY, "{}"))
+
+
 def _finished(output_uri: str, settings: dict) -> dict | None:
     """The stored summary when `output_uri` was written with exactly these settings, else None."""
     if not storage.exists(output_uri):
         return None
     try:
-        with storage.local_file(output_uri) as path:
-            done = json.loads(pd.read_parquet(path, columns=[schema.SOURCE]).attrs.get(ATTRS_KEY, "{}"))
+        done = made_with(output_uri)
     except (OSError, ValueError) as err:
         log.warning("cannot read %s (%s); augmenting again", output_uri, err)
         return None
