@@ -23,7 +23,9 @@ class Profile:
     student: dict = field(default_factory=dict)  # StudentConfig kwargs
     evaluate: dict = field(default_factory=dict)  # evaluate_checkpoint kwargs: batch_size
     # `kdrank experiment` plan: multiples (augmented sizes of the scaling curve), seeds, ensemble_size,
-    # teacher_ablations (NAME -> teacher settings), ensemble_recipes (ablations also run as an ensemble)
+    # teacher_ablations (NAME -> teacher settings), ensemble_recipes (ablations also run as an ensemble),
+    # mixed_ensembles (NAME -> teacher runs of different recipes, composed as one ensemble), distil_teachers
+    # (teacher runs other than teacher-soft whose labels also teach a largest-size student)
     experiments: dict = field(default_factory=dict)
 
     def with_models(self, teacher_base: str | None, student_base: str | None) -> Profile:
@@ -44,7 +46,9 @@ PROFILES: dict[str, Profile] = {
         student={"epochs": 1.0, "batch_size": 8, "max_length": 64},
         evaluate={"batch_size": 32},
         experiments={"multiples": [0, 1, 2], "seeds": [13, 14], "ensemble_size": 2, "born_again": True,
-                     "teacher_ablations": {"lr1e-3": {"learning_rate": 1e-3}}, "ensemble_recipes": ["lr1e-3"]},
+                     "teacher_ablations": {"lr1e-3": {"learning_rate": 1e-3}}, "ensemble_recipes": ["lr1e-3"],
+                     "mixed_ensembles": {"mixed": ["teacher-soft", "teacher-soft-lr1e-3"]},
+                     "distil_teachers": ["teacher-soft-lr1e-3"]},
     ),
     "demo": Profile(
         name="demo", description="synthetic default data, real default models, < 10 min on a 2-core CPU",
@@ -102,10 +106,24 @@ PROFILES: dict[str, Profile] = {
         # ensemble_recipes: the ensemble again from three batch-256 teachers (teacher-ensemble-batch256), which
         # one GPU session trains and scores in about 180 s and labels 16x for in about 300 s more, against the
         # reference ensemble's 420 s and 200 s for its two new members (teacher-soft's labels are archived).
+        # mixed256: three batch-256 teachers of different recipes (the reference head; the verbaliser head;
+        # 3 epochs), each a stronger-teacher candidate of step 6 (a better head, longer training), composed
+        # as one ensemble in the same GPU time as the seed ensemble. Averaging two models of one recipe
+        # gained at most +0.004 pairwise accuracy over the better one on the full test set
+        # (docs/results/ensemble-probe-full.md), so seeds alone are unlikely to make a stronger teacher.
+        # distil_teachers: each candidate's own 16x student, for when one member outranks the ensemble.
         experiments={"multiples": [0, 2, 4, 8, 16], "seeds": [13, 14], "ensemble_size": 3, "born_again": True,
                      "teacher_ablations": {"verbaliser": {"head_init": "verbaliser"},
-                                           "batch256": {"batch_size": 256, "learning_rate": 1e-4}},
-                     "ensemble_recipes": ["batch256"]},
+                                           "batch256": {"batch_size": 256, "learning_rate": 1e-4},
+                                           "batch256-verbaliser": {"batch_size": 256, "learning_rate": 1e-4,
+                                                                   "head_init": "verbaliser"},
+                                           "batch256-epochs3": {"batch_size": 256, "learning_rate": 1e-4,
+                                                                "epochs": 3.0}},
+                     "ensemble_recipes": ["batch256"],
+                     "mixed_ensembles": {"mixed256": ["teacher-soft-batch256", "teacher-soft-batch256-verbaliser",
+                                                      "teacher-soft-batch256-epochs3"]},
+                     "distil_teachers": ["teacher-soft-batch256", "teacher-soft-batch256-verbaliser",
+                                         "teacher-soft-batch256-epochs3"]},
     ),
 }
 

@@ -120,7 +120,54 @@ def plan(profile_name: str) -> list[Experiment]:
         base = int(profile.teacher.get("seed", 13))
         for recipe in recipes:
             runs += _ensemble_runs(recipe, ablations.get(recipe, {}), size, base, top)
+    for tag, members in spec.get("mixed_ensembles", {}).items():
+        runs += _mixed_ensemble(profile_name, tag, members, runs, top)
+    for teacher in spec.get("distil_teachers", []):
+        runs.append(_distilled_from(profile_name, teacher, runs, top))
+    if repeated := sorted({r.name for r in runs if [x.name for x in runs].count(r.name) > 1}):
+        raise ValueError(f"profile '{profile_name}': the plan names {repeated} twice; rename a teacher ablation "
+                         "or a mixed ensemble")
     return runs
+
+
+def _soft_teachers(runs: list[Experiment]) -> list[str]:
+    return [r.name for r in runs if r.kind == "teacher" and r.settings.get("soft_targets", True)]
+
+
+def _mixed_ensemble(profile_name: str, tag: str, members, runs: list[Experiment], top: float) -> list[Experiment]:
+    """An ensemble of soft teachers of different recipes (planned teacher runs, named), composed like the
+    seed ensembles (`Runner._ensemble`): `teacher-ensemble-TAG` and its distillation run at the largest size.
+
+    Averaging models of one recipe gains little on this data (docs/results/ensemble-probe-full.md); members that
+    differ in recipe are each a stronger-teacher candidate of their own, and a more varied ensemble."""
+    known = _soft_teachers(runs)
+    names = list(members) if isinstance(members, list | tuple) else []
+    if not tag or not all(c.isalnum() or c == "-" for c in tag) or len(names) < 2 or len(set(names)) != len(names):
+        raise ValueError(f"profile '{profile_name}': mixed_ensembles needs NAME (letters, digits, '-') -> a list of "
+                         f"at least two distinct teacher runs, got {tag!r} -> {members!r}")
+    members = names
+    if unknown := [m for m in members if m not in known]:
+        raise ValueError(f"profile '{profile_name}': mixed ensemble '{tag}' names {unknown}, which are not soft "
+                         f"teacher runs of the plan ({known})")
+    return [Experiment(f"teacher-ensemble-{tag}", "ensemble",
+                       f"ensemble of {len(members)} soft teachers of mixed recipes (mean probability): "
+                       f"{', '.join(members)}", loss="soft_ce", settings={"members": members}),
+            Experiment(f"student-margin-{_fmt(top)}x-ensemble-{tag}", "student",
+                       f"margin MSE on the {tag} ensemble's labels, {_fmt(top)}x augmented",
+                       labels=f"teacher-ensemble-{tag}", augmented=top, loss="margin_mse")]
+
+
+def _distilled_from(profile_name: str, teacher: str, runs: list[Experiment], top: float) -> Experiment:
+    """The largest distillation run again from another soft teacher of the plan (a teacher ablation or a
+    seed), e.g. `student-margin-16x-soft-batch256` from `teacher-soft-batch256`: what a stronger candidate
+    teacher gives its student."""
+    known = [t for t in _soft_teachers(runs) if t != "teacher-soft"]
+    if teacher not in known:
+        raise ValueError(f"profile '{profile_name}': distil_teachers names '{teacher}', which is not a soft teacher "
+                         f"run of the plan other than teacher-soft (the scaling curve's own): {known}")
+    return Experiment(f"student-margin-{_fmt(top)}x-{teacher.removeprefix('teacher-')}", "student",
+                      f"margin MSE on {teacher}'s labels, {_fmt(top)}x augmented", labels=teacher, augmented=top,
+                      loss="margin_mse")
 
 
 def _ensemble_runs(recipe: str, overrides: dict, size: int, base: int, top: float) -> list[Experiment]:

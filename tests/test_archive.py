@@ -171,9 +171,10 @@ def test_archived_teacher_labels_stand_in_for_the_teacher(finished, tmp_path, ti
     archive = tmp_path / "archive"
     archive_runs(root / "runs", archive)
     sets = sorted(p.name for p in (archive / "labels").iterdir())
-    # an ensemble's own set stands for its members' (teacher-soft's stays: students learned from it alone); the
-    # 0x set is the 2x set's first rows, so it is not kept twice
-    assert sets == ["teacher-ensemble-2x", "teacher-ensemble-lr1e-3-2x", "teacher-soft-2x"]
+    # an ensemble's own set stands for its members' (teacher-soft's and teacher-soft-lr1e-3's stay: students
+    # learned from each alone); the 0x set is the 2x set's first rows, so it is not kept twice
+    assert sets == ["teacher-ensemble-2x", "teacher-ensemble-lr1e-3-2x", "teacher-ensemble-mixed-2x",
+                    "teacher-soft-2x", "teacher-soft-lr1e-3-2x"]
     assert json.loads((archive / "manifest.json").read_text())["labels"] == sets
     probs = pd.read_parquet(archive / "labels" / "teacher-soft-2x" / "probs.parquet")
     assert list(probs.columns) == ["p0", "p1", "p2"] and str(probs.dtypes.iloc[0]) == "float32"
@@ -196,6 +197,10 @@ def test_archived_teacher_labels_stand_in_for_the_teacher(finished, tmp_path, ti
     original = pd.read_parquet(next((root / "runs" / "data").glob("distill-teacher-ensemble-2x-*.parquet")))
     pd.testing.assert_frame_equal(pd.read_parquet(next((here / "data").glob("distill-teacher-ensemble-2x-*.parquet"))),
                                   original)
+    # the mixed ensemble's student and a member's own student, from their archived sets, again with no teacher
+    for name in ("student-margin-2x-ensemble-mixed", "student-margin-2x-soft-lr1e-3"):
+        assert runner.run([name], force=True)[0]["metrics"] == next(r for r in rows if r["run"] == name)["metrics"]
+    assert not list((here / "models").glob("teacher-*"))
     # a 0x run takes the training pairs' labels from the larger set (the archive keeps no 0x set beside it)
     runner.run(["student-margin-0x"], force=True)
     assert not (here / "models" / "teacher-soft").exists()
@@ -220,7 +225,8 @@ def test_an_ensemble_cut_short_keeps_its_members_sets_and_is_composed_from_them_
     archive = tmp_path / "archive"
     archive_runs(cut, archive)
     assert sorted(p.name for p in (archive / "labels").iterdir()) == [
-        "teacher-ensemble-lr1e-3-2x", "teacher-soft-2x", "teacher-soft-seed14-2x"]
+        "teacher-ensemble-lr1e-3-2x", "teacher-ensemble-mixed-2x", "teacher-soft-2x", "teacher-soft-lr1e-3-2x",
+        "teacher-soft-seed14-2x"]
     # a later session composes the ensemble's labels from its members' archived sets, no teacher trained
     here = _split_only(finished, tmp_path / "here")
     restore_runs(archive, here)
@@ -234,7 +240,8 @@ def test_an_ensemble_cut_short_keeps_its_members_sets_and_is_composed_from_them_
     # archived again, the composed set now stands for the member's
     assert archive_runs(here, tmp_path / "again")
     assert sorted(p.name for p in (tmp_path / "again" / "labels").iterdir()) == [
-        "teacher-ensemble-2x", "teacher-ensemble-lr1e-3-2x", "teacher-soft-2x"]
+        "teacher-ensemble-2x", "teacher-ensemble-lr1e-3-2x", "teacher-ensemble-mixed-2x", "teacher-soft-2x",
+        "teacher-soft-lr1e-3-2x"]
 
 
 def test_an_archived_ensemble_set_of_other_members_is_named_and_composed_anew(
@@ -298,9 +305,11 @@ def test_a_retrained_teacher_drops_its_old_labels_from_the_archive(finished, tmp
     for folder in (later / "data").glob("labelled-*"):
         shutil.rmtree(folder)
     assert archive_runs(later, archive) == ["teacher-soft"]
-    # the ensemble's set, composed from the old teacher-soft, goes with it (its other member's set was never
-    # kept beside it); the lr1e-3 recipe's ensemble does not hold teacher-soft and stays
-    assert sorted(p.name for p in (archive / "labels").iterdir()) == ["teacher-ensemble-lr1e-3-2x"]
+    # the ensembles' sets composed from the old teacher-soft (seed and mixed) go with it (the seed ensemble's
+    # other member's set was never kept beside it); the lr1e-3 recipe's ensemble does not hold teacher-soft
+    # and stays, and so does teacher-soft-lr1e-3's own set (a student learned from it alone)
+    assert sorted(p.name for p in (archive / "labels").iterdir()) == ["teacher-ensemble-lr1e-3-2x",
+                                                                    "teacher-soft-lr1e-3-2x"]
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -322,7 +331,8 @@ def test_an_archive_sent_back_in_parts_is_put_together_whole_or_not_at_all(finis
     parts = [str(tmp_path / "archive.tgz"), str(tmp_path / "labels-teacher-ensemble-2x.tgz")]
     # the checkout's archive: the other label sets, unchanged, and none of the runs
     checkout = tmp_path / "checkout"
-    for name in ("teacher-soft-2x", "teacher-ensemble-lr1e-3-2x"):
+    for name in ("teacher-soft-2x", "teacher-ensemble-lr1e-3-2x", "teacher-ensemble-mixed-2x",
+                 "teacher-soft-lr1e-3-2x"):
         shutil.copytree(made / "labels" / name, checkout / "labels" / name)
     (checkout / "manifest.json").write_text("{}")
     before = _files(checkout)
@@ -344,7 +354,8 @@ def test_an_archive_sent_back_in_parts_is_put_together_whole_or_not_at_all(finis
     assert "rows" in capsys.readouterr().err and _files(checkout) == before
 
     assert gpu_archive.main(["--archive", str(checkout), *parts]) == 0
-    assert "label sets teacher-ensemble-2x, teacher-ensemble-lr1e-3-2x, teacher-soft-2x" in capsys.readouterr().out
+    assert ("label sets teacher-ensemble-2x, teacher-ensemble-lr1e-3-2x, teacher-ensemble-mixed-2x, teacher-soft-2x, "
+            "teacher-soft-lr1e-3-2x") in capsys.readouterr().out
     assert _files(checkout) == _files(made)
 
 

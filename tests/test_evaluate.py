@@ -249,3 +249,36 @@ def test_agreement_script_counts_the_pairs_pairwise_accuracy_counts():
     assert rows["student"]["same_order_as_reference"] < 1
     with pytest.raises(ValueError, match="student scored other test pairs"):
         agreement.agreement({"teacher": teacher, "student": student.iloc[::-1]}, "teacher")
+
+
+def test_ensemble_probe_scores_the_mean_of_grade_scale_scores_against_its_best_member(tmp_path):
+    probe = load_benchmark("ensemble_probe")
+    rng = np.random.default_rng(8)
+    base = pd.DataFrame({schema.QUERY_ID: np.repeat(["a", "b", "c", "d"], 6),
+                         schema.PRODUCT_ID: [str(i) for i in range(24)],
+                         schema.GRADE: rng.choice([0.0, 0.67, 1.0, 1.33, 2.0], 24)})
+    good = base[schema.GRADE].to_numpy() + rng.normal(scale=0.3, size=24)  # a model that ranks well, on the grade scale
+    for run, grade_scale in (("good", good), ("noisy", rng.normal(size=24)), ("baseline", None)):
+        folder = tmp_path / "eval" / run
+        folder.mkdir(parents=True)
+        raw = rng.normal(size=24)  # a student's raw score: another scale, which the probe must not average
+        base.assign(score=raw, score_grade=np.nan if grade_scale is None else grade_scale).to_parquet(
+            folder / "scores.parquet")
+    frames = {run: probe.read_scores(tmp_path, run) for run in ("good", "noisy")}
+    row = probe.probe(frames, {"pair": ["noisy", "good"]})[0]
+    expected = ranking_metrics(base.assign(s=(good + frames["noisy"]["score"].to_numpy()) / 2), "s")
+    assert row["pairwise"] == pytest.approx(expected["pairwise_accuracy"])
+    assert row["best"] == "good" and row["best_pairwise"] == pytest.approx(
+        ranking_metrics(base.assign(s=good), "s")["pairwise_accuracy"])
+    assert row["minus_best"] == pytest.approx(row["pairwise"] - row["best_pairwise"])
+    assert "| pair | noisy (" in probe.table([row])
+    with pytest.raises(ValueError, match="no scores on the grade scale"):
+        probe.read_scores(tmp_path, "baseline")
+    with pytest.raises(FileNotFoundError, match="absent has no stored test scores"):
+        probe.read_scores(tmp_path, "absent")
+    with pytest.raises(ValueError, match="noisy scored other test pairs"):
+        probe.probe({"good": frames["good"], "noisy": frames["noisy"].iloc[::-1]}, {"pair": ["good", "noisy"]})
+    for text in ("pair=good", "pair=good+good", "good+noisy", "=good+noisy"):
+        with pytest.raises(ValueError, match="an ensemble is NAME=RUN"):
+            probe.parse_ensemble(text)
+    assert probe.parse_ensemble("pair=good+noisy") == ("pair", ["good", "noisy"])

@@ -109,6 +109,57 @@ def test_an_ablation_recipe_makes_its_own_ensemble_whose_labels_are_its_members_
     np.testing.assert_allclose(np.stack(composed[schema.TEACHER_PROBS].to_list()), mean, rtol=0, atol=1e-6)
 
 
+def test_a_mixed_ensemble_averages_teachers_of_different_recipes_and_each_can_teach_its_own_student(finished):
+    runner, rows, root = finished
+    runs, data = root / "runs", root / "runs" / "data"
+    by_run = {r["run"]: r for r in rows}
+    members = ["teacher-soft", "teacher-soft-lr1e-3"]
+    row = by_run["teacher-ensemble-mixed"]
+    assert (row["kind"], row["members"]) == ("ensemble", members)
+    assert [m.get("learning_rate") for m in row["settings"]["members"]] == [
+        runner.profile.teacher.get("learning_rate"), 1e-3]
+    # its row: the mean of its members' expected grades on the test pairs
+    grades = [pd.read_parquet(runs / "eval" / m / "scores.parquet") for m in members]
+    mean = pd.read_parquet(runs / "eval" / "teacher-ensemble-mixed" / "scores.parquet")
+    np.testing.assert_allclose(mean["score"], (grades[0]["score"] + grades[1]["score"]) / 2, rtol=0, atol=1e-9)
+    # its labels: the mean of the two recipes' probabilities, pair by pair
+    probs = [np.stack(read_table(str(next(data.glob(f"labelled-{m}-2x-*"))))[schema.TEACHER_PROBS].to_list())
+             for m in members]
+    composed = read_table(str(next(data.glob("labelled-teacher-ensemble-mixed-2x-*"))))
+    np.testing.assert_allclose(np.stack(composed[schema.TEACHER_PROBS].to_list()),
+                               np.mean([p.astype(np.float32) for p in probs], axis=0), rtol=0, atol=1e-6)
+    student = by_run["student-margin-2x-ensemble-mixed"]
+    assert (student["labels"], student["augmented"], student["loss"]) == ("teacher-ensemble-mixed", 2.0, "margin_mse")
+    # a member's own largest-size student learns that member's labels, not teacher-soft's
+    own = by_run["student-margin-2x-soft-lr1e-3"]
+    assert (own["labels"], own["augmented"], own["train_pairs"]) == ("teacher-soft-lr1e-3", 2.0,
+                                                                      by_run["student-margin-2x"]["train_pairs"])
+    taught = read_table(str(next(data.glob("distill-teacher-soft-lr1e-3-2x-*.parquet"))))
+    labelled = read_table(str(next(data.glob("labelled-teacher-soft-lr1e-3-2x-*"))))
+    np.testing.assert_array_equal(taught[schema.TEACHER_SCORE], labelled[schema.TEACHER_SCORE].iloc[:len(taught)])
+    assert own["metrics"] != by_run["student-margin-2x"]["metrics"]
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ({"mixed_ensembles": {"mixed": ["teacher-soft", "teacher-soft-lr1e-4"]}},
+     r"mixed ensemble 'mixed' names \['teacher-soft-lr1e-4'\], which are not soft teacher runs"),
+    ({"mixed_ensembles": {"mixed": ["teacher-soft", "teacher-hard"]}}, r"names \['teacher-hard'\]"),
+    ({"mixed_ensembles": {"mixed": ["teacher-soft"]}}, r"at least two distinct teacher runs"),
+    ({"mixed_ensembles": {"mixed": ["teacher-soft", "teacher-soft"]}}, r"at least two distinct teacher runs"),
+    ({"mixed_ensembles": {"lr1e-3": ["teacher-soft", "teacher-soft-seed14"]}},
+     r"names \['student-margin-2x-ensemble-lr1e-3', 'teacher-ensemble-lr1e-3'\] twice"),
+    ({"distil_teachers": ["teacher-soft"]}, r"distil_teachers names 'teacher-soft', which is not a soft teacher run"),
+    ({"distil_teachers": ["teacher-soft-lr1e-4"]}, r"distil_teachers names 'teacher-soft-lr1e-4'"),
+])
+def test_mixed_ensembles_and_distilled_teachers_must_name_soft_teacher_runs_of_the_plan(monkeypatch, spec, message):
+    from components import flow
+
+    spec = {**flow.PROFILES["test"].experiments, **spec}
+    monkeypatch.setitem(flow.PROFILES, "test", dataclasses.replace(flow.PROFILES["test"], experiments=spec))
+    with pytest.raises(ValueError, match=message):
+        plan("test")
+
+
 def test_an_ensemble_recipe_must_be_a_teacher_ablation(monkeypatch):
     from components import flow
 
@@ -297,9 +348,19 @@ def test_list_prints_the_plan(capsys):
     assert cli.main(["experiment", "list", "--profile", "reduced"]) == 0
     out = capsys.readouterr().out
     assert "student-margin-8x" in out and "teacher-hard" in out and "ensemble" not in out
-    assert [e.name for e in experiments.plan("full")][-4:] == [
+    full = {e.name: e for e in experiments.plan("full")}
+    assert list(full)[-9:] == [
         "teacher-soft-batch256-seed14", "teacher-soft-batch256-seed15", "teacher-ensemble-batch256",
-        "student-margin-16x-ensemble-batch256"]
+        "student-margin-16x-ensemble-batch256", "teacher-ensemble-mixed256", "student-margin-16x-ensemble-mixed256",
+        "student-margin-16x-soft-batch256", "student-margin-16x-soft-batch256-verbaliser",
+        "student-margin-16x-soft-batch256-epochs3"]
+    # the mixed ensemble's members: three batch-256 recipes, each a planned teacher run of its own
+    members = full["teacher-ensemble-mixed256"].settings["members"]
+    assert [full[m].settings for m in members] == [
+        {"batch_size": 256, "learning_rate": 1e-4},
+        {"batch_size": 256, "learning_rate": 1e-4, "head_init": "verbaliser"},
+        {"batch_size": 256, "learning_rate": 1e-4, "epochs": 3.0}]
+    assert full["student-margin-16x-soft-batch256-epochs3"].labels == "teacher-soft-batch256-epochs3"
     ablation = next(e for e in experiments.plan("full") if e.name == "teacher-soft-verbaliser")
     assert ablation.settings == {"head_init": "verbaliser"} and "head_init=verbaliser" in ablation.description
 
