@@ -9,7 +9,9 @@ at the largest size, and optionally a teacher ensemble with its own largest dist
 and teacher ablations (`teacher_ablations`: NAME -> teacher settings, run as `teacher-soft-NAME` and scored
 like the others).
 The ensemble is composed from single teacher runs (teacher-soft and the next seeds), so its members can be
-made, and their labels archived, in different sessions (see `Runner._ensemble`).
+made, and their labels archived, in different sessions (see `Runner._ensemble`). `mixed_ensembles` composes
+one from teacher runs of different recipes (named), and `distil_teachers` gives a teacher run other than
+teacher-soft its own largest-size student, `student-margin-Nx-soft-RECIPE`.
 
 Every run is idempotent: its checkpoint and metrics live under `--output`, a rerun skips what is done,
 and `--only NAME` runs one experiment (and whatever it needs). A finished run is found by name, so after
@@ -537,6 +539,48 @@ class Runner:
             parts += ["--format", self.fmt]
         parts += ["--output", str(self.out), "--only", name]
         return shlex.join(parts)
+
+
+def final_val_loss(runs_dir: str | Path, teacher: str) -> float | None:
+    """A teacher run's validation loss after its last epoch (soft-target cross-entropy against the raters'
+    grade distribution on the validation queries), from its checkpoint's or its archived training record."""
+    for record in (Path(runs_dir, "models", teacher, "kdrank.json"),
+                   Path(runs_dir, "eval", teacher, "checkpoint.json")):
+        if record.is_file():
+            losses = json.loads(record.read_text()).get("training", {}).get("summary", {}).get("val_loss_per_epoch")
+            return float(losses[-1]) if losses else None
+    return None
+
+
+def stronger_teacher_students(runs_dir: str | Path, profile_name: str, ensemble: str) -> tuple[list[str], str]:
+    """(the largest-size students that answer step 6 for `ensemble`, why): the ensemble's own student, then the
+    planned student of the member with the lowest validation loss.
+
+    The member is chosen on the validation queries, never on the test ones, so its student's test row is
+    not a pick of the best of several test scores. Members without a validation loss or a planned student
+    of their own are passed over (and named in `why`).
+    """
+    runs = {e.name: e for e in plan(profile_name)}
+    exp = runs.get(ensemble)
+    if exp is None or exp.kind != "ensemble":
+        raise ValueError(f"{ensemble} is not an ensemble of the {profile_name} plan: "
+                         f"{[n for n, e in runs.items() if e.kind == 'ensemble']}")
+    top = max(float(m) for m in get_profile(profile_name).experiments["multiples"])
+
+    def student_of(labels: str) -> str | None:
+        return next((e.name for e in runs.values() if e.kind == "student" and e.labels == labels
+                     and e.augmented == top and e.loss == "margin_mse" and "-seed" not in e.name), None)
+
+    chosen = [student_of(ensemble)]
+    losses = {m: final_val_loss(runs_dir, m) for m in exp.settings["members"]}
+    known = {m: v for m, v in losses.items() if v is not None and student_of(m)}
+    notes = [f"{m}: {'no validation loss' if v is None else f'validation loss {v:.4f}'}"
+             + ("" if student_of(m) else ", no student of its own planned") for m, v in losses.items()]
+    if known:
+        best = min(known, key=known.get)
+        chosen.append(student_of(best))
+        notes.append(f"lowest validation loss: {best}")
+    return [c for c in chosen if c], "; ".join(notes)
 
 
 def read_results(out: str | Path) -> list[dict]:

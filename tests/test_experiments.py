@@ -475,3 +475,32 @@ def test_scaling_points_take_the_plans_run_per_size_and_the_pipelines_student_wh
     assert [r["run"] for r in repeats] == ["student-margin-0x-seed14"]  # no 16x point for its repeat to join
     curve, _ = scaling_points([*rows, row("student-margin-8x", 8.0)])
     assert [r["run"] for r in curve] == ["student-margin-0x", "student-margin-8x"]
+
+
+def _val_record(path: Path, losses: list[float]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"training": {"summary": {"val_loss_per_epoch": losses}}}))
+
+
+def test_step_6_students_are_the_ensembles_and_its_best_member_on_validation_loss(tmp_path):
+    pick = experiments.stronger_teacher_students
+    _val_record(tmp_path / "models" / "teacher-soft" / "kdrank.json", [0.95, 0.90])
+    _val_record(tmp_path / "eval" / "teacher-soft-lr1e-3" / "checkpoint.json", [0.80, 0.85])  # an archived record
+    names, why = pick(tmp_path, "test", "teacher-ensemble-mixed")
+    assert names == ["student-margin-2x-ensemble-mixed", "student-margin-2x-soft-lr1e-3"]  # the last epoch counts
+    assert "teacher-soft: validation loss 0.9000" in why and "lowest validation loss: teacher-soft-lr1e-3" in why
+    _val_record(tmp_path / "models" / "teacher-soft" / "kdrank.json", [0.70])
+    assert pick(tmp_path, "test", "teacher-ensemble-mixed")[0] == ["student-margin-2x-ensemble-mixed",
+                                                                   "student-margin-2x"]
+    # a member with no record, or with no student of its own in the plan, is passed over and named
+    _val_record(tmp_path / "models" / "teacher-soft-seed14" / "kdrank.json", [0.10])
+    names, why = pick(tmp_path, "test", "teacher-ensemble")
+    assert names == ["student-margin-2x-ensemble", "student-margin-2x"]
+    assert "teacher-soft-seed14: validation loss 0.1000, no student of its own planned" in why
+    names, why = pick(tmp_path, "test", "teacher-ensemble-lr1e-3")
+    assert names == ["student-margin-2x-ensemble-lr1e-3", "student-margin-2x-soft-lr1e-3"]
+    assert "teacher-soft-lr1e-3-seed14: no validation loss" in why
+    names, why = pick(tmp_path / "none", "test", "teacher-ensemble-mixed")  # no member trained here: its own only
+    assert names == ["student-margin-2x-ensemble-mixed"] and "lowest" not in why
+    with pytest.raises(ValueError, match=r"teacher-soft is not an ensemble of the test plan: \['teacher-ensemble'"):
+        pick(tmp_path, "test", "teacher-soft")

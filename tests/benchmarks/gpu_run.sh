@@ -6,6 +6,8 @@
 # Usage: bash tests/benchmarks/gpu_run.sh STEP [STEP ...], steps run in order:
 #   runs=NAME,NAME   `kdrank experiment run --profile full --only NAME,NAME` (needs .gpu/a and any .gpu/a2, ...;
 #                    teacher runs every GGUF part)
+#   best=ENSEMBLE    runs= the ensemble's largest-size student, then that of its member with the lowest
+#                    validation loss (chosen on the validation queries, not the test ones; step 6's call 4)
 #   setup            nothing beyond the set-up every call does (wheels, fp32 MiniLM, the joined GGUF)
 #   restore          the split, then `kdrank experiment restore` of KDRANK_ARCHIVE (docs/results/archive/PROFILE,
 #                    which travels with the checkout): earlier sessions' rows, and their teacher labels, which
@@ -110,6 +112,17 @@ runs() {  # $1: comma-separated experiment names
     tar -czf "$OUT/experiment.tgz" -C "$WORK/results-$PROFILE" -T "$WORK/experiment-files.txt" || true
 }
 
+best() {  # $1: an ensemble of the plan; its student and its best-on-validation member's, as one runs= step
+    local names
+    names=$($PY -c "import sys; from pipelines.experiments import stronger_teacher_students as pick
+names, why = pick(*sys.argv[1:])
+print(why, file=sys.stderr)
+print(','.join(names))" "$WORK/results-$PROFILE" "$PROFILE" "$1" 2> >(tee -a "$OUT/experiment.log" >&2)) \
+        || { echo "best=$1: no students chosen (see above)"; return 0; }
+    echo "best=$1: runs=$names" | tee -a "$OUT/experiment.log"
+    runs "$names"
+}
+
 adopt_teacher() {  # the pipeline's teacher as the plan's teacher-soft: same settings and split, so not retrained
     local teacher target="$WORK/results-$PROFILE/models/teacher-soft"
     case "${KDRANK_PIPELINE_ARGS:-}" in *teacher.*) echo "teacher settings overridden: not teacher-soft"; return 0 ;; esac
@@ -199,6 +212,7 @@ archive() {  # rows, scores and label sets of every finished run, merged into th
 for step in "$@"; do
     case "$step" in
         runs=*) runs "${step#runs=}" ;;
+        best=*) best "${step#best=}" ;;
         check) $PY -c "import kfp.local, kfp.dsl, google.cloud.storage, onnx, onnxscript, gguf, bm25s; import pipelines.cli, pipelines.local, components.kfp.common; print('imports ok')" ;;
         bench)
             timeout "${KDRANK_BENCH_TIMEOUT:-90}" $PY tests/benchmarks/bench_throughput.py --data "$DATA" \
@@ -212,7 +226,7 @@ for step in "$@"; do
         prepare-bg) prepare_bg ;;
         wait) wait_prepare ;;
         archive) wait_prepare; archive ;;
-        *) echo "unknown step '$step' (runs=NAMES, check, bench, pipeline, adopt-teacher, setup, restore, prepare," \
+        *) echo "unknown step '$step' (runs=NAMES, best=ENSEMBLE, check, bench, pipeline, adopt-teacher, setup, restore, prepare," \
                 "prepare-bg, wait, archive)" >&2
            exit 2 ;;
     esac
