@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from benchlib import save_report
 
 from components import schema
 from components.evaluate import SCORE, SCORE_GRADE, paired_bootstrap, ranking_metrics
@@ -103,9 +104,9 @@ def main(argv: list[str] | None = None) -> int:
             f"grade-scale scores; the difference is paired, over 1,000 resamples of the test queries.\n\n"
             f"{table(rows)}\n")
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text)
-    print(text)
+        save_report(args.output, text)
+    else:
+        print(text)
     return 0
 
 
