@@ -111,7 +111,8 @@ PROFILES: dict[str, Profile] = {
         # as one ensemble in the same GPU time as the seed ensemble. Averaging two models of one recipe
         # gained at most +0.004 pairwise accuracy over the better one on the full test set
         # (docs/results/ensemble-probe-full.md), so seeds alone are unlikely to make a stronger teacher.
-        # distil_teachers: each candidate's own 16x student, for when one member outranks the ensemble.
+        # distil_teachers: each candidate's own 16x student; `gpu_run.sh best=teacher-ensemble-mixed256` runs
+        # the ensemble's and the one of the member with the lowest validation loss.
         experiments={"multiples": [0, 2, 4, 8, 16], "seeds": [13, 14], "ensemble_size": 3, "born_again": True,
                      "teacher_ablations": {"verbaliser": {"head_init": "verbaliser"},
                                            "batch256": {"batch_size": 256, "learning_rate": 1e-4},

@@ -147,13 +147,12 @@ def _mixed_ensemble(profile_name: str, tag: str, members, runs: list[Experiment]
     if not tag or not all(c.isalnum() or c == "-" for c in tag) or len(names) < 2 or len(set(names)) != len(names):
         raise ValueError(f"profile '{profile_name}': mixed_ensembles needs NAME (letters, digits, '-') -> a list of "
                          f"at least two distinct teacher runs, got {tag!r} -> {members!r}")
-    members = names
-    if unknown := [m for m in members if m not in known]:
+    if unknown := [m for m in names if m not in known]:
         raise ValueError(f"profile '{profile_name}': mixed ensemble '{tag}' names {unknown}, which are not soft "
                          f"teacher runs of the plan ({known})")
     return [Experiment(f"teacher-ensemble-{tag}", "ensemble",
-                       f"ensemble of {len(members)} soft teachers of mixed recipes (mean probability): "
-                       f"{', '.join(members)}", loss="soft_ce", settings={"members": members}),
+                       f"ensemble of {len(names)} soft teachers of mixed recipes (mean probability): "
+                       f"{', '.join(names)}", loss="soft_ce", settings={"members": names}),
             Experiment(f"student-margin-{_fmt(top)}x-ensemble-{tag}", "student",
                        f"margin MSE on the {tag} ensemble's labels, {_fmt(top)}x augmented",
                        labels=f"teacher-ensemble-{tag}", augmented=top, loss="margin_mse")]
