@@ -39,7 +39,7 @@ import pandas as pd
 
 from components import schema, storage
 from pipelines import pair_sets, teacher_labels
-from pipelines.experiments import append_result, ensemble_identity, read_results
+from pipelines.experiments import append_result, ensemble_identity, read_results, training_record
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def archive_runs(runs_dir: str | Path, archive_dir: str | Path) -> list[str]:
     names = {r["run"] for r in rows}
     kept = [r for r in (read_results(archive_dir) if old else []) if r["run"] not in names]
     identities = {**_identities(kept, lambda run: archive_dir / "runs" / run / "checkpoint.json"),
-                  **_identities(rows, lambda run: _training_record(runs_dir, run))}
+                  **_identities(rows, lambda run: training_record(runs_dir, run))}
     identities.update(_ensemble_identities(kept + rows, identities))
     new_sets = _label_sets(runs_dir, identities)
     old_sets = {} if not old else {
@@ -164,7 +164,7 @@ def archive_runs(runs_dir: str | Path, archive_dir: str | Path) -> list[str]:
             target.mkdir(parents=True)
             aligned[row["run"]].to_parquet(target / "scores.parquet", index=False)
             shutil.copy(source / "metrics.json", target / "metrics.json")
-            if record := _training_record(runs_dir, row["run"]):
+            if record := training_record(runs_dir, row["run"]):
                 shutil.copy(record, target / "checkpoint.json")
         all_rows = kept + rows
         (out / "results.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in all_rows))
@@ -232,13 +232,6 @@ def _covered(records: dict[str, dict]) -> set[str]:
     prefixes = {(r["teacher"], r["identity"], r["base_digest"]) for r in records.values() if r["multiple"] > 0}
     return {name for name, r in records.items()
             if r["multiple"] == 0 and (r["teacher"], r["identity"], r["pairs_digest"]) in prefixes}
-
-
-def _training_record(runs_dir: Path, run: str) -> Path | None:
-    """A run's training record: its checkpoint's kdrank.json, else eval/RUN/checkpoint.json (a row merged
-    from a GPU bundle or restored from an archive, with no checkpoint here)."""
-    return next((p for p in (runs_dir / "models" / run / "kdrank.json", runs_dir / "eval" / run / "checkpoint.json")
-                 if p.is_file()), None)
 
 
 def _identities(rows: list[dict], record_of) -> dict[str, str]:

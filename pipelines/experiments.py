@@ -540,15 +540,20 @@ class Runner:
         return shlex.join(parts)
 
 
+def training_record(runs_dir: str | Path, run: str) -> Path | None:
+    """A run's training record: its checkpoint's kdrank.json, else eval/RUN/checkpoint.json (a row merged
+    from a GPU bundle or restored from an archive, with no checkpoint here)."""
+    candidates = (Path(runs_dir, "models", run, "kdrank.json"), Path(runs_dir, "eval", run, "checkpoint.json"))
+    return next((p for p in candidates if p.is_file()), None)
+
+
 def final_val_loss(runs_dir: str | Path, teacher: str) -> float | None:
     """A teacher run's validation loss after its last epoch (soft-target cross-entropy against the raters'
-    grade distribution on the validation queries), from its checkpoint's or its archived training record."""
-    for record in (Path(runs_dir, "models", teacher, "kdrank.json"),
-                   Path(runs_dir, "eval", teacher, "checkpoint.json")):
-        if record.is_file():
-            losses = json.loads(record.read_text()).get("training", {}).get("summary", {}).get("val_loss_per_epoch")
-            return float(losses[-1]) if losses else None
-    return None
+    grade distribution on the validation queries), from its training record."""
+    if (record := training_record(runs_dir, teacher)) is None:
+        return None
+    losses = json.loads(record.read_text()).get("training", {}).get("summary", {}).get("val_loss_per_epoch")
+    return float(losses[-1]) if losses else None
 
 
 def stronger_teacher_students(runs_dir: str | Path, profile_name: str, ensemble: str) -> tuple[list[str], str]:
@@ -571,13 +576,14 @@ def stronger_teacher_students(runs_dir: str | Path, profile_name: str, ensemble:
                      and e.augmented == top and e.loss == "margin_mse" and "-seed" not in e.name), None)
 
     chosen = [student_of(ensemble)]
-    losses = {m: final_val_loss(runs_dir, m) for m in exp.settings["members"]}
-    known = {m: v for m, v in losses.items() if v is not None and student_of(m)}
+    own = {m: student_of(m) for m in exp.settings["members"]}
+    losses = {m: final_val_loss(runs_dir, m) for m in own}
+    known = {m: v for m, v in losses.items() if v is not None and own[m]}
     notes = [f"{m}: {'no validation loss' if v is None else f'validation loss {v:.4f}'}"
-             + ("" if student_of(m) else ", no student of its own planned") for m, v in losses.items()]
+             + ("" if own[m] else ", no student of its own planned") for m, v in losses.items()]
     if known:
         best = min(known, key=known.get)
-        chosen.append(student_of(best))
+        chosen.append(own[best])
         notes.append(f"lowest validation loss: {best}")
     return [c for c in chosen if c], "; ".join(notes)
 
