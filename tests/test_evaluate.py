@@ -264,7 +264,7 @@ def test_ensemble_probe_scores_the_mean_of_grade_scale_scores_against_its_best_m
         raw = rng.normal(size=24)  # a student's raw score: another scale, which the probe must not average
         base.assign(score=raw, score_grade=np.nan if grade_scale is None else grade_scale).to_parquet(
             folder / "scores.parquet")
-    frames = {run: probe.read_scores(tmp_path, run) for run in ("good", "noisy")}
+    frames = {run: probe.read_grade_scores(tmp_path, run) for run in ("good", "noisy")}
     row = probe.probe(frames, {"pair": ["noisy", "good"]})[0]
     expected = ranking_metrics(base.assign(s=(good + frames["noisy"]["score"].to_numpy()) / 2), "s")
     assert row["pairwise"] == pytest.approx(expected["pairwise_accuracy"])
@@ -273,9 +273,9 @@ def test_ensemble_probe_scores_the_mean_of_grade_scale_scores_against_its_best_m
     assert row["minus_best"] == pytest.approx(row["pairwise"] - row["best_pairwise"])
     assert "| pair | noisy (" in probe.table([row])
     with pytest.raises(ValueError, match="no scores on the grade scale"):
-        probe.read_scores(tmp_path, "baseline")
+        probe.read_grade_scores(tmp_path, "baseline")
     with pytest.raises(FileNotFoundError, match="absent has no stored test scores"):
-        probe.read_scores(tmp_path, "absent")
+        probe.read_grade_scores(tmp_path, "absent")
     with pytest.raises(ValueError, match="noisy scored other test pairs"):
         probe.probe({"good": frames["good"], "noisy": frames["noisy"].iloc[::-1]}, {"pair": ["good", "noisy"]})
     for text in ("pair=good", "pair=good+good", "good+noisy", "=good+noisy"):
