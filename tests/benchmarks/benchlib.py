@@ -10,7 +10,6 @@ import pandas as pd
 import torch
 
 from components import schema
-from components.evaluate import SCORE, SCORE_GRADE
 from components.runtime import cpu_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,6 +37,8 @@ def save_report(path: str | None, text: str) -> None:
 def read_grade_scores(runs_dir: str | Path, run: str) -> pd.DataFrame:
     """A run's stored test scores (`eval/RUN/scores.parquet`) on the grade scale, as the column `score`:
     a teacher's expected grade, a student's validation-calibrated score. Baselines have none (refused)."""
+    from components.evaluate import SCORE, SCORE_GRADE  # scipy: only for the scripts that read scores
+
     path = Path(runs_dir, "eval", run, "scores.parquet")
     if not path.is_file():
         raise FileNotFoundError(f"{run} has no stored test scores at {path}")
