@@ -135,8 +135,10 @@ class Encoder:
 def cached_embeddings(encoder: Encoder, texts: list[str], cache_dir: str | None,
                       kind: str) -> tuple[np.ndarray, bool]:
     """Embeddings of `texts`, and whether they came from the on-disk cache: the key hashes the encoder
-    (path, config, weight files), max_length and every text in order, so a rerun skips encoding."""
-    key = _fingerprint(_encoder_identity(encoder.path), str(encoder.max_length), *texts)
+    (path, config, weight files), max_length, bf16 on the CPU (KDRANK_CPU_BF16) and every text in order,
+    so a rerun skips encoding."""
+    precision = ["cpu-bf16"] if encoder.device.type == "cpu" and os.environ.get(runtime.CPU_BF16) == "1" else []
+    key = _fingerprint(_encoder_identity(encoder.path), str(encoder.max_length), *precision, *texts)
     path = storage.join(str(models.cache_root(cache_dir)), "embeddings", f"{kind}-{key}.npy")
     if storage.exists(path):
         emb = np.load(io.BytesIO(storage.read_bytes(path)))

@@ -91,6 +91,18 @@ def test_rerun_skips_and_the_embedding_cache_is_reused(inputs, first_run):
     assert _keys(small_new) == _keys(big_new)[:len(small_new)]  # a smaller multiple is a prefix
 
 
+
+def test_cpu_bf16_embeddings_are_cached_apart_from_fp32_ones(inputs, first_run, monkeypatch):
+    from components import runtime
+
+    monkeypatch.setenv(runtime.CPU_BF16, "1")
+    config = AugmentConfig(multiple=1.0, title_queries=0.3, cache_dir=inputs["cache"], batch_size=32, device="cpu")
+    bf16 = augment.augment_pairs(inputs["pairs"], inputs["catalogue"], os.path.join(inputs["root"], "bf16.parquet"),
+                                 config)
+    assert bf16["embedding_cache"] == "miss"  # the fp32 run's embeddings are not taken for bf16 ones
+    assert len(list(Path(inputs["cache"], "embeddings").glob("catalogue-*.npy"))) == 2
+
+
 def test_multiple_zero_gives_only_the_labelled_pairs(inputs):
     output = os.path.join(inputs["root"], "m0.parquet")
     summary = augment.augment_pairs(inputs["pairs"], inputs["catalogue"], output,

@@ -94,3 +94,18 @@ def test_default_models_can_come_from_the_environment(monkeypatch, tmp_path, tin
     with pytest.raises(FileNotFoundError, match="KDRANK_TEACHER_GGUF=.*missing.gguf is not a file"):
         models.default_teacher_path(str(tmp_path / "cache"))
     assert not (tmp_path / "cache").exists()
+
+
+def test_cpu_autocast_is_fp32_unless_bf16_is_asked_for(monkeypatch):
+    import torch
+
+    from components import runtime
+
+    cpu = torch.device("cpu")
+    layer = torch.nn.Linear(4, 4)
+    monkeypatch.delenv(runtime.CPU_BF16, raising=False)
+    with runtime.autocast(cpu):
+        assert layer(torch.ones(1, 4)).dtype == torch.float32
+    monkeypatch.setenv(runtime.CPU_BF16, "1")
+    with runtime.autocast(cpu):
+        assert layer(torch.ones(1, 4)).dtype == torch.bfloat16
