@@ -135,10 +135,12 @@ class Encoder:
 def cached_embeddings(encoder: Encoder, texts: list[str], cache_dir: str | None,
                       kind: str) -> tuple[np.ndarray, bool]:
     """Embeddings of `texts`, and whether they came from the on-disk cache: the key hashes the encoder
-    (path, config, weight files), max_length, bf16 on the CPU (KDRANK_CPU_BF16) and every text in order,
-    so a rerun skips encoding."""
-    precision = ["cpu-bf16"] if encoder.device.type == "cpu" and os.environ.get(runtime.CPU_BF16) == "1" else []
-    key = _fingerprint(_encoder_identity(encoder.path), str(encoder.max_length), *precision, *texts)
+    (path, config, weight files), max_length, the precision it runs in (`runtime.precision`: bf16 on CUDA,
+    or on the CPU with KDRANK_CPU_BF16; fp32 adds nothing, so older fp32 caches stay valid) and every text
+    in order, so a rerun skips encoding and a shared cache never hands one precision's vectors to another."""
+    precision = runtime.precision(encoder.device)
+    key = _fingerprint(_encoder_identity(encoder.path), str(encoder.max_length),
+                       *([] if precision == "fp32" else [precision]), *texts)
     path = storage.join(str(models.cache_root(cache_dir)), "embeddings", f"{kind}-{key}.npy")
     if storage.exists(path):
         emb = np.load(io.BytesIO(storage.read_bytes(path)))

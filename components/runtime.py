@@ -27,17 +27,25 @@ def pick_device(prefer: str | None = None) -> torch.device:
 CPU_BF16 = "KDRANK_CPU_BF16"  # "1": bf16 autocast on the CPU too
 
 
+def precision(device: torch.device) -> str:
+    """How models run on `device`: "cuda-bf16" (bf16 autocast on CUDA), "cpu-bf16" (on the CPU with
+    KDRANK_CPU_BF16=1), else "fp32". `autocast` follows it; caches of model outputs put it in their keys."""
+    if device.type == "cuda":
+        return "cuda-bf16"
+    if device.type == "cpu" and os.environ.get(CPU_BF16, "") == "1":
+        return "cpu-bf16"
+    return "fp32"
+
+
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA; on the CPU a no-op (fp32), unless KDRANK_CPU_BF16=1 asks for bf16 there too.
 
     fp32 is the CPU default: it is exact, and without bf16 matrix units it is also the faster. On a CPU
     with them (Intel AMX, `amx_bf16` in /proc/cpuinfo) bf16 autocast scored MiniLM pairs about twice as
     fast on 2 cores (docs/results.md, "Moving archived labels onto this CPU's pairs")."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    if device.type == "cpu" and os.environ.get(CPU_BF16, "") == "1":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    if precision(device) == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def adamw(params, device: torch.device, **kwargs) -> torch.optim.AdamW:

@@ -205,16 +205,25 @@ def _fmt(multiple: float) -> str:
     return f"{multiple:g}"
 
 
+def cpu_bf16() -> bool:
+    """Whether runs here train and score in bf16 on the CPU (no GPU, and KDRANK_CPU_BF16=1)."""
+    import torch
+
+    from components.runtime import precision
+
+    return not torch.cuda.is_available() and precision(torch.device("cpu")) == "cpu-bf16"
+
+
 def hardware() -> str:
-    """The accelerator if one is used, else the CPU model and core count."""
+    """The accelerator if one is used, else the CPU model and core count, and bf16 where KDRANK_CPU_BF16 asks
+    for it (fp32 is the CPU's default and goes unsaid)."""
     import torch
 
     if torch.cuda.is_available():
         return f"1x {torch.cuda.get_device_name()}"
     from components.runtime import cpu_model
 
-    cpu = cpu_model()
-    return f"{cpu}, {os.cpu_count()} cores (CPU only)"
+    return f"{cpu_model()}, {os.cpu_count()} cores (CPU only{', bf16 autocast' if cpu_bf16() else ''})"
 
 
 class Runner:
@@ -227,7 +236,7 @@ class Runner:
         self.experiments = {e.name: e for e in plan(profile)}
         self.top = max(float(m) for m in self.profile.experiments["multiples"])
         self._paths: dict[str, str] | None = None
-        self._hardware = hardware()
+        self._hardware, self._cpu_bf16 = hardware(), cpu_bf16()
 
     # ----- shared steps --------------------------------------------------------------------------------
     def paths(self) -> dict[str, str]:
@@ -533,11 +542,15 @@ class Runner:
                 **self._evaluate(target, exp.name)}
 
     def command(self, name: str) -> str:
+        """The command that makes row `name` again, with KDRANK_CPU_BF16=1 in front when it was set."""
+        from components.runtime import CPU_BF16
+
         parts = ["kdrank", "experiment", "run", "--profile", self.profile.name, "--data", self.data]
         if self.fmt:
             parts += ["--format", self.fmt]
         parts += ["--output", str(self.out), "--only", name]
-        return shlex.join(parts)
+        bf16 = f"{CPU_BF16}=1 " if self._cpu_bf16 else ""
+        return bf16 + shlex.join(parts)
 
 
 def training_record(runs_dir: str | Path, run: str) -> Path | None:

@@ -227,6 +227,26 @@ def test_only_runs_one_experiment_and_what_it_needs(tmp_path, tiny_teacher_dir, 
     assert sorted(r["run"] for r in read_results(tmp_path / "runs")) == ["student-margin-1x", "teacher-soft"]
 
 
+def test_a_bf16_cpu_run_says_so_in_its_hardware_and_its_command(tmp_path, tiny_teacher_dir, tiny_student_dir,
+                                                                 monkeypatch):
+    import torch
+
+    from components import runtime
+
+    if torch.cuda.is_available():
+        pytest.skip("KDRANK_CPU_BF16 is about CPU-only runs")
+    data = write_homedepot_csv(tmp_path / "train.csv", n_queries=12)
+    monkeypatch.setenv(runtime.CPU_BF16, "1")
+    row, = Runner("test", data, str(tmp_path / "bf16"), fmt="homedepot", teacher_model=tiny_teacher_dir,
+                  student_model=tiny_student_dir).run(["student-human"])
+    assert row["hardware"].endswith("cores (CPU only, bf16 autocast)")
+    assert row["command"].startswith("KDRANK_CPU_BF16=1 kdrank experiment run --profile test ")
+    monkeypatch.delenv(runtime.CPU_BF16)
+    row, = Runner("test", data, str(tmp_path / "fp32"), fmt="homedepot", teacher_model=tiny_teacher_dir,
+                  student_model=tiny_student_dir).run(["student-human"])
+    assert row["hardware"].endswith("cores (CPU only)") and row["command"].startswith("kdrank experiment run ")
+
+
 def test_prepare_makes_the_shared_inputs_and_the_runs_after_it_find_them_finished(tmp_path, tiny_teacher_dir,
                                                                                   tiny_student_dir, capsys):
     data = write_homedepot_csv(tmp_path / "train.csv", n_queries=20)

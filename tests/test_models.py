@@ -109,3 +109,18 @@ def test_cpu_autocast_is_fp32_unless_bf16_is_asked_for(monkeypatch):
     monkeypatch.setenv(runtime.CPU_BF16, "1")
     with runtime.autocast(cpu):
         assert layer(torch.ones(1, 4)).dtype == torch.bfloat16
+
+
+def test_precision_names_what_autocast_does(monkeypatch):
+    import torch
+
+    from components import runtime
+
+    monkeypatch.delenv(runtime.CPU_BF16, raising=False)
+    assert runtime.precision(torch.device("cpu")) == "fp32"
+    assert runtime.precision(torch.device("cuda")) == "cuda-bf16"  # no GPU needed to name it
+    monkeypatch.setenv(runtime.CPU_BF16, "0")
+    assert runtime.precision(torch.device("cpu")) == "fp32"
+    monkeypatch.setenv(runtime.CPU_BF16, "1")
+    assert runtime.precision(torch.device("cpu")) == "cpu-bf16"
+    assert runtime.precision(torch.device("cuda:1")) == "cuda-bf16"

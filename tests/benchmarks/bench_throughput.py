@@ -6,11 +6,16 @@ Measures, for the default teacher (SmolLM2-135M) and student (MiniLM-L6):
 - training pairs/s: the teacher's soft-target classification step and the student's margin-MSE step
   (both products of a margin pair in one forward pass; a margin pair counts as two pairs);
 - on a GPU, the student's scoring rate as a share of what the card's bf16 dense peak allows for its
-  FLOPs per pair (the efficiency ratio), with the FLOP count spelled out.
+  FLOPs per pair (the efficiency ratio), with the FLOP count spelled out; on a CPU, both models' rates as a
+  share of what one large matrix multiply reaches there in the same precision.
+
+On a CPU the precision is fp32, or bf16 autocast with KDRANK_CPU_BF16=1 (worth it with bf16 matrix units,
+such as Intel AMX); the section's title says which.
 
 Real Home Depot text is used when ../shared/data/homedepot/train.csv is there (else --data).
 
     python tests/benchmarks/bench_throughput.py --output docs/bench/throughput-cpu.md
+    KDRANK_CPU_BF16=1 python tests/benchmarks/bench_throughput.py --output bf16.md
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import torch
 from benchlib import HOMEDEPOT, machine, save_report
 
 from components import losses, models, pairs
-from components.runtime import adamw, autocast, pick_device
+from components.runtime import adamw, autocast, pick_device, precision
 from components.scoring import load_classifier
 
 # Dense bf16 tensor-core peaks (no sparsity), from NVIDIA's data sheets.
@@ -129,6 +134,23 @@ def student_step(device):
     return step
 
 
+def matmul_ceiling(device, seconds: float, n: int = 2048) -> float:
+    """FLOP/s of one large square matrix multiply under the same autocast: what this machine's matrix units
+    give when nothing else is in the way, the CPU's stand-in for a data-sheet peak."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    done, start = 0, None
+    with torch.inference_mode(), autocast(device):
+        for i in range(10**9):
+            if i == 2:
+                sync(device)
+                start, done = time.perf_counter(), 0
+            (a @ b).sum().item()
+            done += 1
+            if start is not None and time.perf_counter() - start > seconds:
+                break
+    return 2.0 * n**3 * done / (time.perf_counter() - start)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=HOMEDEPOT)
@@ -172,12 +194,13 @@ def main(argv: list[str] | None = None) -> None:
         del model
 
     speedup = details[pairs.STUDENT]["scoring"] / details[pairs.TEACHER]["scoring"]
-    precision = "bf16 autocast" if gpu else "fp32"
+    mode = "fp32" if precision(device) == "fp32" else "bf16 autocast"
+    achieved = {role: details[role]["scoring"] * details[role]["flops"] for role in details}
     lines = [
-        f"## Teacher vs student throughput ({'GPU' if gpu else 'CPU'})", "",
+        f"## Teacher vs student throughput ({'GPU' if gpu else 'CPU'}, {mode})", "",
         f"Machine: {header}.", "",
         f"Both models see the same shapes: scoring batches of {batch} and training batches of {train_batch} pairs, "
-        f"every pair padded to exactly {args.seq_len} tokens, {precision}; {seconds:.0f} s timed per figure after "
+        f"every pair padded to exactly {args.seq_len} tokens, {mode}; {seconds:.0f} s timed per figure after "
         "two warm-up batches. Training: the teacher's soft-target step; the student's margin-MSE step with both "
         "products of a margin pair in one forward pass (each margin pair counts as two pairs).", "",
         "| model | parameters | GFLOPs per pair (forward) | scoring pairs/s | training pairs/s |",
@@ -187,10 +210,17 @@ def main(argv: list[str] | None = None) -> None:
     if gpu:
         name = torch.cuda.get_device_name()
         peak = peak_tflops(name)
-        achieved = details[pairs.STUDENT]["scoring"] * details[pairs.STUDENT]["flops"]
         if peak:
-            lines += ["", f"Efficiency: the student's scoring runs at {achieved / 1e12:.1f} TFLOP/s, "
-                      f"{100 * achieved / (peak * 1e12):.1f}% of the {name} bf16 dense peak ({peak:.0f} TFLOP/s)."]
+            lines += ["", f"Efficiency: the student's scoring runs at {achieved[pairs.STUDENT] / 1e12:.1f} TFLOP/s, "
+                      f"{100 * achieved[pairs.STUDENT] / (peak * 1e12):.1f}% of the {name} bf16 dense peak "
+                      f"({peak:.0f} TFLOP/s)."]
+    else:
+        ceiling = matmul_ceiling(device, min(seconds, 10.0))
+        lines += ["", f"Scoring runs at {achieved[pairs.TEACHER] / 1e9:,.0f} GFLOP/s (teacher) and "
+                  f"{achieved[pairs.STUDENT] / 1e9:,.0f} GFLOP/s (student), counting the forward FLOPs above: "
+                  f"{100 * achieved[pairs.TEACHER] / ceiling:.0f}% and {100 * achieved[pairs.STUDENT] / ceiling:.0f}% "
+                  f"of the {ceiling / 1e9:,.0f} GFLOP/s that one 2048 x 2048 x 2048 matrix multiply reaches here "
+                  f"in the same precision (a CPU has no data-sheet peak to hold it against)."]
     lines.append("")
     text = "\n".join(lines)
     if args.output:
