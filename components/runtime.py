@@ -41,8 +41,8 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA; on the CPU a no-op (fp32), unless KDRANK_CPU_BF16=1 asks for bf16 there too.
 
     fp32 is the CPU default: it is exact, and without bf16 matrix units it is also the faster. On a CPU
-    with them (Intel AMX, `amx_bf16` in /proc/cpuinfo) bf16 autocast scored MiniLM pairs about twice as
-    fast on 2 cores (docs/results.md, "Moving archived labels onto this CPU's pairs")."""
+    with them (Intel AMX, `amx_bf16` in /proc/cpuinfo) bf16 autocast scored about 3x and trained about 1.5x
+    as fast on 2 cores, with the same students (docs/results.md, "CPU: Intel Xeon VM with AMX")."""
     if precision(device) == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)

@@ -15,7 +15,7 @@ such as Intel AMX); the section's title says which.
 Real Home Depot text is used when ../shared/data/homedepot/train.csv is there (else --data).
 
     python tests/benchmarks/bench_throughput.py --output docs/bench/throughput-cpu.md
-    KDRANK_CPU_BF16=1 python tests/benchmarks/bench_throughput.py --output bf16.md
+    KDRANK_CPU_BF16=1 python tests/benchmarks/bench_throughput.py --output docs/bench/throughput-cpu-xeon-bf16.md
 """
 
 from __future__ import annotations
