@@ -15,6 +15,7 @@ One epoch therefore shows every product about once (by default), like one epoch 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -32,6 +33,7 @@ from components.batching import TokenTable, length_batches, to_device
 from components.checkpoint import META_FILE, CheckpointInfo, write_info
 from components.evaluate import SCORE, SCORE_GRADE, fit_linear_calibration, ranking_metrics
 from components.losses import margin_mse_loss, pointwise_mse_loss
+from components.resume import Resumer, rng_states, set_rng_states
 from components.runtime import adamw, autocast, pick_device, seed_everything
 from components.schema import DataError
 
@@ -312,42 +314,69 @@ def train_student(train_uri: str, val_uri: str | None, output_dir: str,
 
     # Losses stay on the device and are read once per log point: a read waits for the GPU, and a wait
     # every step would leave it idle while the host prepares the next batch.
-    step, sequences, epoch_losses, curve, window = 0, 0, [], [], []
+    # `loop` is what a resumed run needs besides the model, optimiser and schedule (components.resume); an
+    # epoch's batches follow from its number, so the position in it is enough.
+    loop = {"step": 0, "sequences": 0, "epoch_losses": [], "curve": [], "window": [], "epoch": 0,
+            "empty_epochs": 0, "epoch_sum": 0.0, "epoch_steps": 0, "seconds": 0.0, "cpu_seconds": 0.0,
+            "resumed_at": []}
+    resumer = Resumer(output_dir, hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest())
+    if (saved := resumer.load(device)) is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        set_rng_states(saved["rng"])
+        loop.update(saved["loop"])
+        loop["resumed_at"] = [*loop["resumed_at"], loop["step"]]
+    window = [torch.tensor(v, device=device) for v in loop["window"]]
     log_every = max(1, total_steps // 50)
-    bar = tqdm(total=total_steps, desc=f"student ({config.loss}, {config.labels} labels)", unit="step")
+    bar = tqdm(total=total_steps, initial=loop["step"], desc=f"student ({config.loss}, {config.labels} labels)",
+               unit="step")
     start, cpu_start = time.perf_counter(), time.process_time()
-    epoch = empty_epochs = 0
-    while step < total_steps:
-        if epoch:
-            batches, items = epoch_batches(rows, config, epoch)
-        epoch_sum, epoch_steps = torch.zeros((), device=device), 0
-        for batch in batches:
-            loss = batch_loss(model, rows, items[batch], config.loss, device)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            sequences += items[batch].size
-            epoch_sum += loss.detach()
-            epoch_steps += 1
-            window.append(loss.detach())
-            if step % log_every == 0 or step == total_steps:
-                curve.append([step, torch.stack(window).mean().item()])
-                bar.set_postfix(loss=f"{curve[-1][1]:.4f}", epoch=epoch)
-                window = []
-            bar.update(1)
-            if step >= total_steps:
-                break
-        empty_epochs = 0 if epoch_steps else empty_epochs + 1
-        if epoch_steps:
-            epoch_losses.append(epoch_sum.item() / epoch_steps)
-        elif empty_epochs > 100:  # a tiny table may draw an empty epoch now and then, never this many in a row
-            raise RuntimeError(f"no training pairs drawn from {train_uri} in {empty_epochs} epochs")
-        epoch += 1
+
+    def state() -> dict:
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": rng_states(), "done": loop["step"], "total": total_steps,
+                "loop": {**loop, "window": [float(v) for v in window], "epoch_sum": float(epoch_sum),
+                         "epoch_steps": epoch_steps, "seconds": loop["seconds"] + time.perf_counter() - start,
+                         "cpu_seconds": loop["cpu_seconds"] + time.process_time() - cpu_start}}
+
+    with resumer.watch():
+        while loop["step"] < total_steps:
+            if loop["epoch"]:
+                batches, items = epoch_batches(rows, config, loop["epoch"])
+            epoch_steps = loop["epoch_steps"]  # > 0 only when resuming inside this epoch
+            epoch_sum = torch.tensor(loop["epoch_sum"], device=device)
+            for batch in batches[epoch_steps:]:
+                loss = batch_loss(model, rows, items[batch], config.loss, device)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                loop["step"] += 1
+                loop["sequences"] += items[batch].size
+                epoch_sum += loss.detach()
+                epoch_steps += 1
+                window.append(loss.detach())
+                if loop["step"] % log_every == 0 or loop["step"] == total_steps:
+                    loop["curve"].append([loop["step"], torch.stack(window).mean().item()])
+                    bar.set_postfix(loss=f"{loop['curve'][-1][1]:.4f}", epoch=loop["epoch"])
+                    window = []
+                bar.update(1)
+                if loop["step"] >= total_steps:
+                    break
+                resumer.step(state)
+            loop["empty_epochs"] = 0 if epoch_steps else loop["empty_epochs"] + 1
+            if epoch_steps:
+                loop["epoch_losses"].append(epoch_sum.item() / epoch_steps)
+            elif loop["empty_epochs"] > 100:  # a tiny table may draw an empty epoch now and then, never this many
+                raise RuntimeError(f"no training pairs drawn from {train_uri} in {loop['empty_epochs']} epochs")
+            loop.update(epoch=loop["epoch"] + 1, epoch_sum=0.0, epoch_steps=0)
     bar.close()
-    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    # training time of every run that made it (a resumed run adds its own to the saved runs')
+    seconds = loop["seconds"] + time.perf_counter() - start
+    cpu_seconds = loop["cpu_seconds"] + time.process_time() - cpu_start
+    step, sequences, epoch_losses, curve = loop["step"], loop["sequences"], loop["epoch_losses"], loop["curve"]
     model.eval()
 
     cal_frame, cal_column, cal_set = _calibration_set(frame, val_uri, config)
@@ -360,6 +389,8 @@ def train_student(train_uri: str, val_uri: str | None, output_dir: str,
         "margin_pairs_per_s": sequences / 2 / seconds if config.loss == "margin_mse" else None,
         "losses": epoch_losses, "loss_curve": curve, "final_loss": curve[-1][1],
     }
+    if loop["resumed_at"]:
+        summary["resumed_at_step"] = loop["resumed_at"]
     info = CheckpointInfo(role=pairs.STUDENT, num_grades=num_grades, max_length=config.max_length,
                           base_model=config.base_model or models.STUDENT_NAME)
     # kdrank.json is what a rerun checks for: on gs:// it is uploaded after the weights.
@@ -374,6 +405,7 @@ def train_student(train_uri: str, val_uri: str | None, output_dir: str,
         info.calibration = calibration
         info.training = {"settings": settings, "summary": summary}
         write_info(tmp, info)
+    resumer.clear()
     log.info("student saved to %s: %.1f s, %.1f pairs/s, final loss %.4f, %s metrics %s", output_dir, seconds,
              summary["pairs_per_s"], summary["final_loss"], cal_set, summary["val_metrics"])
     return summary

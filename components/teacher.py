@@ -8,6 +8,7 @@ ensemble of members trained with consecutive seeds. The output is a kdrank check
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -29,6 +30,7 @@ from components.batching import TokenTable, length_batches, to_device
 from components.checkpoint import META_FILE, CheckpointInfo, write_info
 from components.data import read_table
 from components.losses import soft_target_cross_entropy
+from components.resume import Resumer, rng_states, set_rng_states
 from components.runtime import adamw, autocast, pick_device, seed_everything
 from components.scoring import load_classifier
 
@@ -116,27 +118,34 @@ def train_teacher(train_uri: str, val_uri: str | None, output_dir: str, config: 
         return CheckpointInfo(role=pairs.TEACHER, num_grades=num_grades, max_length=config.max_length,
                               base_model=base_name, members=list(members), training=training)
 
-    def train_one(cfg: TeacherConfig, out: Path, desc: str) -> dict:
+    def train_one(cfg: TeacherConfig, out: Path, desc: str, resumer: Resumer) -> dict:
         return _train_member(base, _subsample(train, cfg), val, out, cfg, num_grades, device=device, desc=desc,
-                             on_epoch_end=on_epoch_end)
+                             on_epoch_end=on_epoch_end, resumer=resumer)
 
+    # Training cut short keeps its state beside the directory it writes, until that is finished
+    # (components.resume): the same call again goes on from there.
     member_names = [f"member-{m}" for m in range(config.ensemble_size)] if config.ensemble_size > 1 else []
     if not member_names:
+        resumer = Resumer(output_dir, identity(settings))
         with storage.atomic_dir(output_dir) as tmp:
-            summary = _combine([train_one(config, Path(tmp), "teacher 1/1")], output_dir)
+            summary = _combine([train_one(config, Path(tmp), "teacher 1/1", resumer)], output_dir)
     else:
         _drop_stale(output_dir)
         members = []
         for m, name in enumerate(member_names):
             cfg = dataclasses.replace(config, ensemble_size=1, seed=config.seed + m)
-            members.append(_ensemble_member(storage.join(output_dir, name), reuse,
-                                            _settings(train_uri, val_uri, train, val, cfg), info,
-                                            lambda out, cfg=cfg, m=m: train_one(
-                                                cfg, out, f"teacher {m + 1}/{config.ensemble_size}")))
+            member_settings = _settings(train_uri, val_uri, train, val, cfg)
+            resumer = Resumer(storage.join(output_dir, name), identity(member_settings))
+            members.append(_ensemble_member(storage.join(output_dir, name), reuse, member_settings, info,
+                                            lambda out, cfg=cfg, m=m, resumer=resumer: train_one(
+                                                cfg, out, f"teacher {m + 1}/{config.ensemble_size}", resumer)))
+            resumer.clear()
         summary = _combine(members, output_dir)
     # kdrank.json goes last, after the whole directory is in place (gs:// uploads file by file): it is
     # the marker a rerun looks for, so an interrupted upload is retrained, never mistaken for finished.
     write_info(output_dir, info({**settings, "summary": summary}, member_names))
+    if not member_names:
+        resumer.clear()
     log.info("teacher saved to %s: %s", output_dir, json.dumps(summary))
     return summary
 
@@ -261,7 +270,8 @@ def targets_of(frame: pd.DataFrame, soft: bool) -> np.ndarray:
 
 
 def _train_member(base: str, train: pd.DataFrame, val: pd.DataFrame | None, out: Path, config: TeacherConfig,
-                  num_grades: int, *, device: torch.device, desc: str, on_epoch_end=None) -> dict:
+                  num_grades: int, *, device: torch.device, desc: str, on_epoch_end=None,
+                  resumer: Resumer | None = None) -> dict:
     seed = config.seed
     seed_everything(seed)
     tokenizer, model = load_classifier(base, role=pairs.TEACHER, num_labels=num_grades)
@@ -286,52 +296,83 @@ def _train_member(base: str, train: pd.DataFrame, val: pd.DataFrame | None, out:
 
     warmup = int(config.warmup_ratio * total_steps)
     scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
-    val_losses = []
-    val_initial = _val_loss(model, val_data, val_targets, device, config.batch_size) if val_data else None
-    epoch_losses, done, pairs_seen = [], 0, 0
-    bar = tqdm(total=total_batches, desc=desc, unit="batch")
+    # The loop's own state: what a resumed run needs besides the model, optimiser and schedule (see
+    # components.resume). `epoch_rng` is the batch-order generator as the current epoch began.
+    loop = {"done": 0, "total": total_batches, "pairs_seen": 0, "seconds": 0.0, "epoch_losses": [],
+            "val_losses": [], "val_initial": None, "epoch_start": 0, "epoch_sum": 0.0, "epoch_batches": 0,
+            "resumed_at": []}
+    saved = resumer.load(device) if resumer else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        set_rng_states(saved["rng"])
+        rng.bit_generator.state = saved["epoch_rng"]
+        loop.update(saved["loop"])
+        loop["resumed_at"] = [*loop["resumed_at"], loop["done"]]
+    elif val_data:
+        loop["val_initial"] = _val_loss(model, val_data, val_targets, device, config.batch_size)
+    bar = tqdm(total=total_batches, initial=loop["done"], desc=desc, unit="batch")
     start = time.perf_counter()
-    while done < total_batches:
-        model.train()
-        # Losses are summed on the device and read at most every LOSS_READ_EVERY batches: a read waits for
-        # the GPU, and a wait every step would leave it idle while the host prepares the next batch.
-        epoch_sum, epoch_batches, recent = torch.zeros((), device=device), 0, []
-        for idx in length_batches(data.lengths, config.batch_size, rng)[:total_batches - done]:
-            with autocast(device):
-                logits = model(**data.batch(idx, device)).logits
-            loss = soft_target_cross_entropy(logits.float(), to_device(targets[idx], device))
-            (loss / config.grad_accumulation).backward()
-            done += 1
-            pairs_seen += len(idx)
-            if done % config.grad_accumulation == 0 or done == total_batches:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            epoch_sum += loss.detach()
-            epoch_batches += 1
-            recent.append(loss.detach())
-            bar.update(1)
-            if len(recent) == LOSS_READ_EVERY:
-                bar.set_postfix(loss=f"{torch.stack(recent).mean().item():.4f}")
-                recent = []
-        epoch_losses.append(epoch_sum.item() / max(epoch_batches, 1))
-        if val_data is not None:
-            val_losses.append(_val_loss(model, val_data, val_targets, device, config.batch_size))
-            bar.set_postfix(loss=f"{epoch_losses[-1]:.4f}", val=f"{val_losses[-1]:.4f}")
-        if on_epoch_end is not None:
-            on_epoch_end(len(epoch_losses), model, tokenizer, device)
+
+    def state() -> dict:
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": rng_states(), "epoch_rng": epoch_rng, "done": loop["done"], "total": total_batches,
+                "loop": {**loop, "epoch_sum": float(epoch_sum), "epoch_batches": epoch_batches,
+                         "seconds": loop["seconds"] + time.perf_counter() - start}}
+
+    with resumer.watch() if resumer else contextlib.nullcontext():
+        # (a run resumed from a save at the last batch still has that epoch's end to do: its loss, validation)
+        while loop["done"] < total_batches or loop["epoch_batches"]:
+            model.train()
+            # Losses are summed on the device and read at most every LOSS_READ_EVERY batches: a read waits for
+            # the GPU, and a wait every step would leave it idle while the host prepares the next batch.
+            epoch_rng = rng.bit_generator.state
+            batches = length_batches(data.lengths, config.batch_size, rng)[:total_batches - loop["epoch_start"]]
+            epoch_batches = loop["epoch_batches"]  # > 0 only when resuming inside this epoch
+            epoch_sum, recent = torch.tensor(loop["epoch_sum"], device=device), []
+            for idx in batches[epoch_batches:]:
+                with autocast(device):
+                    logits = model(**data.batch(idx, device)).logits
+                loss = soft_target_cross_entropy(logits.float(), to_device(targets[idx], device))
+                (loss / config.grad_accumulation).backward()
+                loop["done"] += 1
+                loop["pairs_seen"] += len(idx)
+                epoch_sum += loss.detach()
+                epoch_batches += 1
+                recent.append(loss.detach())
+                bar.update(1)
+                if len(recent) == LOSS_READ_EVERY:
+                    bar.set_postfix(loss=f"{torch.stack(recent).mean().item():.4f}")
+                    recent = []
+                if loop["done"] % config.grad_accumulation == 0 or loop["done"] == total_batches:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    if resumer:
+                        resumer.step(state)
+            loop["epoch_losses"].append(epoch_sum.item() / max(epoch_batches, 1))
+            loop.update(epoch_start=loop["done"], epoch_sum=0.0, epoch_batches=0)
+            if val_data is not None:
+                loop["val_losses"].append(_val_loss(model, val_data, val_targets, device, config.batch_size))
+                bar.set_postfix(loss=f"{loop['epoch_losses'][-1]:.4f}", val=f"{loop['val_losses'][-1]:.4f}")
+            if on_epoch_end is not None:
+                on_epoch_end(len(loop["epoch_losses"]), model, tokenizer, device)
     bar.close()
-    seconds = time.perf_counter() - start
+    seconds = loop["seconds"] + time.perf_counter() - start  # training time of every run that made it
     if config.lora:
         model = model.merge_and_unload()
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    return {"seed": seed, "train_seconds": round(seconds, 3), "train_pairs": len(train),
-            "pairs_seen": pairs_seen, "pairs_per_second": round(pairs_seen / max(seconds, 1e-9), 2),
-            "optimizer_steps": total_steps,
-            "train_loss_per_epoch": epoch_losses, "final_train_loss": epoch_losses[-1],
-            "val_loss_initial": val_initial, "val_loss_per_epoch": val_losses}
+    summary = {"seed": seed, "train_seconds": round(seconds, 3), "train_pairs": len(train),
+               "pairs_seen": loop["pairs_seen"], "pairs_per_second": round(loop["pairs_seen"] / max(seconds, 1e-9), 2),
+               "optimizer_steps": total_steps,
+               "train_loss_per_epoch": loop["epoch_losses"], "final_train_loss": loop["epoch_losses"][-1],
+               "val_loss_initial": loop["val_initial"], "val_loss_per_epoch": loop["val_losses"]}
+    if loop["resumed_at"]:
+        summary["resumed_at_batch"] = loop["resumed_at"]
+    return summary
 
 
 def init_head_from_verbaliser(model, tokenizer, base: str | Path, words, *, leading_space: bool = True) -> list[str]:

@@ -136,10 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from components.resume import TrainingInterrupted
     from components.schema import DataError
 
     try:
         return int(args.handler(args) or 0)
+    except TrainingInterrupted as err:  # SIGTERM: the state is saved; 128 + 15, as a process killed by it
+        print(f"kdrank {args.command}: {err}", file=sys.stderr)
+        return 143
     except (DataError, FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"kdrank {args.command}: error: {err}", file=sys.stderr)
         return 2

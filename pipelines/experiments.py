@@ -132,6 +132,12 @@ def plan(profile_name: str) -> list[Experiment]:
     return runs
 
 
+def _resumed(summary: dict, key: str) -> dict:
+    """`{key: [...]}` when training was cut short and resumed (components.resume) at those batches or steps:
+    its train_seconds then add up the runs that made it, without the time between them."""
+    return {key: summary[key]} if summary.get(key) else {}
+
+
 def _soft_teachers(runs: list[Experiment]) -> list[str]:
     return [r.name for r in runs if r.kind == "teacher" and r.settings.get("soft_targets", True)]
 
@@ -441,7 +447,7 @@ class Runner:
         return {"model": (settings.get("base_model") or "SmolLM2-135M-Instruct") + " teacher",
                 "train_pairs": int(summary["train_pairs"]), "train_seconds": round(float(summary["train_seconds"]), 1),
                 "train_pairs_per_s": summary["pairs_per_second"], "settings": settings,
-                **self._evaluate(target, exp.name)}
+                **_resumed(summary, "resumed_at_batch"), **self._evaluate(target, exp.name)}
 
     def _ensemble(self, exp: Experiment) -> dict:
         """A teacher ensemble's row, composed from its members' rows and per-pair test scores (no model)."""
@@ -539,7 +545,7 @@ class Runner:
         return {"model": (settings.get("base_model") or "MiniLM-L6") + " cross-encoder",
                 "train_pairs": int(summary["train_rows"]), "train_seconds": round(float(summary["seconds"]), 1),
                 "train_pairs_per_s": round(float(summary["pairs_per_s"]), 1), "settings": settings,
-                **self._evaluate(target, exp.name)}
+                **_resumed(summary, "resumed_at_step"), **self._evaluate(target, exp.name)}
 
     def command(self, name: str) -> str:
         """The command that makes row `name` again, with KDRANK_CPU_BF16=1 in front when it was set."""

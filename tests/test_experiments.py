@@ -524,3 +524,34 @@ def test_step_6_students_are_the_ensembles_and_its_best_member_on_validation_los
     assert names == ["student-margin-2x-ensemble-mixed"] and "lowest" not in why
     with pytest.raises(ValueError, match=r"teacher-soft is not an ensemble of the test plan: \['teacher-ensemble'"):
         pick(tmp_path, "test", "teacher-soft")
+
+
+def test_a_run_stopped_by_sigterm_exits_143_and_the_same_command_resumes_it(tmp_path, tiny_teacher_dir,
+                                                                               tiny_student_dir, monkeypatch, capsys):
+    import os
+    import signal
+
+    import components.teacher as teacher_module
+
+    data = write_homedepot_csv(tmp_path / "train.csv", n_queries=12)
+    command = ["experiment", "run", "--profile", "test", "--data", data, "--format", "homedepot", "--output",
+               str(tmp_path / "runs"), "--only", "teacher-hard", "--teacher-model", tiny_teacher_dir,
+               "--student-model", tiny_student_dir]
+    real, calls = teacher_module.soft_target_cross_entropy, []
+
+    def preempted(*args, **kwargs):  # the pod's SIGTERM arrives during the third training batch
+        calls.append(__import__("torch").is_grad_enabled())
+        if calls.count(True) == 3 and calls[-1]:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setenv("KDRANK_STATE_EVERY", "0")
+    monkeypatch.setattr(teacher_module, "soft_target_cross_entropy", preempted)
+    assert cli.main(command) == 143
+    assert "stopped by SIGTERM at batch 3 of" in capsys.readouterr().err
+    assert read_results(tmp_path / "runs") == []
+    monkeypatch.setattr(teacher_module, "soft_target_cross_entropy", real)
+    assert cli.main(command) == 0
+    row, = read_results(tmp_path / "runs")
+    assert row["run"] == "teacher-hard" and row["resumed_at_batch"] == [3] and row["metrics"]["n_pairs"] > 0
+    assert not (tmp_path / "runs" / "models" / "teacher-hard.state").exists()

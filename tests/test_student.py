@@ -241,3 +241,48 @@ def test_gcs_input_and_output(gcs_emulator, tiny_student_dir):
     test_uri = data.write_table(make_labelled(3, 4), f"{root}/test.parquet")
     metrics = evaluate_checkpoint(f"{root}/model", test_uri, f"{root}/eval")
     assert json.loads(storage.read_text(f"{root}/eval/metrics.json"))["n_pairs"] == metrics["n_pairs"] == 12
+
+
+@pytest.mark.parametrize("loss, how", [("margin_mse", "sigterm"), ("pointwise_mse", "crash")])
+def test_training_cut_short_resumes_to_the_same_student(tmp_path, tiny_student_dir, monkeypatch, loss, how):
+    # SIGTERM (sent to this process as Kubernetes sends it to a pod it preempts) saves after the step it came in
+    # and stops; a crash loses the steps after the last timed save (every step here). Either way the same call
+    # again goes on from the saved step, dropout included, to the student an uninterrupted run makes.
+    import os
+    import signal
+
+    import components.student as student_module
+    from components.resume import TrainingInterrupted, state_dir
+
+    monkeypatch.setenv("KDRANK_STATE_EVERY", "0" if how == "sigterm" else "1e-9")
+    path = data.write_table(teacher_table(n_queries=8), str(tmp_path / "teacher.parquet"))
+    config = StudentConfig(base_model=tiny_student_dir, loss=loss, labels="teacher", epochs=3, batch_size=8,
+                           max_length=32, learning_rate=5e-4)
+    whole = train_student(path, None, str(tmp_path / "whole"), config)
+    stop_at = whole["steps"] // 2 + 1  # mid-run; with a few steps an epoch, inside the second epoch
+
+    real, calls = student_module.batch_loss, []
+
+    def cut(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == stop_at:
+            if how == "sigterm":
+                os.kill(os.getpid(), signal.SIGTERM)
+            else:
+                raise RuntimeError("the node went away")
+        return real(*args, **kwargs)
+
+    out = str(tmp_path / "cut")
+    monkeypatch.setattr(student_module, "batch_loss", cut)
+    with pytest.raises(TrainingInterrupted if how == "sigterm" else RuntimeError, match="SIGTERM|went away"):
+        train_student(path, None, out, config)
+    monkeypatch.setattr(student_module, "batch_loss", real)
+    assert not Path(out).exists() and (Path(state_dir(out)) / "state.pt").is_file()
+
+    resumed = train_student(path, None, out, config)
+    assert resumed["resumed_at_step"] == [stop_at if how == "sigterm" else stop_at - 1]
+    np.testing.assert_array_equal(raw_scores(out, teacher_table(n_queries=8)),
+                                  raw_scores(str(tmp_path / "whole"), teacher_table(n_queries=8)))
+    for key in ("steps", "losses", "loss_curve", "calibration", "val_metrics"):
+        assert resumed[key] == whole[key], key
+    assert not Path(state_dir(out)).exists()

@@ -292,3 +292,109 @@ def test_verbaliser_errors_name_the_problem(tmp_path, tiny_teacher_dir):
         TeacherConfig(head_init="nope")
     with pytest.raises(ValueError, match="verbaliser="):
         TeacherConfig(verbaliser=("Low", " "))
+
+
+def _interrupt_at(monkeypatch, batch: int, how: str):
+    """Make the teacher's loop stop at its `batch`-th training batch: by SIGTERM (the signal itself, sent to
+    this process as Kubernetes sends it to a pod it preempts) or by a crash (an exception out of the loss)."""
+    import os
+    import signal
+
+    import components.teacher as teacher_module
+
+    real, calls = teacher_module.soft_target_cross_entropy, []
+
+    def loss(*args, **kwargs):
+        calls.append(torch.is_grad_enabled())  # validation losses run without gradients: not counted
+        if calls.count(True) == batch and calls[-1]:
+            if how == "sigterm":
+                os.kill(os.getpid(), signal.SIGTERM)
+            else:
+                raise RuntimeError("the node went away")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(teacher_module, "soft_target_cross_entropy", loss)
+    return lambda: monkeypatch.setattr(teacher_module, "soft_target_cross_entropy", real)
+
+
+@pytest.mark.parametrize("how, at", [("sigterm", 5), ("sigterm", 3), ("crash", 6)])
+def test_training_cut_short_resumes_to_the_same_teacher(tiny_teacher_dir, train_file, tmp_path, monkeypatch,
+                                                        how, at):
+    # 24 pairs in batches of 8 with 2 gradient accumulation: 3 batches an epoch, 6 in all, 3 optimiser steps.
+    # SIGTERM at batch 5 saves after its step (batch 6, the last; the state holds the end of the second
+    # epoch), at batch 3 mid-step (saved after batch 4, in the second epoch); a crash at batch 6 resumes
+    # from the timed save after batch 4 (saves every step here).
+    from components.resume import TrainingInterrupted, state_dir
+
+    monkeypatch.setenv("KDRANK_STATE_EVERY", "0" if how == "sigterm" else "1e-9")
+    val = write_table(make_labelled(n_queries=2, per_query=4, seed=5), str(tmp_path / "val.parquet"))
+    config = TeacherConfig(base_model=tiny_teacher_dir, epochs=2, learning_rate=1e-2, grad_accumulation=2, **FAST)
+    whole = train_teacher(train_file, val, str(tmp_path / "whole"), config)
+
+    out = str(tmp_path / "cut")
+    restore = _interrupt_at(monkeypatch, at, how)
+    with pytest.raises(TrainingInterrupted if how == "sigterm" else RuntimeError, match="SIGTERM|went away"):
+        train_teacher(train_file, val, out, config)
+    restore()
+    assert not Path(out).exists()  # no half-written teacher, only its state
+    assert (Path(state_dir(out)) / "state.pt").is_file()
+
+    resumed = train_teacher(train_file, val, out, config)
+    assert resumed["resumed_at_batch"] == [6 if at == 5 else 4]
+    for name, tensor in _weights(tmp_path / "whole").items():
+        assert torch.equal(tensor, _weights(out)[name]), name
+    for key in ("train_loss_per_epoch", "val_loss_initial", "val_loss_per_epoch", "pairs_seen", "optimizer_steps"):
+        assert resumed[key] == pytest.approx(whole[key], rel=1e-6), key
+    assert not Path(state_dir(out)).exists()  # the finished teacher needs no state
+    assert train_teacher(train_file, val, out, config)["skipped"] is True
+
+
+def test_a_state_of_other_training_is_not_resumed(tiny_teacher_dir, train_file, tmp_path, monkeypatch):
+    from components.resume import TrainingInterrupted, state_dir
+
+    monkeypatch.setenv("KDRANK_STATE_EVERY", "0")
+    config = TeacherConfig(base_model=tiny_teacher_dir, epochs=2, learning_rate=1e-2, **FAST)
+    out = str(tmp_path / "teacher")
+    restore = _interrupt_at(monkeypatch, 2, "sigterm")
+    with pytest.raises(TrainingInterrupted):
+        train_teacher(train_file, None, out, config)
+    restore()
+    other = TeacherConfig(**{**config.__dict__, "learning_rate": 2e-2})
+    summary = train_teacher(train_file, None, out, other)
+    assert "resumed_at_batch" not in summary
+    assert not Path(state_dir(out)).exists()
+    fresh = train_teacher(train_file, None, str(tmp_path / "fresh"), other)
+    assert torch.equal(_weights(out)["score.weight"], _weights(tmp_path / "fresh")["score.weight"])
+    assert summary["train_loss_per_epoch"] == fresh["train_loss_per_epoch"]
+
+
+def test_an_ensemble_member_resumes_where_it_stopped(tiny_teacher_dir, train_file, tmp_path, monkeypatch):
+    from components.resume import TrainingInterrupted, state_dir
+
+    monkeypatch.setenv("KDRANK_STATE_EVERY", "0")
+    config = TeacherConfig(base_model=tiny_teacher_dir, epochs=1, learning_rate=1e-2, ensemble_size=2, **FAST)
+    whole = str(tmp_path / "whole")
+    train_teacher(train_file, None, whole, config)
+    out = tmp_path / "cut"
+    restore = _interrupt_at(monkeypatch, 5, "sigterm")  # the second member's second batch
+    with pytest.raises(TrainingInterrupted):
+        train_teacher(train_file, None, str(out), config)
+    restore()
+    assert (out / "member-0" / "kdrank.json").is_file() and not (out / "member-1").exists()
+    assert (Path(state_dir(str(out / "member-1"))) / "state.pt").is_file()
+    summary = train_teacher(train_file, None, str(out), config)
+    assert summary["members"][1]["resumed_at_batch"] == [2]
+    for member in ("member-0", "member-1"):
+        assert torch.equal(_weights(out / member)["score.weight"], _weights(Path(whole) / member)["score.weight"])
+    assert sorted(p.name for p in out.iterdir()) == ["kdrank.json", "member-0", "member-1"]
+
+
+def test_a_bad_save_interval_is_named(monkeypatch):
+    from components.resume import save_every
+
+    monkeypatch.setenv("KDRANK_STATE_EVERY", "ten minutes")
+    with pytest.raises(ValueError, match="KDRANK_STATE_EVERY='ten minutes' is not a number"):
+        save_every()
+    monkeypatch.setenv("KDRANK_STATE_EVERY", "-1")
+    with pytest.raises(ValueError, match="cannot be negative"):
+        save_every()
