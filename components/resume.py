@@ -3,7 +3,9 @@
 A run on a preemptible node (Kubernetes sends SIGTERM, then waits 30 s by default before it kills), one
 stopped by a time limit, or one that crashed loses its work unless the loop's state was saved. A
 `Resumer` keeps it in `<output>.state/state.pt` (local or gs://): the model's and optimiser's state, the
-learning-rate schedule, the random number generators and the loop's own counters. It is written
+learning-rate schedule, the random number generators and the loop's own counters. The caller may put it
+elsewhere (`state_dir=` of the training functions): a Kubeflow step keeps it under its output artifact's
+URI, which every retry of the task is given, so a retried pod goes on. It is written
 
 - every KDRANK_STATE_EVERY seconds of training (default 600; 0 turns the timed saves off), and
 - at the first step boundary after SIGTERM; the loop then raises `TrainingInterrupted`.
@@ -60,11 +62,13 @@ def save_every() -> float:
 
 class Resumer:
     """Saves and finds the state of one training, identified by `identity` (a digest of what it trains on
-    and how), at `state_dir(output_dir)`. Use `with resumer.watch():` around the loop, `resumer.load()`
-    before it, `resumer.step(make_state)` after every optimiser step, `resumer.clear()` once saved."""
+    and how), in the folder `directory` (local or gs://; `state_dir(output_dir)` by default). Use
+    `with resumer.watch():` around the loop, `resumer.load()` before it, `resumer.step(make_state)` after
+    every optimiser step, `resumer.clear()` once the model is saved."""
 
-    def __init__(self, output_dir: str, identity: str, *, every: float | None = None):
-        self.uri = storage.join(state_dir(output_dir), STATE_FILE)
+    def __init__(self, directory: str, identity: str, *, every: float | None = None):
+        self.directory = str(directory)
+        self.uri = storage.join(self.directory, STATE_FILE)
         self.identity = identity
         self.every = save_every() if every is None else every
         self.stop_requested = False
@@ -112,12 +116,10 @@ class Resumer:
                  self._last - start)
 
     def clear(self) -> None:
+        """Remove the state, and its folder when that is local and now empty."""
         if storage.exists(self.uri):
             storage.remove(self.uri)
-        local = state_dir_of(self.uri)
-        if not storage.is_gcs(local):
-            with contextlib.suppress(OSError):
-                os.rmdir(local)
+        remove_empty(self.directory)
 
     @contextlib.contextmanager
     def watch(self) -> Iterator[None]:
@@ -138,8 +140,11 @@ class Resumer:
             signal.signal(signal.SIGTERM, previous)
 
 
-def state_dir_of(uri: str) -> str:
-    return uri.rsplit("/", 1)[0]
+def remove_empty(directory: str) -> None:
+    """Remove a local folder if it is empty (gs:// has no folders to remove)."""
+    if not storage.is_gcs(directory):
+        with contextlib.suppress(OSError):
+            os.rmdir(directory)
 
 
 def rng_states() -> dict:

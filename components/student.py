@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from components import data, models, pairs, schema, storage
+from components import data, models, pairs, resume, schema, storage
 from components.batching import TokenTable, length_batches, to_device
 from components.checkpoint import META_FILE, CheckpointInfo, write_info
 from components.evaluate import SCORE, SCORE_GRADE, fit_linear_calibration, ranking_metrics
@@ -277,11 +277,14 @@ def _calibrate(model_dir: str, frame: pd.DataFrame, column: str, config: Student
 
 
 def train_student(train_uri: str, val_uri: str | None, output_dir: str,
-                  config: StudentConfig | None = None) -> dict:
+                  config: StudentConfig | None = None, *, state_dir: str | None = None) -> dict:
     """Train a cross-encoder student on teacher (or human) labels; save it with tokenizer and kdrank.json.
 
     The output directory (local or gs://) is written whole; a rerun with the same settings and the same
-    training table skips. Returns a summary: path, seconds, pairs_per_s, losses, val metrics, calibration.
+    training table skips. Training cut short (SIGTERM, a time limit, a crash) leaves its state in `state_dir`
+    (local or gs://; default `<output_dir>.state`), and the same call resumes from it to the student an
+    uninterrupted run makes (components.resume).
+    Returns a summary: path, seconds, pairs_per_s, losses, val metrics, calibration.
     """
     config = config or StudentConfig()
     frame = read_training_table(train_uri, config.labels)
@@ -319,7 +322,8 @@ def train_student(train_uri: str, val_uri: str | None, output_dir: str,
     loop = {"step": 0, "sequences": 0, "epoch_losses": [], "curve": [], "window": [], "epoch": 0,
             "empty_epochs": 0, "epoch_sum": 0.0, "epoch_steps": 0, "seconds": 0.0, "cpu_seconds": 0.0,
             "resumed_at": []}
-    resumer = Resumer(output_dir, hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest())
+    identity = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()  # what the skip compares
+    resumer = Resumer(state_dir or resume.state_dir(output_dir), identity)
     if (saved := resumer.load(device)) is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])

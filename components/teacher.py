@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from components import models, pairs, schema, storage
+from components import models, pairs, resume, schema, storage
 from components.batching import TokenTable, length_batches, to_device
 from components.checkpoint import META_FILE, CheckpointInfo, write_info
 from components.data import read_table
@@ -79,7 +79,7 @@ class TeacherConfig:
 
 
 def train_teacher(train_uri: str, val_uri: str | None, output_dir: str, config: TeacherConfig, *,
-                  on_epoch_end=None, reuse: Sequence[str] = ()) -> dict:
+                  on_epoch_end=None, reuse: Sequence[str] = (), state_dir: str | None = None) -> dict:
     """Train the teacher on labelled pairs and save a kdrank checkpoint at `output_dir` (local or gs://).
 
     `on_epoch_end(epoch, model, tokenizer, device)`, when given, is called after every epoch of every
@@ -95,6 +95,10 @@ def train_teacher(train_uri: str, val_uri: str | None, output_dir: str, config: 
     keeps its finished members and a rerun trains only the rest. A member may also come from `reuse`:
     finished single-teacher checkpoints, one of which is copied in when it was trained with exactly the
     member's data, settings and seed (an ensemble's first member is the plain teacher of the same recipe).
+
+    Training cut short (SIGTERM, a time limit, a crash) leaves its state in `state_dir` (local or gs://;
+    default `<output_dir>.state`, an ensemble's members in sub-folders), and the same call resumes from it
+    to the teacher an uninterrupted run makes (components.resume).
     """
     train = _read_labelled(train_uri)
     val = _read_labelled(val_uri) if val_uri else None
@@ -122,11 +126,10 @@ def train_teacher(train_uri: str, val_uri: str | None, output_dir: str, config: 
         return _train_member(base, _subsample(train, cfg), val, out, cfg, num_grades, device=device, desc=desc,
                              on_epoch_end=on_epoch_end, resumer=resumer)
 
-    # Training cut short keeps its state beside the directory it writes, until that is finished
-    # (components.resume): the same call again goes on from there.
+    state_root = state_dir or resume.state_dir(output_dir)
     member_names = [f"member-{m}" for m in range(config.ensemble_size)] if config.ensemble_size > 1 else []
     if not member_names:
-        resumer = Resumer(output_dir, identity(settings))
+        resumer = Resumer(state_root, identity(settings))
         with storage.atomic_dir(output_dir) as tmp:
             summary = _combine([train_one(config, Path(tmp), "teacher 1/1", resumer)], output_dir)
     else:
@@ -135,7 +138,7 @@ def train_teacher(train_uri: str, val_uri: str | None, output_dir: str, config: 
         for m, name in enumerate(member_names):
             cfg = dataclasses.replace(config, ensemble_size=1, seed=config.seed + m)
             member_settings = _settings(train_uri, val_uri, train, val, cfg)
-            resumer = Resumer(storage.join(output_dir, name), identity(member_settings))
+            resumer = Resumer(storage.join(state_root, name), identity(member_settings))
             members.append(_ensemble_member(storage.join(output_dir, name), reuse, member_settings, info,
                                             lambda out, cfg=cfg, m=m, resumer=resumer: train_one(
                                                 cfg, out, f"teacher {m + 1}/{config.ensemble_size}", resumer)))
@@ -146,6 +149,7 @@ def train_teacher(train_uri: str, val_uri: str | None, output_dir: str, config: 
     write_info(output_dir, info({**settings, "summary": summary}, member_names))
     if not member_names:
         resumer.clear()
+    resume.remove_empty(state_root)
     log.info("teacher saved to %s: %s", output_dir, json.dumps(summary))
     return summary
 

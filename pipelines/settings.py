@@ -80,14 +80,17 @@ class ClusterSettings:
     gcs_secret: str = ""
     gcs_secret_key: str = "key.json"
     label_retries: int = 2
+    # teacher and student: a retried pod resumes the training from its saved state (components.resume)
+    train_retries: int = 2
     resources: dict[str, tuple[str, str]] = field(default_factory=lambda: dict(RESOURCES))
 
     def __post_init__(self):
         object.__setattr__(self, "image", resolve_image(self.image))
         if self.accelerator_count < 1:
             raise ValueError(f"accelerator_count must be >= 1, got {self.accelerator_count}")
-        if self.label_retries < 0:
-            raise ValueError(f"label_retries must be >= 0, got {self.label_retries}")
+        for name in ("label_retries", "train_retries"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         missing = sorted(set(RESOURCES) - set(self.resources))
         if missing:
             raise ValueError(f"resources lack request(s) for step(s) {missing}")
@@ -112,6 +115,8 @@ def apply_settings(task, step: str, settings: ClusterSettings):
                                      secret_key_to_env={settings.gcs_secret_key: CREDENTIALS_ENV})
     if step == "label" and settings.label_retries:
         task.set_retry(num_retries=settings.label_retries, backoff_duration="30s")
+    if step in ("teacher", "student") and settings.train_retries:
+        task.set_retry(num_retries=settings.train_retries, backoff_duration="30s")
     return task
 
 

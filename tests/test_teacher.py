@@ -230,6 +230,26 @@ def test_gcs_base_model_data_and_output(gcs_emulator, tiny_teacher_dir, train_fi
     assert abs(_mean_probs(f"{root}/copy", make_labelled(n_queries=2, per_query=2)).sum() - 1) < 1e-5
 
 
+def test_a_gcs_state_resumes_a_teacher_cut_short(gcs_emulator, tiny_teacher_dir, train_file, tmp_path,
+                                                  monkeypatch):
+    # The state of a Kubeflow step lives under its artifact's gs:// URI (components.kfp.common.state_location).
+    from components.resume import TrainingInterrupted
+
+    monkeypatch.setenv("KDRANK_STATE_EVERY", "0")
+    config = TeacherConfig(base_model=tiny_teacher_dir, epochs=2, learning_rate=1e-2, **FAST)
+    whole = train_teacher(train_file, None, str(tmp_path / "whole"), config)
+    state = f"gs://{gcs_emulator}/teacher-state/run-1/teacher.state"
+    restore = _interrupt_at(monkeypatch, 4, "sigterm")
+    with pytest.raises(TrainingInterrupted, match=f"saved at {state}/state.pt"):
+        train_teacher(train_file, None, str(tmp_path / "cut"), config, state_dir=state)
+    restore()
+    assert storage.list_files(state) == ["state.pt"] and not (tmp_path / "cut").exists()
+    resumed = train_teacher(train_file, None, str(tmp_path / "cut"), config, state_dir=state)
+    assert resumed["resumed_at_batch"] == [4] and resumed["train_loss_per_epoch"] == whole["train_loss_per_epoch"]
+    assert torch.equal(_weights(tmp_path / "cut")["score.weight"], _weights(tmp_path / "whole")["score.weight"])
+    assert not storage.exists(f"{state}/state.pt")
+
+
 def _tiny_causal_lm(path, *, tied: bool) -> str:
     """A tiny Llama *language model* checkpoint (with its LM head), as real teacher bases are."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -381,12 +401,13 @@ def test_an_ensemble_member_resumes_where_it_stopped(tiny_teacher_dir, train_fil
         train_teacher(train_file, None, str(out), config)
     restore()
     assert (out / "member-0" / "kdrank.json").is_file() and not (out / "member-1").exists()
-    assert (Path(state_dir(str(out / "member-1"))) / "state.pt").is_file()
+    assert (Path(state_dir(str(out))) / "member-1" / "state.pt").is_file()
     summary = train_teacher(train_file, None, str(out), config)
     assert summary["members"][1]["resumed_at_batch"] == [2]
     for member in ("member-0", "member-1"):
         assert torch.equal(_weights(out / member)["score.weight"], _weights(Path(whole) / member)["score.weight"])
     assert sorted(p.name for p in out.iterdir()) == ["kdrank.json", "member-0", "member-1"]
+    assert not Path(state_dir(str(out))).exists()
 
 
 def test_a_bad_save_interval_is_named(monkeypatch):

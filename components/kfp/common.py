@@ -54,6 +54,17 @@ def with_image(component, image: str):
     return dsl.component(component.python_func, base_image=resolve_image(image), install_kfp_package=False)
 
 
+def state_location(artifact) -> str:
+    """Where a training step keeps the state of training cut short (components.resume): under its output
+    artifact's gs:// URI, which the driver gives every retry of the task, so a retried pod (a preempted
+    node, `ClusterSettings.train_retries`) goes on from it; else beside the artifact's local path (a local
+    run, or a pipeline root on other storage, where only a rerun on the same disk finds it)."""
+    uri = str(getattr(artifact, "uri", "") or "")
+    if uri.startswith("gs://"):
+        return uri.rstrip("/") + ".state"
+    return str(artifact.path).rstrip("/") + ".state"
+
+
 def start_step(name: str) -> None:
     """Per-pod set-up: logging, and GCS credentials from the secret-backed variable when present."""
     if not logging.getLogger().handlers:  # a pod; leave a host's (pytest's, a CLI's) logging alone

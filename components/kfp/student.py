@@ -39,7 +39,7 @@ def train_student(
     """Distil the teacher into the cross-encoder (base: path or gs:// URI; empty = packaged MiniLM-L6)."""
     import tempfile
 
-    from components.kfp.common import resolve_profile, scalar_metadata, start_step
+    from components.kfp.common import resolve_profile, scalar_metadata, start_step, state_location
     from components.kfp.data import dataset_paths
     from components.kfp.student import gather_shards
     from components.student import StudentConfig
@@ -50,6 +50,7 @@ def train_student(
     config = StudentConfig(**profile_.student)
     with tempfile.TemporaryDirectory(prefix="kdrank-shards-") as tmp:
         train_uri = gather_shards([shard.path for shard in labels], tmp)
-        summary = train(train_uri, dataset_paths(data.path)["val"], student.path, config)
+        summary = train(train_uri, dataset_paths(data.path)["val"], student.path, config,
+                        state_dir=state_location(student))
     student.metadata.update({"role": "student", "base_model": student_base or "default",
                              "shards": len(labels), **scalar_metadata(summary)})

@@ -234,3 +234,46 @@ def test_a_secret_that_is_not_json_is_refused(monkeypatch):
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", "")  # restored after the test
     with pytest.raises(ValueError, match="KDRANK_GCS_CREDENTIALS_JSON does not hold a JSON"):
         common.start_step("test")
+
+
+def test_a_preempted_teacher_step_resumes_on_its_retry(tmp_path, prepared, tiny_teacher_dir, teacher_model,
+                                                       monkeypatch):
+    # The pod's SIGTERM (a preempted node) stops the step after saving its state beside the artifact; the
+    # retry, with the same artifact, goes on from it to the teacher the uninterrupted step made.
+    import signal
+
+    import torch
+    from safetensors.torch import load_file
+
+    import components.teacher as teacher_module
+    from components.resume import TrainingInterrupted
+
+    real, calls = teacher_module.soft_target_cross_entropy, []
+
+    def preempted(*args, **kwargs):
+        calls.append(torch.is_grad_enabled())
+        if calls.count(True) == 2 and calls[-1]:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setenv("KDRANK_STATE_EVERY", "0")
+    monkeypatch.setattr(teacher_module, "soft_target_cross_entropy", preempted)
+    out = artifact(Model, tmp_path, "teacher")
+    with pytest.raises(TrainingInterrupted):
+        teacher.train_teacher.python_func(data=prepared, teacher=out, profile=PROFILE, teacher_base=tiny_teacher_dir)
+    assert Path(common.state_location(out), "state.pt").is_file()
+    monkeypatch.setattr(teacher_module, "soft_target_cross_entropy", real)
+    retry = artifact(Model, tmp_path, "teacher")
+    teacher.train_teacher.python_func(data=prepared, teacher=retry, profile=PROFILE, teacher_base=tiny_teacher_dir)
+    assert retry.metadata["role"] == "teacher"
+    assert read_info(retry.path).training["summary"]["resumed_at_batch"] == [2]
+    whole, resumed = (load_file(str(Path(m.path, "model.safetensors"))) for m in (teacher_model, retry))
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    assert not Path(common.state_location(retry)).exists()
+
+
+def test_training_state_goes_under_a_gs_artifact_uri_else_beside_the_local_path(tmp_path):
+    remote = Model(name="teacher", uri="gs://bucket/root/run-1/train-teacher/teacher", metadata={})
+    assert common.state_location(remote) == "gs://bucket/root/run-1/train-teacher/teacher.state"
+    local = artifact(Model, tmp_path, "student")
+    assert common.state_location(local) == str(tmp_path / "student") + ".state"

@@ -96,6 +96,8 @@ def test_labelling_fans_out_over_the_planned_shards(compiled):
     assert loop.parameter_iterator.items.input_parameter == "pipelinechannel--plan-Output"
     body = spec.components[loop.component_ref.name].dag.tasks["label-shard"]
     assert body.retry_policy.max_retry_count == 2
+    for name in ("train-teacher", "train-student"):  # a retried pod resumes from the saved training state
+        assert spec.root.dag.tasks[name].retry_policy.max_retry_count == 2, name
     student = spec.root.dag.tasks["train-student"]
     assert "for-loop-1" in student.dependent_tasks  # the collected shards feed the student
 
@@ -110,6 +112,13 @@ def test_gpu_steps_request_accelerators_and_every_step_requests_cpu_and_memory(c
             assert resources["accelerator"]["resourceCount"] == "1"
         else:
             assert "accelerator" not in resources, name
+
+
+def test_training_retries_can_be_turned_off_and_not_made_negative(tmp_path):
+    spec, _ = parse_strict(compile_pipeline(str(tmp_path / "once.yaml"), ClusterSettings(train_retries=0)))
+    assert not spec.root.dag.tasks["train-teacher"].HasField("retry_policy")
+    with pytest.raises(ValueError, match="train_retries must be >= 0, got -1"):
+        ClusterSettings(train_retries=-1)
 
 
 def test_cpu_flag_drops_accelerators(tmp_path):
