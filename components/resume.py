@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 STATE_EVERY = "KDRANK_STATE_EVERY"  # seconds between timed saves; 0: only on SIGTERM
 DEFAULT_EVERY = 600.0
 STATE_FILE = "state.pt"
+VERSION = 1  # of the state's layout (the first states had no field: 1); a state of another is not resumed
 
 
 class TrainingInterrupted(RuntimeError):
@@ -86,6 +87,10 @@ class Resumer:
             except Exception as err:  # noqa: BLE001 - a torn or foreign file must not stop training
                 log.warning("%s is unreadable (%s); training starts from the beginning", self.uri, err)
                 return None
+        if state.get("version", 1) != VERSION:
+            log.warning("%s is a training state of layout %s, not %s; training starts from the beginning",
+                        self.uri, state["version"], VERSION)
+            return None
         if state.get("identity") != self.identity:
             log.warning("%s holds the state of other training (other data or settings); starting afresh and "
                         "replacing it", self.uri)
@@ -110,7 +115,7 @@ class Resumer:
 
         start = time.monotonic()
         with storage.atomic_path(self.uri) as tmp:
-            torch.save({**state, "identity": self.identity}, tmp)
+            torch.save({**state, "identity": self.identity, "version": VERSION}, tmp)
         self._last = time.monotonic()
         log.info("training state saved to %s at batch %d of %d (%.1f s)", self.uri, state["done"], state["total"],
                  self._last - start)

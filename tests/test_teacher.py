@@ -419,3 +419,41 @@ def test_a_bad_save_interval_is_named(monkeypatch):
     monkeypatch.setenv("KDRANK_STATE_EVERY", "-1")
     with pytest.raises(ValueError, match="cannot be negative"):
         save_every()
+
+
+def test_a_state_of_another_layout_or_a_torn_file_starts_afresh(tiny_teacher_dir, train_file, tmp_path,
+                                                                 monkeypatch, caplog):
+    from components.resume import TrainingInterrupted, state_dir
+
+    monkeypatch.setenv("KDRANK_STATE_EVERY", "0")
+    config = TeacherConfig(base_model=tiny_teacher_dir, epochs=2, learning_rate=1e-2, **FAST)
+    out = str(tmp_path / "teacher")
+    state = Path(state_dir(out), "state.pt")
+    restore = _interrupt_at(monkeypatch, 2, "sigterm")
+    with pytest.raises(TrainingInterrupted):
+        train_teacher(train_file, None, out, config)
+    restore()
+    saved = torch.load(state, weights_only=True)
+    torch.save({**saved, "version": 99}, state)
+    assert "resumed_at_batch" not in train_teacher(train_file, None, out, config)
+    assert "layout 99, not 1" in caplog.text and not state.exists()
+
+    restore = _interrupt_at(monkeypatch, 2, "sigterm")
+    with pytest.raises(TrainingInterrupted):
+        train_teacher(train_file, None, str(tmp_path / "other"), config)
+    restore()
+    torn = Path(state_dir(str(tmp_path / "other")), "state.pt")
+    torn.write_bytes(torn.read_bytes()[:1000])
+    assert "resumed_at_batch" not in train_teacher(train_file, None, str(tmp_path / "other"), config)
+    assert "is unreadable" in caplog.text
+    assert torch.equal(_weights(tmp_path / "other")["score.weight"], _weights(out)["score.weight"])
+
+    # the first states written had no layout field: they are layout 1, and resume
+    restore = _interrupt_at(monkeypatch, 2, "sigterm")
+    with pytest.raises(TrainingInterrupted):
+        train_teacher(train_file, None, str(tmp_path / "first"), config)
+    restore()
+    first = Path(state_dir(str(tmp_path / "first")), "state.pt")
+    torch.save({k: v for k, v in torch.load(first, weights_only=True).items() if k != "version"}, first)
+    assert train_teacher(train_file, None, str(tmp_path / "first"), config)["resumed_at_batch"] == [2]
+    assert torch.equal(_weights(tmp_path / "first")["score.weight"], _weights(out)["score.weight"])
