@@ -299,6 +299,16 @@ def test_report_writes_table_and_scaling_plot(finished, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
+def test_report_names_the_runs_that_resumed(finished):
+    runner, rows, root = finished
+    assert experiments.resumed_note(rows) == ""  # nothing in the finished plan was cut short
+    cut = [{**rows[0], "run": "teacher-x", "resumed_at_batch": [85]},
+           {**rows[1], "run": "student-y", "resumed_at_step": [3, 40]}]
+    note = experiments.resumed_note([*rows, *cut])
+    assert note.startswith("Training cut short and resumed")
+    assert "teacher-x at batch 85; student-y at step 3, 40." in note
+
+
 def test_report_pairs_against_the_named_references(finished, tmp_path, capsys):
     runner, rows, root = finished
     md = tmp_path / "results.md"
@@ -555,3 +565,6 @@ def test_a_run_stopped_by_sigterm_exits_143_and_the_same_command_resumes_it(tmp_
     row, = read_results(tmp_path / "runs")
     assert row["run"] == "teacher-hard" and row["resumed_at_batch"] == [3] and row["metrics"]["n_pairs"] > 0
     assert not (tmp_path / "runs" / "models" / "teacher-hard.state").exists()
+    assert cli.main(["experiment", "report", "--runs", str(tmp_path / "runs"), "--output", str(tmp_path / "r.md")]) == 0
+    assert "resumed from its saved state (the same model; train time is the sum of the parts): teacher-hard at " \
+           "batch 3." in (tmp_path / "r.md").read_text()
