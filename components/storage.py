@@ -1,7 +1,8 @@
 """Paths and gs:// URIs behind one small API, with all-or-nothing writes.
 
 Local writes go to a temporary name beside the target and are renamed when complete; gs:// writes
-are staged locally and uploaded as whole objects (an object upload is atomic in GCS). The
+are staged locally and uploaded as whole objects (an object upload is atomic in GCS). A local
+temporary left by a killed writer is removed by the next write of the same target. The
 google-cloud-storage client is imported lazily so the engine runs where it is not installed.
 With STORAGE_EMULATOR_HOST set, the client talks to that emulator with anonymous credentials.
 """
@@ -9,8 +10,10 @@ With STORAGE_EMULATOR_HOST set, the client talks to that emulator with anonymous
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from functools import lru_cache
@@ -97,6 +100,43 @@ def write_text(uri: str | os.PathLike, text: str) -> None:
     write_bytes(uri, text.encode("utf-8"))
 
 
+def _tmp_prefix(target: Path, pid: int | None = None) -> str:
+    """The name a local write's temporary starts with: the target's, this host's and the writer's pid."""
+    return f".{target.name}.{socket.gethostname()}-{os.getpid() if pid is None else pid}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def sweep_orphans(target: str | os.PathLike) -> list[str]:
+    """Remove the temporaries of earlier writes of `target` whose writer, on this host, is gone.
+
+    A write killed outright (SIGKILL, the OOM killer) cannot clean up after itself, and a model or a
+    training state leaves hundreds of MB to GB behind. Only temporaries named for this host and a pid
+    that no longer runs are removed: a live writer's, or another host's on a shared disk, are kept.
+    """
+    target = Path(target)
+    head = f".{target.name}.{socket.gethostname()}-"
+    removed = []
+    for path in target.parent.glob(f"{glob.escape(head)}*.tmp*"):
+        pid = path.name[len(head):].partition(".")[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(str(path))
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(uri: str | os.PathLike) -> Iterator[str]:
     """Yield a local temporary file path; on success it becomes `uri`, on error it is removed."""
@@ -109,7 +149,8 @@ def atomic_path(uri: str | os.PathLike) -> Iterator[str]:
         return
     target = Path(uri)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    sweep_orphans(target)
+    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(target), suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
         yield tmp
@@ -134,7 +175,8 @@ def atomic_dir(uri: str | os.PathLike, *, last: tuple[str, ...] = ()) -> Iterato
         return
     target = Path(uri)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    sweep_orphans(target)
+    tmp = tempfile.mkdtemp(prefix=_tmp_prefix(target), suffix=".tmp", dir=target.parent)
     try:
         yield tmp
         if target.exists():

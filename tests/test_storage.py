@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,40 @@ def test_atomic_dir_replaces_whole(tmp_path):
         Path(tmp, "b.txt").write_text("2")
         raise RuntimeError("crash")
     assert storage.list_files(target) == ["a.txt"]
+
+
+def _writer(target: Path, kind: str) -> subprocess.Popen:
+    """A process inside storage.atomic_{kind}(target), stopped there once it has written its temporary."""
+    code = (f"import sys, time, pathlib\nfrom components import storage\n"
+            f"with storage.atomic_{kind}({str(target)!r}) as tmp:\n"
+            f"    p = pathlib.Path(tmp)\n"
+            f"    (p / 'weights.bin' if p.is_dir() else p).write_bytes(b'x' * 1000)\n"
+            f"    print(tmp, flush=True)\n    time.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert Path(proc.stdout.readline().strip()).exists()
+    return proc
+
+
+@pytest.mark.parametrize("kind", ["dir", "path"])
+def test_a_killed_writers_temporary_is_swept_by_the_next_write(tmp_path, kind):
+    target = tmp_path / "model"
+    killed, live = _writer(target, kind), _writer(target, kind)
+    try:
+        killed.kill()  # SIGKILL: no finally runs, its temporary stays
+        killed.wait()
+        other_host = tmp_path / ".model.another-host-1.abcd.tmp"  # a shared disk's writer elsewhere
+        other_host.write_text("theirs")
+        left = sorted(p.name for p in tmp_path.iterdir())
+        assert len(left) == 3 and any(f"-{killed.pid}." in n for n in left)
+        with getattr(storage, f"atomic_{kind}")(target) as tmp:
+            (Path(tmp) / "a.txt" if kind == "dir" else Path(tmp)).write_text("1")
+        names = sorted(p.name for p in tmp_path.iterdir())
+        assert not any(f"-{killed.pid}." in n for n in names)  # swept
+        assert any(f"-{live.pid}." in n for n in names) and other_host.exists() and target.exists()
+    finally:
+        live.kill()
+        live.wait()
 
 
 def test_gcs_round_trip(gcs_emulator, tmp_path):
