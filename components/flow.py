@@ -25,7 +25,7 @@ class Profile:
     # `kdrank experiment` plan: multiples (augmented sizes of the scaling curve), seeds, ensemble_size,
     # teacher_ablations (NAME -> teacher settings), ensemble_recipes (ablations also run as an ensemble),
     # mixed_ensembles (NAME -> teacher runs of different recipes, composed as one ensemble), distil_teachers
-    # (teacher runs other than teacher-soft whose labels also teach a largest-size student)
+    # (teacher runs other than teacher-soft whose labels also teach a largest-size student; TEACHER@M: size M)
     experiments: dict = field(default_factory=dict)
 
     def with_models(self, teacher_base: str | None, student_base: str | None) -> Profile:
@@ -113,6 +113,9 @@ PROFILES: dict[str, Profile] = {
         # (docs/results/ensemble-probe-full.md), so seeds alone are unlikely to make a stronger teacher.
         # distil_teachers: each candidate's own 16x student; `gpu_run.sh best=teacher-ensemble-mixed256` runs
         # the ensemble's and the one of the member with the lowest validation loss.
+        # teacher-soft-verbaliser (batch 64), trained on the CPU on 2026-12-05, is the strongest teacher so far
+        # (0.625 against teacher-soft's 0.609, docs/results.md): its 16x student, and its 0x one, which a CPU
+        # session can make (TEACHER@M distils at size M).
         experiments={"multiples": [0, 2, 4, 8, 16], "seeds": [13, 14], "ensemble_size": 3, "born_again": True,
                      "teacher_ablations": {"verbaliser": {"head_init": "verbaliser"},
                                            "batch256": {"batch_size": 256, "learning_rate": 1e-4},
@@ -124,7 +127,8 @@ PROFILES: dict[str, Profile] = {
                      "mixed_ensembles": {"mixed256": ["teacher-soft-batch256", "teacher-soft-batch256-verbaliser",
                                                       "teacher-soft-batch256-epochs3"]},
                      "distil_teachers": ["teacher-soft-batch256", "teacher-soft-batch256-verbaliser",
-                                         "teacher-soft-batch256-epochs3"]},
+                                         "teacher-soft-batch256-epochs3", "teacher-soft-verbaliser",
+                                         "teacher-soft-verbaliser@0"]},
     ),
 }
 

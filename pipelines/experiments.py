@@ -125,7 +125,7 @@ def plan(profile_name: str) -> list[Experiment]:
     for tag, members in spec.get("mixed_ensembles", {}).items():
         runs += _mixed_ensemble(profile_name, tag, members, runs, top)
     for teacher in spec.get("distil_teachers", []):
-        runs.append(_distilled_from(profile_name, teacher, runs, top))
+        runs.append(_distilled_from(profile_name, teacher, runs, top, multiples))
     if repeated := sorted({r.name for r in runs if [x.name for x in runs].count(r.name) > 1}):
         raise ValueError(f"profile '{profile_name}': the plan names {repeated} twice; rename a teacher ablation "
                          "or a mixed ensemble")
@@ -164,17 +164,27 @@ def _mixed_ensemble(profile_name: str, tag: str, members, runs: list[Experiment]
                        labels=f"teacher-ensemble-{tag}", augmented=top, loss="margin_mse")]
 
 
-def _distilled_from(profile_name: str, teacher: str, runs: list[Experiment], top: float) -> Experiment:
-    """The largest distillation run again from another soft teacher of the plan (a teacher ablation or a
-    seed), e.g. `student-margin-16x-soft-batch256` from `teacher-soft-batch256`: what a stronger candidate
-    teacher gives its student."""
+def _distilled_from(profile_name: str, entry: str, runs: list[Experiment], top: float,
+                    multiples: list[float]) -> Experiment:
+    """A distillation run again from another soft teacher of the plan (a teacher ablation or a seed), at the
+    largest size, or at size M for an entry `TEACHER@M` (one of the profile's multiples): e.g.
+    `student-margin-16x-soft-batch256` from `teacher-soft-batch256`, `student-margin-0x-soft-verbaliser` from
+    `teacher-soft-verbaliser@0`: what a stronger candidate teacher gives its student."""
+    teacher, at, size = str(entry).partition("@")
+    try:
+        multiple = float(size) if at else top
+    except ValueError:
+        multiple = None
+    if multiple not in multiples:
+        raise ValueError(f"profile '{profile_name}': distil_teachers entry '{entry}' names size '{size}', which is "
+                         f"not one of the profile's multiples {[_fmt(m) for m in multiples]}")
     known = [t for t in _soft_teachers(runs) if t != "teacher-soft"]
     if teacher not in known:
         raise ValueError(f"profile '{profile_name}': distil_teachers names '{teacher}', which is not a soft teacher "
                          f"run of the plan other than teacher-soft (the scaling curve's own): {known}")
-    return Experiment(f"student-margin-{_fmt(top)}x-{teacher.removeprefix('teacher-')}", "student",
-                      f"margin MSE on {teacher}'s labels, {_fmt(top)}x augmented", labels=teacher, augmented=top,
-                      loss="margin_mse")
+    return Experiment(f"student-margin-{_fmt(multiple)}x-{teacher.removeprefix('teacher-')}", "student",
+                      f"margin MSE on {teacher}'s labels, {_fmt(multiple)}x augmented", labels=teacher,
+                      augmented=multiple, loss="margin_mse")
 
 
 def _ensemble_runs(recipe: str, overrides: dict, size: int, base: int, top: float) -> list[Experiment]:

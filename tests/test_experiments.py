@@ -140,6 +140,18 @@ def test_a_mixed_ensemble_averages_teachers_of_different_recipes_and_each_can_te
     assert own["metrics"] != by_run["student-margin-2x"]["metrics"]
 
 
+def test_a_distilled_teacher_entry_can_name_its_size(monkeypatch):
+    from components import flow
+
+    spec = {**flow.PROFILES["test"].experiments, "distil_teachers": ["teacher-soft-lr1e-3", "teacher-soft-lr1e-3@0"]}
+    monkeypatch.setitem(flow.PROFILES, "test", dataclasses.replace(flow.PROFILES["test"], experiments=spec))
+    runs = {e.name: e for e in plan("test")}
+    top, zero = runs["student-margin-2x-soft-lr1e-3"], runs["student-margin-0x-soft-lr1e-3"]
+    assert (top.labels, top.augmented, zero.labels, zero.augmented) == ("teacher-soft-lr1e-3", 2.0,
+                                                                        "teacher-soft-lr1e-3", 0.0)
+    assert list(runs).index("student-margin-0x-soft-lr1e-3") > list(runs).index("teacher-soft-lr1e-3")
+
+
 @pytest.mark.parametrize(("spec", "message"), [
     ({"mixed_ensembles": {"mixed": ["teacher-soft", "teacher-soft-lr1e-4"]}},
      r"mixed ensemble 'mixed' names \['teacher-soft-lr1e-4'\], which are not soft teacher runs"),
@@ -150,6 +162,8 @@ def test_a_mixed_ensemble_averages_teachers_of_different_recipes_and_each_can_te
      r"names \['student-margin-2x-ensemble-lr1e-3', 'teacher-ensemble-lr1e-3'\] twice"),
     ({"distil_teachers": ["teacher-soft"]}, r"distil_teachers names 'teacher-soft', which is not a soft teacher run"),
     ({"distil_teachers": ["teacher-soft-lr1e-4"]}, r"distil_teachers names 'teacher-soft-lr1e-4'"),
+    ({"distil_teachers": ["teacher-soft-lr1e-3@3"]}, r"entry 'teacher-soft-lr1e-3@3' names size '3', which is not"),
+    ({"distil_teachers": ["teacher-soft-lr1e-3@x"]}, r"names size 'x'"),
 ])
 def test_mixed_ensembles_and_distilled_teachers_must_name_soft_teacher_runs_of_the_plan(monkeypatch, spec, message):
     from components import flow
