@@ -393,11 +393,14 @@ def test_list_prints_the_plan(capsys):
     out = capsys.readouterr().out
     assert "student-margin-8x" in out and "teacher-hard" in out and "ensemble" not in out
     full = {e.name: e for e in experiments.plan("full")}
-    assert list(full)[-9:] == [
+    assert list(full)[-11:] == [
         "teacher-soft-batch256-seed14", "teacher-soft-batch256-seed15", "teacher-ensemble-batch256",
         "student-margin-16x-ensemble-batch256", "teacher-ensemble-mixed256", "student-margin-16x-ensemble-mixed256",
         "student-margin-16x-soft-batch256", "student-margin-16x-soft-batch256-verbaliser",
-        "student-margin-16x-soft-batch256-epochs3"]
+        "student-margin-16x-soft-batch256-epochs3", "student-margin-16x-soft-verbaliser",
+        "student-margin-0x-soft-verbaliser"]
+    assert (full["student-margin-0x-soft-verbaliser"].labels, full["student-margin-0x-soft-verbaliser"].augmented) \
+        == ("teacher-soft-verbaliser", 0.0)
     # the mixed ensemble's members: three batch-256 recipes, each a planned teacher run of its own
     members = full["teacher-ensemble-mixed256"].settings["members"]
     assert [full[m].settings for m in members] == [
