@@ -100,9 +100,13 @@ def write_text(uri: str | os.PathLike, text: str) -> None:
     write_bytes(uri, text.encode("utf-8"))
 
 
-def _tmp_prefix(target: Path, pid: int | None = None) -> str:
-    """The name a local write's temporary starts with: the target's, this host's and the writer's pid."""
-    return f".{target.name}.{socket.gethostname()}-{os.getpid() if pid is None else pid}."
+def _tmp_head(target: Path) -> str:
+    """What every local temporary of `target` made on this host starts with; the writer's pid follows."""
+    return f".{target.name}.{socket.gethostname()}-"
+
+
+def _tmp_prefix(target: Path) -> str:
+    return f"{_tmp_head(target)}{os.getpid()}."
 
 
 def _alive(pid: int) -> bool:
@@ -123,7 +127,7 @@ def sweep_orphans(target: str | os.PathLike) -> list[str]:
     that no longer runs are removed: a live writer's, or another host's on a shared disk, are kept.
     """
     target = Path(target)
-    head = f".{target.name}.{socket.gethostname()}-"
+    head = _tmp_head(target)
     removed = []
     for path in target.parent.glob(f"{glob.escape(head)}*.tmp*"):
         pid = path.name[len(head):].partition(".")[0]

@@ -125,7 +125,7 @@ def plan(profile_name: str) -> list[Experiment]:
     for tag, members in spec.get("mixed_ensembles", {}).items():
         runs += _mixed_ensemble(profile_name, tag, members, runs, top)
     for teacher in spec.get("distil_teachers", []):
-        runs.append(_distilled_from(profile_name, teacher, runs, top, multiples))
+        runs.append(_distilled_from(profile_name, teacher, runs, multiples))
     if repeated := sorted({r.name for r in runs if [x.name for x in runs].count(r.name) > 1}):
         raise ValueError(f"profile '{profile_name}': the plan names {repeated} twice; rename a teacher ablation "
                          "or a mixed ensemble")
@@ -164,15 +164,14 @@ def _mixed_ensemble(profile_name: str, tag: str, members, runs: list[Experiment]
                        labels=f"teacher-ensemble-{tag}", augmented=top, loss="margin_mse")]
 
 
-def _distilled_from(profile_name: str, entry: str, runs: list[Experiment], top: float,
-                    multiples: list[float]) -> Experiment:
+def _distilled_from(profile_name: str, entry: str, runs: list[Experiment], multiples: list[float]) -> Experiment:
     """A distillation run again from another soft teacher of the plan (a teacher ablation or a seed), at the
     largest size, or at size M for an entry `TEACHER@M` (one of the profile's multiples): e.g.
     `student-margin-16x-soft-batch256` from `teacher-soft-batch256`, `student-margin-0x-soft-verbaliser` from
     `teacher-soft-verbaliser@0`: what a stronger candidate teacher gives its student."""
     teacher, at, size = str(entry).partition("@")
     try:
-        multiple = float(size) if at else top
+        multiple = float(size) if at else max(multiples)
     except ValueError:
         multiple = None
     if multiple not in multiples:

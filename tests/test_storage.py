@@ -32,7 +32,7 @@ def test_atomic_dir_replaces_whole(tmp_path):
 
 def _writer(target: Path, kind: str) -> subprocess.Popen:
     """A process inside storage.atomic_{kind}(target), stopped there once it has written its temporary."""
-    code = (f"import sys, time, pathlib\nfrom components import storage\n"
+    code = (f"import time, pathlib\nfrom components import storage\n"
             f"with storage.atomic_{kind}({str(target)!r}) as tmp:\n"
             f"    p = pathlib.Path(tmp)\n"
             f"    (p / 'weights.bin' if p.is_dir() else p).write_bytes(b'x' * 1000)\n"
