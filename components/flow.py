@@ -106,6 +106,8 @@ PROFILES: dict[str, Profile] = {
         # ensemble_recipes: the ensemble again from three batch-256 teachers (teacher-ensemble-batch256), which
         # one GPU session trains and scores in about 180 s and labels 16x for in about 300 s more, against the
         # reference ensemble's 420 s and 200 s for its two new members (teacher-soft's labels are archived).
+        # And from three verbaliser teachers (teacher-ensemble-verbaliser): the strongest single recipe so far,
+        # whose members double as its seed spread; a 2-hour CPU run each in bf16, so CPU sessions can add them.
         # mixed256: three batch-256 teachers of different recipes (the reference head; the verbaliser head;
         # 3 epochs), each a stronger-teacher candidate of step 6 (a better head, longer training), composed
         # as one ensemble in the same GPU time as the seed ensemble. Averaging two models of one recipe
@@ -123,7 +125,7 @@ PROFILES: dict[str, Profile] = {
                                                                    "head_init": "verbaliser"},
                                            "batch256-epochs3": {"batch_size": 256, "learning_rate": 1e-4,
                                                                 "epochs": 3.0}},
-                     "ensemble_recipes": ["batch256"],
+                     "ensemble_recipes": ["batch256", "verbaliser"],
                      "mixed_ensembles": {"mixed256": ["teacher-soft-batch256", "teacher-soft-batch256-verbaliser",
                                                       "teacher-soft-batch256-epochs3"]},
                      "distil_teachers": ["teacher-soft-batch256", "teacher-soft-batch256-verbaliser",

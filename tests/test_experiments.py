@@ -393,9 +393,11 @@ def test_list_prints_the_plan(capsys):
     out = capsys.readouterr().out
     assert "student-margin-8x" in out and "teacher-hard" in out and "ensemble" not in out
     full = {e.name: e for e in experiments.plan("full")}
-    assert list(full)[-11:] == [
+    assert list(full)[-15:] == [
         "teacher-soft-batch256-seed14", "teacher-soft-batch256-seed15", "teacher-ensemble-batch256",
-        "student-margin-16x-ensemble-batch256", "teacher-ensemble-mixed256", "student-margin-16x-ensemble-mixed256",
+        "student-margin-16x-ensemble-batch256", "teacher-soft-verbaliser-seed14", "teacher-soft-verbaliser-seed15",
+        "teacher-ensemble-verbaliser", "student-margin-16x-ensemble-verbaliser", "teacher-ensemble-mixed256",
+        "student-margin-16x-ensemble-mixed256",
         "student-margin-16x-soft-batch256", "student-margin-16x-soft-batch256-verbaliser",
         "student-margin-16x-soft-batch256-epochs3", "student-margin-16x-soft-verbaliser",
         "student-margin-0x-soft-verbaliser"]
@@ -408,6 +410,10 @@ def test_list_prints_the_plan(capsys):
         {"batch_size": 256, "learning_rate": 1e-4, "head_init": "verbaliser"},
         {"batch_size": 256, "learning_rate": 1e-4, "epochs": 3.0}]
     assert full["student-margin-16x-soft-batch256-epochs3"].labels == "teacher-soft-batch256-epochs3"
+    # the verbaliser recipe's ensemble: its members are the CPU-trained teacher-soft-verbaliser and two more seeds
+    assert full["teacher-ensemble-verbaliser"].settings["members"] == [
+        "teacher-soft-verbaliser", "teacher-soft-verbaliser-seed14", "teacher-soft-verbaliser-seed15"]
+    assert full["teacher-soft-verbaliser-seed14"].settings == {"head_init": "verbaliser", "seed": 14}
     ablation = next(e for e in experiments.plan("full") if e.name == "teacher-soft-verbaliser")
     assert ablation.settings == {"head_init": "verbaliser"} and "head_init=verbaliser" in ablation.description
 
