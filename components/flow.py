@@ -116,8 +116,8 @@ PROFILES: dict[str, Profile] = {
         # distil_teachers: each candidate's own 16x student; `gpu_run.sh best=teacher-ensemble-mixed256` runs
         # the ensemble's and the one of the member with the lowest validation loss.
         # teacher-soft-verbaliser (batch 64), trained on the CPU on 2026-12-05, is the strongest teacher so far
-        # (0.625 against teacher-soft's 0.609, docs/results.md): its 16x student, and its 0x one, which a CPU
-        # session can make (TEACHER@M distils at size M).
+        # (seeds 13 and 14: 0.625 and 0.615 against teacher-soft's 0.609, docs/results.md): its 16x student,
+        # and its 0x one, which a CPU session can make (TEACHER@M distils at size M).
         experiments={"multiples": [0, 2, 4, 8, 16], "seeds": [13, 14], "ensemble_size": 3, "born_again": True,
                      "teacher_ablations": {"verbaliser": {"head_init": "verbaliser"},
                                            "batch256": {"batch_size": 256, "learning_rate": 1e-4},
