@@ -40,9 +40,11 @@ def precision(device: torch.device) -> str:
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA; on the CPU a no-op (fp32), unless KDRANK_CPU_BF16=1 asks for bf16 there too.
 
-    fp32 is the CPU default: it is exact, and without bf16 matrix units it is also the faster. On a CPU
-    with them (Intel AMX, `amx_bf16` in /proc/cpuinfo) bf16 autocast scored about 3x and trained about 1.5x
-    as fast on 2 cores, with the same students (docs/results.md, "CPU: Intel Xeon VM with AMX")."""
+    fp32 is the CPU default: it is exact. bf16 pays where the CPU has bf16 instructions: with Intel AMX
+    (`amx_bf16` in /proc/cpuinfo) bf16 autocast scored about 3x and trained about 1.5x as fast on 2 cores, with
+    the same students; on an AMD EPYC with `avx512_bf16` and no AMX, 1.6-1.9x and 1.4-1.7x (docs/results.md,
+    "CPU: Intel Xeon VM with AMX" and "CPU: AMD EPYC VM with bf16 instructions"). A CPU with neither was not
+    measured."""
     if precision(device) == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)

@@ -9,8 +9,8 @@ Measures, for the default teacher (SmolLM2-135M) and student (MiniLM-L6):
   FLOPs per pair (the efficiency ratio), with the FLOP count spelled out; on a CPU, both models' rates as a
   share of what one large matrix multiply reaches there in the same precision.
 
-On a CPU the precision is fp32, or bf16 autocast with KDRANK_CPU_BF16=1 (worth it with bf16 matrix units,
-such as Intel AMX); the section's title says which.
+On a CPU the precision is fp32, or bf16 autocast with KDRANK_CPU_BF16=1 (worth it with bf16 instructions:
+Intel AMX, or AMD's avx512_bf16); the section's title says which.
 
 Real Home Depot text is used when ../shared/data/homedepot/train.csv is there (else --data).
 
