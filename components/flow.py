@@ -117,7 +117,8 @@ PROFILES: dict[str, Profile] = {
         # the ensemble's and the one of the member with the lowest validation loss.
         # teacher-soft-verbaliser (batch 64), trained on the CPU on 2026-12-05, is the strongest teacher so far
         # (seeds 13 and 14: 0.625 and 0.615 against teacher-soft's 0.609, docs/results.md): its 16x student,
-        # and its 0x one, which a CPU session can make (TEACHER@M distils at size M).
+        # and its 0x one, which a CPU session can make (TEACHER@M distils at size M), with a second seed
+        # (TEACHER@M/seedN), which needs no teacher on the CPU: its labels of the training pairs are archived.
         experiments={"multiples": [0, 2, 4, 8, 16], "seeds": [13, 14], "ensemble_size": 3, "born_again": True,
                      "teacher_ablations": {"verbaliser": {"head_init": "verbaliser"},
                                            "batch256": {"batch_size": 256, "learning_rate": 1e-4},
@@ -130,7 +131,7 @@ PROFILES: dict[str, Profile] = {
                                                       "teacher-soft-batch256-epochs3"]},
                      "distil_teachers": ["teacher-soft-batch256", "teacher-soft-batch256-verbaliser",
                                          "teacher-soft-batch256-epochs3", "teacher-soft-verbaliser",
-                                         "teacher-soft-verbaliser@0"]},
+                                         "teacher-soft-verbaliser@0", "teacher-soft-verbaliser@0/seed14"]},
     ),
 }
 

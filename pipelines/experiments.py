@@ -166,10 +166,16 @@ def _mixed_ensemble(profile_name: str, tag: str, members, runs: list[Experiment]
 
 def _distilled_from(profile_name: str, entry: str, runs: list[Experiment], multiples: list[float]) -> Experiment:
     """A distillation run again from another soft teacher of the plan (a teacher ablation or a seed), at the
-    largest size, or at size M for an entry `TEACHER@M` (one of the profile's multiples): e.g.
-    `student-margin-16x-soft-batch256` from `teacher-soft-batch256`, `student-margin-0x-soft-verbaliser` from
-    `teacher-soft-verbaliser@0`: what a stronger candidate teacher gives its student."""
-    teacher, at, size = str(entry).partition("@")
+    largest size, or at size M for an entry `TEACHER@M` (one of the profile's multiples), with the student's
+    default seed, or seed N for an entry ending in `/seedN`: e.g. `student-margin-16x-soft-batch256` from
+    `teacher-soft-batch256`, `student-margin-0x-soft-verbaliser` from `teacher-soft-verbaliser@0` and its second
+    seed `student-margin-0x-soft-verbaliser-seed14` from `teacher-soft-verbaliser@0/seed14`: what a stronger
+    candidate teacher gives its student."""
+    body, slash, seed_part = str(entry).partition("/")
+    teacher, at, size = body.partition("@")
+    if slash and not (seed_part.startswith("seed") and seed_part[4:].isdigit()):
+        raise ValueError(f"profile '{profile_name}': distil_teachers entry '{entry}' ends in '/{seed_part}'; "
+                         "a seed is written '/seedN', e.g. 'teacher-soft-verbaliser@0/seed14'")
     try:
         multiple = float(size) if at else max(multiples)
     except ValueError:
@@ -181,9 +187,14 @@ def _distilled_from(profile_name: str, entry: str, runs: list[Experiment], multi
     if teacher not in known:
         raise ValueError(f"profile '{profile_name}': distil_teachers names '{teacher}', which is not a soft teacher "
                          f"run of the plan other than teacher-soft (the scaling curve's own): {known}")
-    return Experiment(f"student-margin-{_fmt(multiple)}x-{teacher.removeprefix('teacher-')}", "student",
-                      f"margin MSE on {teacher}'s labels, {_fmt(multiple)}x augmented", labels=teacher,
-                      augmented=multiple, loss="margin_mse")
+    name = f"student-margin-{_fmt(multiple)}x-{teacher.removeprefix('teacher-')}"
+    if not slash:
+        return Experiment(name, "student", f"margin MSE on {teacher}'s labels, {_fmt(multiple)}x augmented",
+                          labels=teacher, augmented=multiple, loss="margin_mse")
+    seed = int(seed_part[4:])
+    return Experiment(f"{name}-seed{seed}", "student",
+                      f"margin MSE on {teacher}'s labels, {_fmt(multiple)}x augmented, seed {seed}", labels=teacher,
+                      augmented=multiple, loss="margin_mse", seed=seed, settings={"seed": seed})
 
 
 def _ensemble_runs(recipe: str, overrides: dict, size: int, base: int, top: float) -> list[Experiment]:

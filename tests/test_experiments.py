@@ -143,13 +143,19 @@ def test_a_mixed_ensemble_averages_teachers_of_different_recipes_and_each_can_te
 def test_a_distilled_teacher_entry_can_name_its_size(monkeypatch):
     from components import flow
 
-    spec = {**flow.PROFILES["test"].experiments, "distil_teachers": ["teacher-soft-lr1e-3", "teacher-soft-lr1e-3@0"]}
+    spec = {**flow.PROFILES["test"].experiments,
+            "distil_teachers": ["teacher-soft-lr1e-3", "teacher-soft-lr1e-3@0", "teacher-soft-lr1e-3@0/seed14"]}
     monkeypatch.setitem(flow.PROFILES, "test", dataclasses.replace(flow.PROFILES["test"], experiments=spec))
     runs = {e.name: e for e in plan("test")}
     top, zero = runs["student-margin-2x-soft-lr1e-3"], runs["student-margin-0x-soft-lr1e-3"]
     assert (top.labels, top.augmented, zero.labels, zero.augmented) == ("teacher-soft-lr1e-3", 2.0,
                                                                         "teacher-soft-lr1e-3", 0.0)
     assert list(runs).index("student-margin-0x-soft-lr1e-3") > list(runs).index("teacher-soft-lr1e-3")
+    # `/seedN`: the same run with another seed, named as the plan's other extra seeds are
+    again = runs["student-margin-0x-soft-lr1e-3-seed14"]
+    assert (again.labels, again.augmented, again.seed, again.settings) == ("teacher-soft-lr1e-3", 0.0, 14,
+                                                                           {"seed": 14})
+    assert (zero.seed, zero.settings) == (13, {})
 
 
 @pytest.mark.parametrize(("spec", "message"), [
@@ -164,6 +170,8 @@ def test_a_distilled_teacher_entry_can_name_its_size(monkeypatch):
     ({"distil_teachers": ["teacher-soft-lr1e-4"]}, r"distil_teachers names 'teacher-soft-lr1e-4'"),
     ({"distil_teachers": ["teacher-soft-lr1e-3@3"]}, r"entry 'teacher-soft-lr1e-3@3' names size '3', which is not"),
     ({"distil_teachers": ["teacher-soft-lr1e-3@x"]}, r"names size 'x'"),
+    ({"distil_teachers": ["teacher-soft-lr1e-3@0/14"]}, r"ends in '/14'; a seed is written '/seedN'"),
+    ({"distil_teachers": ["teacher-soft-lr1e-3@0/seed"]}, r"ends in '/seed'"),
 ])
 def test_mixed_ensembles_and_distilled_teachers_must_name_soft_teacher_runs_of_the_plan(monkeypatch, spec, message):
     from components import flow
@@ -393,14 +401,14 @@ def test_list_prints_the_plan(capsys):
     out = capsys.readouterr().out
     assert "student-margin-8x" in out and "teacher-hard" in out and "ensemble" not in out
     full = {e.name: e for e in experiments.plan("full")}
-    assert list(full)[-15:] == [
+    assert list(full)[-16:] == [
         "teacher-soft-batch256-seed14", "teacher-soft-batch256-seed15", "teacher-ensemble-batch256",
         "student-margin-16x-ensemble-batch256", "teacher-soft-verbaliser-seed14", "teacher-soft-verbaliser-seed15",
         "teacher-ensemble-verbaliser", "student-margin-16x-ensemble-verbaliser", "teacher-ensemble-mixed256",
         "student-margin-16x-ensemble-mixed256",
         "student-margin-16x-soft-batch256", "student-margin-16x-soft-batch256-verbaliser",
         "student-margin-16x-soft-batch256-epochs3", "student-margin-16x-soft-verbaliser",
-        "student-margin-0x-soft-verbaliser"]
+        "student-margin-0x-soft-verbaliser", "student-margin-0x-soft-verbaliser-seed14"]
     assert (full["student-margin-0x-soft-verbaliser"].labels, full["student-margin-0x-soft-verbaliser"].augmented) \
         == ("teacher-soft-verbaliser", 0.0)
     # the mixed ensemble's members: three batch-256 recipes, each a planned teacher run of its own
