@@ -25,7 +25,8 @@ class Profile:
     # `kdrank experiment` plan: multiples (augmented sizes of the scaling curve), seeds, ensemble_size,
     # teacher_ablations (NAME -> teacher settings), ensemble_recipes (ablations also run as an ensemble),
     # mixed_ensembles (NAME -> teacher runs of different recipes, composed as one ensemble), distil_teachers
-    # (teacher runs other than teacher-soft whose labels also teach a largest-size student; TEACHER@M: size M)
+    # (teacher runs other than teacher-soft whose labels also teach a largest-size student; TEACHER@M: size M;
+    # TEACHER@M/seedN: that run again with student seed N, named ...-seedN)
     experiments: dict = field(default_factory=dict)
 
     def with_models(self, teacher_base: str | None, student_base: str | None) -> Profile:
