@@ -38,7 +38,7 @@ import math
 import os
 import shlex
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from components.flow import PROFILES, get_profile
@@ -187,14 +187,14 @@ def _distilled_from(profile_name: str, entry: str, runs: list[Experiment], multi
     if teacher not in known:
         raise ValueError(f"profile '{profile_name}': distil_teachers names '{teacher}', which is not a soft teacher "
                          f"run of the plan other than teacher-soft (the scaling curve's own): {known}")
-    name = f"student-margin-{_fmt(multiple)}x-{teacher.removeprefix('teacher-')}"
+    run = Experiment(f"student-margin-{_fmt(multiple)}x-{teacher.removeprefix('teacher-')}", "student",
+                     f"margin MSE on {teacher}'s labels, {_fmt(multiple)}x augmented", labels=teacher,
+                     augmented=multiple, loss="margin_mse")
     if not slash:
-        return Experiment(name, "student", f"margin MSE on {teacher}'s labels, {_fmt(multiple)}x augmented",
-                          labels=teacher, augmented=multiple, loss="margin_mse")
+        return run
     seed = int(seed_part[4:])
-    return Experiment(f"{name}-seed{seed}", "student",
-                      f"margin MSE on {teacher}'s labels, {_fmt(multiple)}x augmented, seed {seed}", labels=teacher,
-                      augmented=multiple, loss="margin_mse", seed=seed, settings={"seed": seed})
+    return replace(run, name=f"{run.name}-seed{seed}", description=f"{run.description}, seed {seed}", seed=seed,
+                   settings={"seed": seed})
 
 
 def _ensemble_runs(recipe: str, overrides: dict, size: int, base: int, top: float) -> list[Experiment]:
