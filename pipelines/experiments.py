@@ -3,8 +3,9 @@
 A profile's `experiments` settings give the plan: baselines (random, BM25, zero-shot bi-encoder), the
 teacher with soft and with hard targets, a student on human labels (pointwise MSE, and margin MSE as the
 control of the 0x run: the same loss without a teacher), margin-MSE students on teacher labels
-of the training pairs plus 0x..Nx augmented pairs (the scaling curve), optionally the 0x run's born-again
-control (`born_again`: the same distillation from the human-label student instead of the LLM), pointwise MSE
+of the training pairs plus 0x..Nx augmented pairs (the scaling curve), optionally born-again controls
+(`born_again`: the same distillation from the human-label student instead of the LLM; `true` for the 0x run's,
+or a list of sizes, e.g. [0, 2] for the 2x run's too, which the student's scores of the new pairs label), pointwise MSE
 at the largest size, and optionally a teacher ensemble with its own largest distillation run, extra seeds,
 and teacher ablations (`teacher_ablations`: NAME -> teacher settings, run as `teacher-soft-NAME` and scored
 like the others).
@@ -73,6 +74,7 @@ def plan(profile_name: str) -> list[Experiment]:
     top = multiples[-1]
     seeds = [int(s) for s in spec.get("seeds", [13])]
     repeat = [float(m) for m in spec.get("seed_multiples", [0, top])]  # sizes repeated with the extra seeds
+    born_again = _born_again_sizes(profile_name, spec.get("born_again", False), multiples)
     runs = [Experiment(f"baseline-{kind}", "baseline", f"{kind} baseline") for kind in BASELINES]
     runs += [Experiment("teacher-soft", "teacher", "teacher, soft targets", loss="soft_ce"),
              Experiment("teacher-hard", "teacher", "teacher, hard targets (arg-max grade)", loss="hard_ce",
@@ -96,16 +98,18 @@ def plan(profile_name: str) -> list[Experiment]:
         runs += [Experiment(f"student-margin-{_fmt(m)}x{tag}", "student", f"margin MSE, {_fmt(m)}x augmented",
                             labels="teacher-soft", augmented=m, loss="margin_mse", seed=seed,
                             settings={"seed": seed}) for m in chosen]
-        if spec.get("born_again") and 0.0 in chosen:
-            # the born-again control of the 0x run: the same distillation from a teacher of the student's own
-            # size and architecture (the first seed's human-label student), so what the LLM adds shows
-            runs.append(_born_again(tag, "student-human", seed))
+        for size in born_again:
+            if size in chosen and (size == 0.0 or not tag):
+                # the born-again control: the same distillation from a teacher of the student's own size and
+                # architecture (the first seed's human-label student), so what the LLM adds shows; at 0x per
+                # seed, at an augmented size (its scores of the new pairs as labels) with the first seed only
+                runs.append(_born_again(tag, "student-human", seed, size))
         if not tag or top in repeat:
             runs.append(Experiment(f"student-pointwise-{_fmt(top)}x{tag}", "student",
                                    f"pointwise MSE on teacher scores, {_fmt(top)}x augmented",
                                    labels="teacher-soft", augmented=top, loss="pointwise_mse", seed=seed,
                                    settings={"loss": "pointwise_mse", "seed": seed}))
-    if spec.get("born_again") and 0.0 in multiples and len(seeds) > 1:
+    if 0.0 in born_again and len(seeds) > 1:
         # the same control from the other seed's human-label student (another teacher of the same recipe and
         # accuracy within a seed's spread): does the born-again student's level follow its teacher's?
         runs.append(_born_again(f"-from-seed{seeds[1]}", f"student-human-seed{seeds[1]}", seeds[0]))
@@ -220,11 +224,42 @@ def ensemble_identity(members: list[str]) -> str:
     return hashlib.sha256(":".join(members).encode()).hexdigest()
 
 
-def _born_again(suffix: str, teacher: str, seed: int) -> Experiment:
-    """The 0x run's recipe, margin MSE on a human-label student's scores of the training pairs (no LLM)."""
-    return Experiment(f"student-margin-0x-{BORN_AGAIN}{suffix}", "student",
-                      f"margin MSE on {teacher}'s scores, 0x (born-again control)", labels=teacher, augmented=0.0,
-                      loss="margin_mse", seed=seed, settings={"seed": seed})
+def _first_rows(labelled, multiple: float):
+    """The training pairs of a labelled augmented set plus its first multiple x N new pairs (fill order)."""
+    import pandas as pd
+
+    from components import schema
+    from components.augment import LABELLED
+
+    base = labelled[labelled[schema.SOURCE] == LABELLED]
+    new = labelled[labelled[schema.SOURCE] != LABELLED]
+    want = round(multiple * len(base))
+    if want > len(new):
+        raise RuntimeError(f"{_fmt(multiple)}x needs {want} augmented pairs but augmentation made {len(new)}")
+    return pd.concat([base, new.iloc[:want]], ignore_index=True)
+
+
+def _born_again_sizes(profile_name: str, value, multiples: list[float]) -> list[float]:
+    """The sizes of a profile's born-again controls: `born_again: true` is the 0x one, a list names sizes."""
+    if value is True:
+        return [0.0] if 0.0 in multiples else []
+    if not value:
+        return []
+    try:
+        sizes = [float(m) for m in value] if isinstance(value, list | tuple) else None
+    except (TypeError, ValueError):
+        sizes = None
+    if sizes is None or any(m not in multiples for m in sizes):
+        raise ValueError(f"profile '{profile_name}': born_again is true or a list of the profile's multiples "
+                         f"{[_fmt(m) for m in multiples]}, got {value!r}")
+    return sorted(set(sizes))
+
+
+def _born_again(suffix: str, teacher: str, seed: int, multiple: float = 0.0) -> Experiment:
+    """The run's recipe at `multiple`, margin MSE on a human-label student's scores of its pairs (no LLM)."""
+    return Experiment(f"student-margin-{_fmt(multiple)}x-{BORN_AGAIN}{suffix}", "student",
+                      f"margin MSE on {teacher}'s scores, {_fmt(multiple)}x (born-again control)", labels=teacher,
+                      augmented=multiple, loss="margin_mse", seed=seed, settings={"seed": seed})
 
 
 def _fmt(multiple: float) -> str:
@@ -334,11 +369,11 @@ class Runner:
         from components.teacher import checkpoint_identity
         from pipelines import teacher_labels
 
+        if self.experiments[labels].kind == "student":  # scores only the pairs of the size asked for
+            return self._student_labelled(labels, self.top if multiple is None else multiple)
         multiple = self.top if multiple is None or multiple > 0 else 0.0
         if self.experiments[labels].kind == "ensemble":
             return self._ensemble_labelled(self.experiments[labels], multiple)
-        if self.experiments[labels].kind == "student":
-            return self._student_labelled(labels, multiple)
         pairs_uri = self.augmented(multiple)
         found, why = self._archived_labels(labels, multiple, pairs_uri, lambda: self._planned_identity(labels))
         if found is not None:
@@ -383,23 +418,13 @@ class Runner:
 
     def distill_set(self, labels: str, multiple: float) -> str:
         """Training pairs plus the first multiple x N augmented pairs (fill order), with teacher labels."""
-        import pandas as pd
-
-        from components import schema
-        from components.augment import LABELLED
         from components.data import read_table, write_table
 
         source, tag = self.teacher_labelled(labels, multiple)
         target = self._distill_path(labels, multiple, tag)
         if target.exists():
             return str(target)
-        labelled = read_table(source)
-        base = labelled[labelled[schema.SOURCE] == LABELLED]
-        new = labelled[labelled[schema.SOURCE] != LABELLED]
-        want = round(multiple * len(base))
-        if want > len(new):
-            raise RuntimeError(f"{_fmt(multiple)}x needs {want} augmented pairs but augmentation made {len(new)}")
-        write_table(pd.concat([base, new.iloc[:want]], ignore_index=True), str(target))
+        write_table(_first_rows(read_table(source), multiple), str(target))
         return str(target)
 
     def _distill_path(self, labels: str, multiple: float, tag: str) -> Path:
@@ -520,39 +545,48 @@ class Runner:
         return str(target), tag
 
     def _student_labelled(self, labels: str, multiple: float) -> tuple[str, str]:
-        """A student's scores of the training pairs as teacher labels (the born-again control's teacher).
+        """A student's scores of a distillation set's pairs as teacher labels (the born-again control's teacher).
 
         `teacher_score` is the student's score on the grade scale (its validation calibration), as a teacher's
-        is its expected grade. Training pairs only: a student checkpoint has no grade probabilities to
-        archive, and the control is of the 0x run. The tag hashes the checkpoint and the training file, as
-        `teacher_labelled`'s does. The scored pairs are the 0x distillation set itself, so they are written
-        where `distill_set` finds them finished (one copy, not two)."""
+        is its expected grade. At 0x the pairs are the training pairs; at Mx they are those and the first
+        M x N new pairs of the largest augmented set (fill order), exactly the rows `distill_set` would take
+        from a teacher's labels of it, and only those are scored (a student checkpoint has no grade
+        probabilities to archive, so nothing beyond them is worth scoring). The tag hashes the checkpoint and
+        the pairs file, as `teacher_labelled`'s does. The scored pairs are the distillation set itself, so they
+        are written where `distill_set` finds them finished (one copy, not two)."""
+        import pandas as pd
+
         from components import schema
         from components.augment import LABELLED
         from components.data import read_table, write_table
         from components.scoring import PairScorer
 
-        if multiple != 0:
-            raise ValueError(f"{labels} is a student: its scores can stand in for teacher labels of the training "
-                             f"pairs only (0x), not of a {_fmt(multiple)}x augmented set")
         model = self.teacher(labels)
-        train = self.paths()["train"]
+        pairs_uri = self.paths()["train"] if multiple == 0 else self.augmented()
         digest = hashlib.sha256(Path(model, "kdrank.json").read_bytes())
-        digest.update(str(Path(train).stat().st_mtime_ns).encode())
+        digest.update(str(Path(pairs_uri).stat().st_mtime_ns).encode())
         tag = digest.hexdigest()[:10]
-        target = self._distill_path(labels, 0.0, tag)
-        if not target.exists():
-            frame = read_table(train)
-            scorer = PairScorer(model)
-            try:
-                scores = scorer.score(frame[schema.QUERY].astype(str).tolist(),
-                                      frame[schema.PRODUCT_TEXT].astype(str).tolist(),
-                                      batch_size=int(self.profile.evaluate.get("batch_size", 64)),
-                                      desc=f"scoring the training pairs ({labels})")
-                grade = scorer.to_grade(scores.score)
-            finally:
-                scorer.close()
-            write_table(frame.assign(**{schema.SOURCE: LABELLED, schema.TEACHER_SCORE: grade}), str(target))
+        target = self._distill_path(labels, multiple, tag)
+        if target.exists():
+            return str(target), tag
+        frame = read_table(self.paths()["train"]).assign(**{schema.SOURCE: LABELLED})  # grades kept, as a 0x set's
+        if multiple > 0:
+            rows = _first_rows(read_table(pairs_uri), multiple)
+            key = [schema.QUERY_ID, schema.PRODUCT_ID]
+            if not rows[key].iloc[:len(frame)].reset_index(drop=True).equals(frame[key]):
+                raise RuntimeError(f"{pairs_uri} does not start with the training pairs of {self.paths()['train']} "
+                                   "in their order; make it again (delete it and rerun)")
+            frame = pd.concat([frame, rows.iloc[len(frame):]], ignore_index=True)
+        scorer = PairScorer(model)
+        try:
+            scores = scorer.score(frame[schema.QUERY].astype(str).tolist(),
+                                  frame[schema.PRODUCT_TEXT].astype(str).tolist(),
+                                  batch_size=int(self.profile.evaluate.get("batch_size", 64)),
+                                  desc=f"scoring the {_fmt(multiple)}x set's pairs ({labels})")
+            grade = scorer.to_grade(scores.score)
+        finally:
+            scorer.close()
+        write_table(frame.assign(**{schema.TEACHER_SCORE: grade}), str(target))
         return str(target), tag
 
     def _student(self, exp: Experiment) -> dict:

@@ -191,7 +191,7 @@ def test_an_ensemble_recipe_must_be_a_teacher_ablation(monkeypatch):
         plan("test")
 
 
-def test_the_born_again_control_distils_the_human_label_students_scores_of_the_training_pairs(finished):
+def test_the_born_again_control_distils_the_human_label_students_scores_of_its_pairs(finished):
     runner, rows, root = finished
     by_run = {r["run"]: r for r in rows}
     row = by_run["student-margin-0x-bornagain"]
@@ -215,20 +215,38 @@ def test_the_born_again_control_distils_the_human_label_students_scores_of_the_t
         scorer.close()
     assert np.allclose(distilled[schema.TEACHER_SCORE], expected, atol=1e-5)
     assert not np.allclose(distilled[schema.TEACHER_SCORE], train[schema.GRADE], atol=1e-3)  # not the grades
-    # it is a 0x control only: a student's scores never label an augmented set
-    with pytest.raises(ValueError, match="student-human is a student.*0x"):
-        runner.teacher_labelled("student-human", 2.0)
-    assert not experiments.scaling_points([row])[0]  # and it is no point of the teacher's scaling curve
+    # at 2x: the same training pairs and the teacher's 2x run's new pairs, in its order, with the student's grades
+    two = by_run["student-margin-2x-bornagain"]
+    assert (two["labels"], two["augmented"], two["seed"]) == ("student-human", 2.0, 13)
+    assert two["train_pairs"] == by_run["student-margin-2x"]["train_pairs"] == 3 * len(train)
+    mine = pd.read_parquet(next(data.glob("distill-student-human-2x-*.parquet")))
+    llm = pd.read_parquet(next(data.glob("distill-teacher-soft-2x-*.parquet")))
+    assert mine[key].equals(llm[key]) and mine[schema.SOURCE].equals(llm[schema.SOURCE])
+    assert np.allclose(mine[schema.TEACHER_SCORE].iloc[:len(train)], expected, atol=1e-5)
+    assert not np.allclose(mine[schema.TEACHER_SCORE], llm[schema.TEACHER_SCORE], atol=1e-3)
+    assert mine[schema.TEACHER_SCORE].notna().all()
+    assert not experiments.scaling_points([row, two])[0]  # neither is a point of the teacher's scaling curve
     # the same control from the other seed's human-label student: its own scores, the first seed's student
     other = by_run["student-margin-0x-bornagain-from-seed14"]
     assert (other["labels"], other["seed"]) == ("student-human-seed14", 13)
     theirs = pd.read_parquet(next(data.glob("distill-student-human-seed14-0x-*.parquet")))
     assert theirs[key].equals(train[key])
     assert not np.allclose(theirs[schema.TEACHER_SCORE], distilled[schema.TEACHER_SCORE], atol=1e-3)
-    # a profile opts in: the full plan has all three, the reduced plan (sized to 2 hours) none
+    # a profile opts in: the full plan has all four, the reduced plan (sized to 2 hours) none
     assert [e.name for e in plan("full") if "bornagain" in e.name] == [
-        "student-margin-0x-bornagain", "student-margin-0x-bornagain-seed14", "student-margin-0x-bornagain-from-seed14"]
+        "student-margin-0x-bornagain", "student-margin-2x-bornagain", "student-margin-0x-bornagain-seed14",
+        "student-margin-0x-bornagain-from-seed14"]
     assert not [e.name for e in plan("reduced") if "bornagain" in e.name]
+
+
+@pytest.mark.parametrize("value", [[0, 3], "2", [None]])
+def test_born_again_sizes_must_be_the_profiles_multiples(monkeypatch, value):
+    from components import flow
+
+    spec = {**flow.PROFILES["test"].experiments, "born_again": value}
+    monkeypatch.setitem(flow.PROFILES, "test", dataclasses.replace(flow.PROFILES["test"], experiments=spec))
+    with pytest.raises(ValueError, match=r"profile 'test': born_again is true or a list of the profile's multiples"):
+        plan("test")
 
 
 def test_rerun_skips_finished_runs(finished):
