@@ -232,10 +232,10 @@ def test_the_born_again_control_distils_the_human_label_students_scores_of_its_p
     theirs = pd.read_parquet(next(data.glob("distill-student-human-seed14-0x-*.parquet")))
     assert theirs[key].equals(train[key])
     assert not np.allclose(theirs[schema.TEACHER_SCORE], distilled[schema.TEACHER_SCORE], atol=1e-3)
-    # a profile opts in: the full plan has all four, the reduced plan (sized to 2 hours) none
+    # a profile opts in: the full plan has all five, the reduced plan (sized to 2 hours) none
     assert [e.name for e in plan("full") if "bornagain" in e.name] == [
-        "student-margin-0x-bornagain", "student-margin-2x-bornagain", "student-margin-0x-bornagain-seed14",
-        "student-margin-0x-bornagain-from-seed14"]
+        "student-margin-0x-bornagain", "student-margin-2x-bornagain", "student-margin-4x-bornagain",
+        "student-margin-0x-bornagain-seed14", "student-margin-0x-bornagain-from-seed14"]
     assert not [e.name for e in plan("reduced") if "bornagain" in e.name]
 
 
