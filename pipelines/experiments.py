@@ -4,11 +4,10 @@ A profile's `experiments` settings give the plan: baselines (random, BM25, zero-
 teacher with soft and with hard targets, a student on human labels (pointwise MSE, and margin MSE as the
 control of the 0x run: the same loss without a teacher), margin-MSE students on teacher labels
 of the training pairs plus 0x..Nx augmented pairs (the scaling curve), optionally born-again controls
-(`born_again`: the same distillation from the human-label student instead of the LLM; `true` for the 0x run's,
-or a list of sizes, e.g. [0, 2] for the 2x run's too, which the student's scores of the new pairs label), pointwise MSE
-at the largest size, and optionally a teacher ensemble with its own largest distillation run, extra seeds,
-and teacher ablations (`teacher_ablations`: NAME -> teacher settings, run as `teacher-soft-NAME` and scored
-like the others).
+(`born_again`: the same distillation from the human-label student's scores instead of the LLM's labels;
+`true` for the 0x run's, or a list of sizes such as [0, 2]), pointwise MSE at the largest size, and
+optionally a teacher ensemble with its own largest distillation run, extra seeds, and teacher ablations
+(`teacher_ablations`: NAME -> teacher settings, run as `teacher-soft-NAME` and scored like the others).
 The ensemble is composed from single teacher runs (teacher-soft and the next seeds), so its members can be
 made, and their labels archived, in different sessions (see `Runner._ensemble`). `mixed_ensembles` composes
 one from teacher runs of different recipes (named), and `distil_teachers` gives a teacher run other than
