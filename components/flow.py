@@ -103,9 +103,10 @@ PROFILES: dict[str, Profile] = {
         # kernel launches set its time). Measured: 155 ms per step against 144 ms, 3.7x the pairs/s, the
         # same test ranking (0.608 against 0.609 pairwise; lr 1e-4 for the 4x fewer, larger steps).
         # born_again: the 0x run's recipe on the human-label student's scores, per seed (no LLM: the control of
-        # what the LLM's labels add; docs/results.md), and the 2x and 4x runs' with the first seed: do augmented
-        # pairs help when the teacher is a model of the student's own size (on 2 CPU cores in bf16 about 25 and
-        # 40 minutes once the human-label student, 19 minutes, and the 16x set's pairs, 2 minutes, are made)?
+        # what the LLM's labels add; docs/results.md), and the 2x and 4x runs', per seed too (the first seed's
+        # human-label student is every seed's teacher): do augmented pairs help when the teacher is a model of
+        # the student's own size (on 2 CPU cores in bf16 about 25 and 40 minutes once the human-label student,
+        # 19 minutes, and the 16x set's pairs, 2 minutes, are made)?
         # The reduced plan leaves them out, to stay under 2 hours.
         # ensemble_recipes: the ensemble again from three batch-256 teachers (teacher-ensemble-batch256), which
         # one GPU session trains and scores in about 180 s and labels 16x for in about 300 s more, against the
@@ -124,6 +125,7 @@ PROFILES: dict[str, Profile] = {
         # and its 0x one, which a CPU session can make (TEACHER@M distils at size M), with a second seed
         # (TEACHER@M/seedN), which needs no teacher on the CPU: its labels of the training pairs are archived.
         experiments={"multiples": [0, 2, 4, 8, 16], "seeds": [13, 14], "ensemble_size": 3, "born_again": [0, 2, 4],
+                     "born_again_seed_multiples": [0, 2, 4],
                      "teacher_ablations": {"verbaliser": {"head_init": "verbaliser"},
                                            "batch256": {"batch_size": 256, "learning_rate": 1e-4},
                                            "batch256-verbaliser": {"batch_size": 256, "learning_rate": 1e-4,

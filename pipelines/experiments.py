@@ -5,7 +5,8 @@ teacher with soft and with hard targets, a student on human labels (pointwise MS
 control of the 0x run: the same loss without a teacher), margin-MSE students on teacher labels
 of the training pairs plus 0x..Nx augmented pairs (the scaling curve), optionally born-again controls
 (`born_again`: the same distillation from the human-label student's scores instead of the LLM's labels;
-`true` for the 0x run's, or a list of sizes such as [0, 2]), pointwise MSE at the largest size, and
+`true` for the 0x run's, or a list of sizes such as [0, 2]; every size with the first seed, and those of
+`born_again_seed_multiples`, default [0], with the other seeds), pointwise MSE at the largest size, and
 optionally a teacher ensemble with its own largest distillation run, extra seeds, and teacher ablations
 (`teacher_ablations`: NAME -> teacher settings, run as `teacher-soft-NAME` and scored like the others).
 The ensemble is composed from single teacher runs (teacher-soft and the next seeds), so its members can be
@@ -74,6 +75,7 @@ def plan(profile_name: str) -> list[Experiment]:
     seeds = [int(s) for s in spec.get("seeds", [13])]
     repeat = [float(m) for m in spec.get("seed_multiples", [0, top])]  # sizes repeated with the extra seeds
     born_again = _born_again_sizes(profile_name, spec.get("born_again", False), multiples)
+    born_again_repeat = _born_again_repeat(profile_name, spec.get("born_again_seed_multiples"), born_again)
     runs = [Experiment(f"baseline-{kind}", "baseline", f"{kind} baseline") for kind in BASELINES]
     runs += [Experiment("teacher-soft", "teacher", "teacher, soft targets", loss="soft_ce"),
              Experiment("teacher-hard", "teacher", "teacher, hard targets (arg-max grade)", loss="hard_ce",
@@ -98,10 +100,11 @@ def plan(profile_name: str) -> list[Experiment]:
                             labels="teacher-soft", augmented=m, loss="margin_mse", seed=seed,
                             settings={"seed": seed}) for m in chosen]
         for size in born_again:
-            if size in chosen and (size == 0.0 or not tag):
+            if not tag or size in born_again_repeat:
                 # the born-again control: the same distillation from a teacher of the student's own size and
-                # architecture (the first seed's human-label student), so what the LLM adds shows; at 0x per
-                # seed, at an augmented size (its scores of the new pairs as labels) with the first seed only
+                # architecture (the first seed's human-label student), so what the LLM adds shows; at an
+                # augmented size its scores of the new pairs are the labels. Every size with the first seed,
+                # the sizes of `born_again_seed_multiples` (default 0x) with the other seeds too.
                 runs.append(_born_again(tag, "student-human", seed, size))
         if not tag or top in repeat:
             runs.append(Experiment(f"student-pointwise-{_fmt(top)}x{tag}", "student",
@@ -244,13 +247,27 @@ def _born_again_sizes(profile_name: str, value, multiples: list[float]) -> list[
         return [0.0] if 0.0 in multiples else []
     if not value:
         return []
+    return _sizes_among(value, multiples, f"profile '{profile_name}': born_again is true or a list of the "
+                                          "profile's multiples")
+
+
+def _born_again_repeat(profile_name: str, value, sizes: list[float]) -> list[float]:
+    """The born-again sizes repeated with a profile's extra seeds (`born_again_seed_multiples`), each one of
+    its `born_again` sizes; by default the 0x one, where there is one."""
+    if value is None:
+        return [m for m in sizes if m == 0.0]
+    return _sizes_among(value, sizes, f"profile '{profile_name}': born_again_seed_multiples is a list of its "
+                                      "born_again sizes")
+
+
+def _sizes_among(value, allowed: list[float], what: str) -> list[float]:
+    """`value` as sorted distinct multiples, each one of `allowed`; else a ValueError that says `what` it must be."""
     try:
         sizes = [float(m) for m in value] if isinstance(value, list | tuple) else None
     except (TypeError, ValueError):
         sizes = None
-    if sizes is None or any(m not in multiples for m in sizes):
-        raise ValueError(f"profile '{profile_name}': born_again is true or a list of the profile's multiples "
-                         f"{[_fmt(m) for m in multiples]}, got {value!r}")
+    if sizes is None or any(m not in allowed for m in sizes):
+        raise ValueError(f"{what} {[_fmt(m) for m in allowed]}, got {value!r}")
     return sorted(set(sizes))
 
 

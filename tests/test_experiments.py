@@ -232,10 +232,14 @@ def test_the_born_again_control_distils_the_human_label_students_scores_of_its_p
     theirs = pd.read_parquet(next(data.glob("distill-student-human-seed14-0x-*.parquet")))
     assert theirs[key].equals(train[key])
     assert not np.allclose(theirs[schema.TEACHER_SCORE], distilled[schema.TEACHER_SCORE], atol=1e-3)
-    # a profile opts in: the full plan has all five, the reduced plan (sized to 2 hours) none
+    # a profile opts in: the full plan has all seven (its sizes with both seeds), the reduced plan (sized to
+    # 2 hours) none
     assert [e.name for e in plan("full") if "bornagain" in e.name] == [
         "student-margin-0x-bornagain", "student-margin-2x-bornagain", "student-margin-4x-bornagain",
-        "student-margin-0x-bornagain-seed14", "student-margin-0x-bornagain-from-seed14"]
+        "student-margin-0x-bornagain-seed14", "student-margin-2x-bornagain-seed14",
+        "student-margin-4x-bornagain-seed14", "student-margin-0x-bornagain-from-seed14"]
+    four = next(e for e in plan("full") if e.name == "student-margin-4x-bornagain-seed14")
+    assert (four.labels, four.augmented, four.seed, four.loss) == ("student-human", 4.0, 14, "margin_mse")
     assert not [e.name for e in plan("reduced") if "bornagain" in e.name]
 
 
@@ -246,6 +250,35 @@ def test_born_again_sizes_must_be_the_profiles_multiples(monkeypatch, value):
     spec = {**flow.PROFILES["test"].experiments, "born_again": value}
     monkeypatch.setitem(flow.PROFILES, "test", dataclasses.replace(flow.PROFILES["test"], experiments=spec))
     with pytest.raises(ValueError, match=r"profile 'test': born_again is true or a list of the profile's multiples"):
+        plan("test")
+
+
+@pytest.mark.parametrize("value, runs", [
+    (None, ["student-margin-0x-bornagain-seed14"]),  # the default: the 0x control with every seed
+    ([], []),
+    ([2], ["student-margin-2x-bornagain-seed14"]),
+    ([0, 2], ["student-margin-0x-bornagain-seed14", "student-margin-2x-bornagain-seed14"]),
+])
+def test_born_again_seed_multiples_choose_the_sizes_repeated_with_other_seeds(monkeypatch, value, runs):
+    from components import flow
+
+    spec = {**flow.PROFILES["test"].experiments}
+    if value is not None:
+        spec["born_again_seed_multiples"] = value
+    monkeypatch.setitem(flow.PROFILES, "test", dataclasses.replace(flow.PROFILES["test"], experiments=spec))
+    names = [e.name for e in plan("test") if "bornagain" in e.name]
+    assert names == ["student-margin-0x-bornagain", "student-margin-2x-bornagain", *runs,
+                     "student-margin-0x-bornagain-from-seed14"]
+
+
+@pytest.mark.parametrize("value", [[1], [4], "2", [None]])
+def test_born_again_seed_multiples_must_be_born_again_sizes(monkeypatch, value):
+    from components import flow
+
+    spec = {**flow.PROFILES["test"].experiments, "born_again_seed_multiples": value}
+    monkeypatch.setitem(flow.PROFILES, "test", dataclasses.replace(flow.PROFILES["test"], experiments=spec))
+    with pytest.raises(ValueError, match=r"profile 'test': born_again_seed_multiples is a list of its born_again "
+                                         r"sizes \['0', '2'\]"):
         plan("test")
 
 
