@@ -12,7 +12,8 @@ optionally a teacher ensemble with its own largest distillation run, extra seeds
 The ensemble is composed from single teacher runs (teacher-soft and the next seeds), so its members can be
 made, and their labels archived, in different sessions (see `Runner._ensemble`). `mixed_ensembles` composes
 one from teacher runs of different recipes (named), and `distil_teachers` gives a teacher run other than
-teacher-soft its own largest-size student, `student-margin-Nx-soft-RECIPE`.
+teacher-soft its own largest-size student, `student-margin-Nx-soft-RECIPE` (`TEACHER@M`: at size M, labelling
+only that size's pairs when the largest set's labels are not there).
 
 Every run is idempotent: its checkpoint and metrics live under `--output`, a rerun skips what is done,
 and `--only NAME` runs one experiment (and whatever it needs). A finished run is found by name, so after
@@ -26,7 +27,8 @@ NAME` reports those rows. A small profile's own test split gives wide intervals;
 
 The augmented sets are nested: augmentation runs once at the largest multiple and the teacher labels
 that set once; the m-x set is the training pairs plus the first m x N augmented pairs in fill order.
-A 0x run needs no augmentation: its teacher labels the training pairs alone.
+A 0x run needs no augmentation: its teacher labels the training pairs alone; a `TEACHER@M` run labels
+the m-x set alone unless the largest set's labels are there.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import json
 import logging
 import math
 import os
+import re
 import shlex
 import time
 from dataclasses import dataclass, field, replace
@@ -61,6 +64,8 @@ class Experiment:
     loss: str = ""
     seed: int = 13
     settings: dict = field(default_factory=dict)  # overrides of the step's config
+    # a distillation run below the largest size whose teacher labels its own pairs only (a `TEACHER@M` entry)
+    own_pairs: bool = False
 
 
 def plan(profile_name: str) -> list[Experiment]:
@@ -176,7 +181,10 @@ def _distilled_from(profile_name: str, entry: str, runs: list[Experiment], multi
     default seed, or seed N for an entry ending in `/seedN`: e.g. `student-margin-16x-soft-batch256` from
     `teacher-soft-batch256`, `student-margin-0x-soft-verbaliser` from `teacher-soft-verbaliser@0` and its second
     seed `student-margin-0x-soft-verbaliser-seed14` from `teacher-soft-verbaliser@0/seed14`: what a stronger
-    candidate teacher gives its student."""
+    candidate teacher gives its student. A teacher seed reads "-teacherseedN" in the student's name
+    (`student-margin-2x-soft-verbaliser-teacherseed15` from `teacher-soft-verbaliser-seed15@2`). An entry's
+    size between 0 and the largest labels its own pairs only, unless the largest set's labels are there
+    (`Runner.teacher_labelled`): that is how a CPU, which cannot label 16x, makes the 2x point."""
     body, slash, seed_part = str(entry).partition("/")
     teacher, at, size = body.partition("@")
     if slash and not (seed_part.startswith("seed") and seed_part[4:].isdigit()):
@@ -193,9 +201,11 @@ def _distilled_from(profile_name: str, entry: str, runs: list[Experiment], multi
     if teacher not in known:
         raise ValueError(f"profile '{profile_name}': distil_teachers names '{teacher}', which is not a soft teacher "
                          f"run of the plan other than teacher-soft (the scaling curve's own): {known}")
-    run = Experiment(f"student-margin-{_fmt(multiple)}x-{teacher.removeprefix('teacher-')}", "student",
+    # a teacher seed is named "-teacherseedN" in the student's name, so that "-seedN" stays the student's own
+    stem = re.sub(r"-seed(\d+)$", r"-teacherseed\1", teacher.removeprefix("teacher-"))
+    run = Experiment(f"student-margin-{_fmt(multiple)}x-{stem}", "student",
                      f"margin MSE on {teacher}'s labels, {_fmt(multiple)}x augmented", labels=teacher,
-                     augmented=multiple, loss="margin_mse")
+                     augmented=multiple, loss="margin_mse", own_pairs=bool(at) and 0 < multiple < max(multiples))
     if not slash:
         return run
     seed = int(seed_part[4:])
@@ -370,24 +380,30 @@ class Runner:
         MiniLM but not yet the teacher, and the distillation runs after it find it finished."""
         return {**self.paths(), "augmented": self.augmented()}
 
-    def teacher_labelled(self, labels: str, multiple: float | None = None) -> tuple[str, str]:
+    def teacher_labelled(self, labels: str, multiple: float | None = None,
+                         own_pairs: bool = False) -> tuple[str, str]:
         """(folder of teacher labels of an augmented set, version tag of those labels).
 
         Every distillation run of a teacher shares the labels of the largest set, except a 0x run, which
         needs the training pairs only: it labels those alone rather than build and label the largest set
-        (at full size that is minutes of a GPU session, for 1/17 of the pairs).
+        (at full size that is minutes of a GPU session, for 1/17 of the pairs). With `own_pairs` (a profile's
+        `TEACHER@M` entry), a run at a size between shares them when they are here or archived, and
+        otherwise labels its own pairs alone: the training pairs and the largest set's first M x N new
+        ones (on a 2-core CPU the 2x set's labels take about 40 minutes, the 16x set's about four hours).
         The tag hashes the teacher's kdrank.json and the augmented file, so a retrained teacher or a new
         augmented set labels into a new folder instead of reusing stale labels. Labels restored from a
         results archive (`data/archived-labels/`) are used instead of the teacher when they are this
         profile's teacher's labels of this very augmented set; then no teacher is trained or loaded.
         """
+        from components.data import read_table
         from components.label import label_pairs
         from components.teacher import checkpoint_identity
         from pipelines import teacher_labels
 
         if self.experiments[labels].kind == "student":  # scores only the pairs of the size asked for
             return self._student_labelled(labels, self.top if multiple is None else multiple)
-        multiple = self.top if multiple is None or multiple > 0 else 0.0
+        asked = self.top if multiple is None else float(multiple)
+        multiple = self.top if asked > 0 else 0.0
         if self.experiments[labels].kind == "ensemble":
             return self._ensemble_labelled(self.experiments[labels], multiple)
         pairs_uri = self.augmented(multiple)
@@ -396,17 +412,48 @@ class Runner:
             return found
         if why:
             log.warning("%s; labelling with the teacher instead", why)
+        own_pairs = own_pairs and 0 < asked < self.top  # its own pairs only, unless the largest set's labels exist
+        if own_pairs:
+            prefix = self._first_rows_file(asked)
+            if (stored := teacher_labels.find_archived(self.out / "data", labels, asked)) is not None:
+                try:  # this size's own archived labels
+                    return teacher_labels.use_archived(stored, prefix, self._planned_identity(labels),
+                                                       self.out / "data", asked)
+                except teacher_labels.LabelsMismatch as err:
+                    log.warning("%s; labelling with the teacher instead", err)
         teacher = self.teacher(labels, why)
-        digest = hashlib.sha256(Path(teacher, "kdrank.json").read_bytes())
-        digest.update(str(Path(pairs_uri).stat().st_mtime_ns).encode())
-        tag = digest.hexdigest()[:10]
-        target = self.out / "data" / f"labelled-{labels}-{_fmt(multiple)}x-{tag}"
+        if own_pairs and teacher_labels.read_record(self._labelled_path(labels, teacher, pairs_uri,
+                                                                        multiple)) is None:
+            log.info("%s has no labels of the %sx set here: labelling the %sx set's %s pairs only", labels,
+                     _fmt(multiple), _fmt(asked), f"{len(read_table(prefix)):,}")
+            pairs_uri, multiple = prefix, asked
+        target = self._labelled_path(labels, teacher, pairs_uri, multiple)
+        tag = target.name.rsplit("-", 1)[1]
         label_pairs(pairs_uri, teacher, str(target), num_shards=1,
                     batch_size=int(self.profile.label.get("batch_size", 64)))
         if teacher_labels.read_record(target) is None:  # what `experiment archive` keeps of these labels
             teacher_labels.write_record(target, teacher=labels, identity=checkpoint_identity(teacher),
                                         multiple=multiple, pairs_uri=pairs_uri)
         return str(target), tag
+
+    def _labelled_path(self, labels: str, teacher: str, pairs_uri: str, multiple: float) -> Path:
+        """Where teacher run `labels` (checkpoint `teacher`) writes its labels of `pairs_uri`: the tag hashes
+        the checkpoint's kdrank.json and the pairs file, so a retrained teacher or a new augmented set labels
+        into a new folder instead of reusing stale labels."""
+        digest = hashlib.sha256(Path(teacher, "kdrank.json").read_bytes())
+        digest.update(str(Path(pairs_uri).stat().st_mtime_ns).encode())
+        return self.out / "data" / f"labelled-{labels}-{_fmt(multiple)}x-{digest.hexdigest()[:10]}"
+
+    def _first_rows_file(self, multiple: float) -> str:
+        """The training pairs and the first multiple x N new pairs of the largest augmented set, as a file of
+        their own (made again when the largest set is newer): what a run at that size alone needs labelled."""
+        from components.data import read_table, write_table
+
+        source = Path(self.augmented())
+        target = self.out / "data" / f"augmented-{_fmt(self.top)}x-first-{_fmt(multiple)}x.parquet"
+        if not target.is_file() or target.stat().st_mtime_ns < source.stat().st_mtime_ns:
+            write_table(_first_rows(read_table(str(source)), multiple), str(target))
+        return str(target)
 
     def _planned_identity(self, teacher: str) -> str:
         """The identity of the teacher run `teacher` would train here (no training)."""
@@ -432,11 +479,12 @@ class Runner:
         except teacher_labels.LabelsMismatch as err:
             return None, str(err)
 
-    def distill_set(self, labels: str, multiple: float) -> str:
-        """Training pairs plus the first multiple x N augmented pairs (fill order), with teacher labels."""
+    def distill_set(self, labels: str, multiple: float, own_pairs: bool = False) -> str:
+        """Training pairs plus the first multiple x N augmented pairs (fill order), with teacher labels
+        (`own_pairs`: see `teacher_labelled`)."""
         from components.data import read_table, write_table
 
-        source, tag = self.teacher_labelled(labels, multiple)
+        source, tag = self.teacher_labelled(labels, multiple, own_pairs)
         target = self._distill_path(labels, multiple, tag)
         if target.exists():
             return str(target)
@@ -608,7 +656,8 @@ class Runner:
     def _student(self, exp: Experiment) -> dict:
         from components.student import StudentConfig, train_student
 
-        train = self.paths()["train"] if exp.labels == "human" else self.distill_set(exp.labels, exp.augmented)
+        train = self.paths()["train"] if exp.labels == "human" else \
+            self.distill_set(exp.labels, exp.augmented, exp.own_pairs)
         settings = {**self.profile.student, **exp.settings}
         target = str(self.out / "models" / exp.name)
         summary = train_student(train, self.paths()["val"], target, StudentConfig(**settings))
@@ -833,8 +882,8 @@ def results_table(rows: list[dict]) -> str:
 def seed_spread(rows: list[dict]) -> str:
     """Mean and range of NDCG@5 and pairwise accuracy over the seeds of each repeated run ('' if none)."""
     groups: dict[str, list[dict]] = {}
-    for r in rows:
-        groups.setdefault(r["run"].split("-seed")[0], []).append(r)
+    for r in rows:  # only the row's own seed is stripped: "-from-seed14" or a teacher's seed keeps its group apart
+        groups.setdefault(r["run"].removesuffix(f"-seed{r['seed']}"), []).append(r)
     lines = []
     for base, members in groups.items():
         if len(members) < 2:

@@ -357,6 +357,48 @@ def test_a_0x_run_labels_the_training_pairs_alone(tmp_path, tiny_teacher_dir, ti
     assert np.allclose(one[schema.TEACHER_SCORE].iloc[: len(zero)], zero[schema.TEACHER_SCORE], atol=1e-5)
 
 
+def test_a_distilled_teacher_entry_below_the_largest_size_labels_its_own_pairs(tmp_path, tiny_teacher_dir,
+                                                                               tiny_student_dir, monkeypatch):
+    from components import flow
+
+    spec = {**flow.PROFILES["test"].experiments,
+            "distil_teachers": ["teacher-soft-seed14", "teacher-soft-seed14@1", "teacher-soft-seed14@0/seed15"]}
+    monkeypatch.setitem(flow.PROFILES, "test", dataclasses.replace(flow.PROFILES["test"], experiments=spec))
+    planned = {e.name: e for e in plan("test")}
+    # a teacher's seed is "-teacherseedN" in its students' names; "-seedN" stays the student's own seed
+    assert [n for n in planned if "teacherseed" in n] == [
+        "student-margin-2x-soft-teacherseed14", "student-margin-1x-soft-teacherseed14",
+        "student-margin-0x-soft-teacherseed14-seed15"]
+    assert [planned[n].own_pairs for n in planned if "teacherseed" in n] == [False, True, False]
+    assert not any(e.own_pairs for e in planned.values() if "teacherseed" not in e.name)  # the curve shares 2x
+
+    data = write_homedepot_csv(tmp_path / "train.csv", n_queries=20)
+    runner = Runner("test", data, str(tmp_path / "runs"), fmt="homedepot", teacher_model=tiny_teacher_dir,
+                    student_model=tiny_student_dir)
+    folder = tmp_path / "runs" / "data"
+    key = [schema.QUERY_ID, schema.PRODUCT_ID]
+    runner.run(["student-margin-1x-soft-teacherseed14"])
+    train = pd.read_parquet(runner.paths()["train"])
+    top = pd.read_parquet(folder / "augmented-2x.parquet")
+    assert not list(folder.glob("labelled-teacher-soft-seed14-2x-*"))  # the largest set is not labelled
+    own, = folder.glob("labelled-teacher-soft-seed14-1x-*")
+    labelled = read_table(str(own))
+    assert len(labelled) == 2 * len(train) and labelled[key].equals(top[key].iloc[:2 * len(train)])
+    first, = folder.glob("distill-teacher-soft-seed14-1x-*.parquet")
+    assert pd.read_parquet(first)[key].equals(labelled[key])
+
+    # once the largest set is labelled, the same run takes its first rows instead of labelling again
+    runner.run(["student-margin-2x-soft-teacherseed14"])
+    runner.run(["student-margin-1x-soft-teacherseed14"], force=True)
+    assert len(list(folder.glob("labelled-teacher-soft-seed14-1x-*"))) == 1
+    shared = read_table(str(next(folder.glob("labelled-teacher-soft-seed14-2x-*"))))
+    again, = set(folder.glob("distill-teacher-soft-seed14-1x-*.parquet")) - {first}
+    again = pd.read_parquet(again)
+    assert again[key].equals(labelled[key])
+    np.testing.assert_array_equal(again[schema.TEACHER_SCORE], shared[schema.TEACHER_SCORE].iloc[:len(again)])
+    np.testing.assert_allclose(again[schema.TEACHER_SCORE], labelled[schema.TEACHER_SCORE], atol=1e-5)
+
+
 def test_report_writes_table_and_scaling_plot(finished, tmp_path):
     runner, rows, root = finished
     md, png = tmp_path / "results.md", tmp_path / "plots" / "scaling.png"
@@ -452,14 +494,17 @@ def test_list_prints_the_plan(capsys):
     out = capsys.readouterr().out
     assert "student-margin-8x" in out and "teacher-hard" in out and "ensemble" not in out
     full = {e.name: e for e in experiments.plan("full")}
-    assert list(full)[-16:] == [
+    assert list(full)[-18:] == [
         "teacher-soft-batch256-seed14", "teacher-soft-batch256-seed15", "teacher-ensemble-batch256",
         "student-margin-16x-ensemble-batch256", "teacher-soft-verbaliser-seed14", "teacher-soft-verbaliser-seed15",
         "teacher-ensemble-verbaliser", "student-margin-16x-ensemble-verbaliser", "teacher-ensemble-mixed256",
         "student-margin-16x-ensemble-mixed256",
         "student-margin-16x-soft-batch256", "student-margin-16x-soft-batch256-verbaliser",
         "student-margin-16x-soft-batch256-epochs3", "student-margin-16x-soft-verbaliser",
-        "student-margin-0x-soft-verbaliser", "student-margin-0x-soft-verbaliser-seed14"]
+        "student-margin-0x-soft-verbaliser", "student-margin-0x-soft-verbaliser-seed14",
+        "student-margin-0x-soft-verbaliser-teacherseed15", "student-margin-2x-soft-verbaliser-teacherseed15"]
+    two = full["student-margin-2x-soft-verbaliser-teacherseed15"]
+    assert (two.labels, two.augmented, two.own_pairs) == ("teacher-soft-verbaliser-seed15", 2.0, True)
     assert (full["student-margin-0x-soft-verbaliser"].labels, full["student-margin-0x-soft-verbaliser"].augmented) \
         == ("teacher-soft-verbaliser", 0.0)
     # the mixed ensemble's members: three batch-256 recipes, each a planned teacher run of its own
@@ -482,6 +527,18 @@ def test_seed_spread_summarises_repeated_runs(finished):
     text = experiments.seed_spread(rows)
     assert "| student-human | 13, 14 |" in text and "| student-margin-0x | 13, 14 |" in text
     assert "student-margin-1x |" not in text  # not repeated in the test plan
+
+
+def test_seed_spread_groups_a_run_with_its_own_seeds_only():
+    def row(run, seed, accuracy):
+        return {"run": run, "seed": seed, "metrics": {"ndcg@5": 0.8, "pairwise_accuracy": accuracy}}
+
+    text = experiments.seed_spread([
+        row("teacher-x", 13, 0.60), row("teacher-x-seed14", 14, 0.62), row("teacher-x-seed15", 15, 0.61),
+        row("student-x", 13, 0.60), row("student-x-from-seed14", 13, 0.70),  # another teacher, the same seed
+        row("student-x-teacherseed15", 13, 0.70), row("student-x-seed14", 14, 0.62)])
+    assert text.splitlines()[2:] == ["| teacher-x | 13, 14, 15 | 0.800 (0.800-0.800) | 0.610 (0.600-0.620) |",
+                                     "| student-x | 13, 14 | 0.800 (0.800-0.800) | 0.610 (0.600-0.620) |"]
 
 
 def test_a_retrained_teacher_labels_into_a_new_folder(tmp_path, tiny_teacher_dir, tiny_student_dir):
