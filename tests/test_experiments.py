@@ -377,13 +377,18 @@ def test_a_distilled_teacher_entry_below_the_largest_size_labels_its_own_pairs(t
                     student_model=tiny_student_dir)
     folder = tmp_path / "runs" / "data"
     key = [schema.QUERY_ID, schema.PRODUCT_ID]
-    runner.run(["student-margin-1x-soft-teacherseed14"])
+    runner.run(["student-margin-0x-soft-teacherseed14-seed15", "student-margin-1x-soft-teacherseed14"])
     train = pd.read_parquet(runner.paths()["train"])
     top = pd.read_parquet(folder / "augmented-2x.parquet")
     assert not list(folder.glob("labelled-teacher-soft-seed14-2x-*"))  # the largest set is not labelled
     own, = folder.glob("labelled-teacher-soft-seed14-1x-*")
     labelled = read_table(str(own))
     assert len(labelled) == 2 * len(train) and labelled[key].equals(top[key].iloc[:2 * len(train)])
+    # the training pairs keep the 0x run's labels; only the new pairs were labelled
+    zero = read_table(str(next(folder.glob("labelled-teacher-soft-seed14-0x-*"))))
+    np.testing.assert_array_equal(np.stack(labelled[schema.TEACHER_PROBS].iloc[:len(train)].to_list()),
+                                  np.stack(zero[schema.TEACHER_PROBS].to_list()))
+    assert len(read_table(str(next(folder.glob("new-labels-of-labelled-teacher-soft-seed14-1x-*"))))) == len(train)
     first, = folder.glob("distill-teacher-soft-seed14-1x-*.parquet")
     assert pd.read_parquet(first)[key].equals(labelled[key])
 
