@@ -503,7 +503,8 @@ class Runner:
 
         data = self.out / "data"
         stored = (teacher_labels.find_archived(data, name, multiple)
-                  or teacher_labels.find_archived(data, name, self.top))
+                  or teacher_labels.find_archived(data, name, self.top)
+                  or (teacher_labels.smallest_archived(data, name) if multiple == 0 else None))
         if stored is None:
             return None, ""
         try:

@@ -178,6 +178,14 @@ def find_archived(data_dir: str | Path, teacher: str, multiple: float) -> Path |
     return folder if (folder / RECORD).is_file() else None
 
 
+def smallest_archived(data_dir: str | Path, teacher: str) -> Path | None:
+    """The restored label set of `teacher` with the fewest pairs, of any multiple, if there is one: what a 0x
+    run takes its training pairs' labels from when the archive kept no 0x set (a larger set leads with them)."""
+    found = [(record["multiple"], folder) for folder in sorted(Path(data_dir, ARCHIVED).glob("*"))
+             if (record := read_record(folder)) is not None and record["teacher"] == teacher]
+    return min(found, key=lambda pair: pair[0])[1] if found else None
+
+
 def use_archived(stored: str | Path, pairs_uri: str, identity: str, data_dir: str | Path,
                  multiple: float) -> tuple[str, str]:
     """(labelled folder, tag): the pairs of `pairs_uri` (the `multiple`x set) labelled with a stored set's

@@ -389,6 +389,25 @@ def test_a_distilled_teacher_entry_below_the_largest_size_labels_its_own_pairs(t
     np.testing.assert_array_equal(np.stack(labelled[schema.TEACHER_PROBS].iloc[:len(train)].to_list()),
                                   np.stack(zero[schema.TEACHER_PROBS].to_list()))
     assert len(read_table(str(next(folder.glob("new-labels-of-labelled-teacher-soft-seed14-1x-*"))))) == len(train)
+
+    # archived, the 1x set holds the 0x run's labels too (no 0x set is kept beside it), and a new folder's 0x
+    # run takes them from it, with no teacher
+    from pipelines.archive import archive_runs, restore_runs
+
+    archive, here = tmp_path / "archive", tmp_path / "here"
+    archive_runs(tmp_path / "runs", archive)
+    assert [p.name for p in (archive / "labels").iterdir() if "seed14" in p.name] == ["teacher-soft-seed14-1x"]
+    for name in ("train.parquet", "val.parquet", "test.parquet", "catalogue.parquet", "summary.json"):
+        (here / "data").mkdir(parents=True, exist_ok=True)
+        (here / "data" / name).write_bytes((folder / name).read_bytes())
+    restore_runs(archive, here)
+    (here / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in read_results(here)
+                                                if r["run"] != "student-margin-0x-soft-teacherseed14-seed15"))
+    Runner("test", data, str(here), fmt="homedepot", teacher_model=tiny_teacher_dir,
+           student_model=tiny_student_dir).run(["student-margin-0x-soft-teacherseed14-seed15"])
+    assert not (here / "models" / "teacher-soft-seed14").exists()
+    restored = read_table(str(next((here / "data").glob("labelled-teacher-soft-seed14-0x-*"))))
+    np.testing.assert_allclose(restored[schema.TEACHER_SCORE], zero[schema.TEACHER_SCORE], atol=1e-6)
     first, = folder.glob("distill-teacher-soft-seed14-1x-*.parquet")
     assert pd.read_parquet(first)[key].equals(labelled[key])
 
