@@ -124,9 +124,9 @@ PROFILES: dict[str, Profile] = {
         # (seeds 13 and 14: 0.625 and 0.615 against teacher-soft's 0.609, docs/results.md): its 16x student,
         # and its 0x one, which a CPU session can make (TEACHER@M distils at size M), with a second seed
         # (TEACHER@M/seedN), which needs no teacher on the CPU: its labels of the training pairs are archived.
-        # teacher-soft-verbaliser-seed15 (0.620), trained on the CPU on 2026-12-06: its 0x and 2x students, the
-        # LLM's 2x point made on the CPU (a size below the largest labels only its own pairs, unless the
-        # largest set's labels are there).
+        # teacher-soft-verbaliser-seed15 (0.620), trained on the CPU on 2026-12-06: its 0x and 2x students with
+        # two seeds, the LLM's 2x point made on the CPU (a size below the largest labels only its own pairs,
+        # unless the largest set's labels are there).
         experiments={"multiples": [0, 2, 4, 8, 16], "seeds": [13, 14], "ensemble_size": 3, "born_again": [0, 2, 4],
                      "born_again_seed_multiples": [0, 2, 4],
                      "teacher_ablations": {"verbaliser": {"head_init": "verbaliser"},
@@ -141,7 +141,9 @@ PROFILES: dict[str, Profile] = {
                      "distil_teachers": ["teacher-soft-batch256", "teacher-soft-batch256-verbaliser",
                                          "teacher-soft-batch256-epochs3", "teacher-soft-verbaliser",
                                          "teacher-soft-verbaliser@0", "teacher-soft-verbaliser@0/seed14",
-                                         "teacher-soft-verbaliser-seed15@0", "teacher-soft-verbaliser-seed15@2"]},
+                                         "teacher-soft-verbaliser-seed15@0", "teacher-soft-verbaliser-seed15@2",
+                                         "teacher-soft-verbaliser-seed15@0/seed14",
+                                         "teacher-soft-verbaliser-seed15@2/seed14"]},
     ),
 }
 

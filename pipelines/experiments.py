@@ -424,8 +424,9 @@ class Runner:
         teacher = self.teacher(labels, why)
         if own_pairs and teacher_labels.read_record(self._labelled_path(labels, teacher, pairs_uri,
                                                                         multiple)) is None:
-            log.info("%s has no labels of the %sx set here: labelling the %sx set's %s pairs only", labels,
-                     _fmt(multiple), _fmt(asked), f"{len(read_table(prefix)):,}")
+            if teacher_labels.read_record(self._labelled_path(labels, teacher, prefix, asked)) is None:
+                log.info("%s has no labels of the %sx set here: labelling the %sx set's %s pairs only", labels,
+                         _fmt(multiple), _fmt(asked), f"{len(read_table(prefix)):,}")
             pairs_uri, multiple = prefix, asked
         target = self._labelled_path(labels, teacher, pairs_uri, multiple)
         tag = target.name.rsplit("-", 1)[1]
