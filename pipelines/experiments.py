@@ -389,13 +389,12 @@ class Runner:
         (at full size that is minutes of a GPU session, for 1/17 of the pairs). With `own_pairs` (a profile's
         `TEACHER@M` entry), a run at a size between shares them when they are here or archived, and
         otherwise labels its own pairs alone: the training pairs and the largest set's first M x N new
-        ones (on a 2-core CPU the 2x set's labels take about 40 minutes, the 16x set's about four hours).
+        ones (on a 2-core CPU the 2x set's labels take about 50 minutes, the 16x set's about four hours).
         The tag hashes the teacher's kdrank.json and the augmented file, so a retrained teacher or a new
         augmented set labels into a new folder instead of reusing stale labels. Labels restored from a
         results archive (`data/archived-labels/`) are used instead of the teacher when they are this
         profile's teacher's labels of this very augmented set; then no teacher is trained or loaded.
         """
-        from components.data import read_table
         from components.label import label_pairs
         from components.teacher import checkpoint_identity
         from pipelines import teacher_labels
@@ -414,7 +413,7 @@ class Runner:
             log.warning("%s; labelling with the teacher instead", why)
         own_pairs = own_pairs and 0 < asked < self.top  # its own pairs only, unless the largest set's labels exist
         if own_pairs:
-            prefix = self._first_rows_file(asked)
+            prefix = self._first_rows_file(pairs_uri, asked)
             if (stored := teacher_labels.find_archived(self.out / "data", labels, asked)) is not None:
                 try:  # this size's own archived labels
                     return teacher_labels.use_archived(stored, prefix, self._planned_identity(labels),
@@ -422,16 +421,15 @@ class Runner:
                 except teacher_labels.LabelsMismatch as err:
                     log.warning("%s; labelling with the teacher instead", err)
         teacher = self.teacher(labels, why)
-        if own_pairs and teacher_labels.read_record(self._labelled_path(labels, teacher, pairs_uri,
-                                                                        multiple)) is None:
-            if teacher_labels.read_record(self._labelled_path(labels, teacher, prefix, asked)) is None:
-                log.info("%s has no labels of the %sx set here: labelling the %sx set's %s pairs only", labels,
-                         _fmt(multiple), _fmt(asked), f"{len(read_table(prefix)):,}")
-            pairs_uri, multiple = prefix, asked
         target = self._labelled_path(labels, teacher, pairs_uri, multiple)
+        if own_pairs and teacher_labels.read_record(target) is None:  # no labels of the largest set here
+            pairs_uri, multiple = prefix, asked
+            target = self._labelled_path(labels, teacher, pairs_uri, multiple)
+            if teacher_labels.read_record(target) is None:
+                log.info("%s has no labels of the %sx set here: labelling the %sx set's pairs only", labels,
+                         _fmt(self.top), _fmt(asked))
+                self._label_after_0x(labels, teacher, pairs_uri, target)
         tag = target.name.rsplit("-", 1)[1]
-        if own_pairs and multiple == asked and teacher_labels.read_record(target) is None:
-            self._label_after_0x(labels, teacher, prefix, target)
         label_pairs(pairs_uri, teacher, str(target), num_shards=1,
                     batch_size=int(self.profile.label.get("batch_size", 64)))
         if teacher_labels.read_record(target) is None:  # what `experiment archive` keeps of these labels
@@ -441,9 +439,10 @@ class Runner:
 
     def _label_after_0x(self, labels: str, teacher: str, pairs_uri: str, target: Path) -> None:
         """Write `target`, the labels of `pairs_uri` (the training pairs, then new ones), from this teacher's 0x
-        labels of the training pairs when they are here, labelling only the new pairs (a third of the 2x set's
-        labelling time on a CPU saved). The training pairs keep the labels the 0x run learned from; labelled
-        in other batches they would differ only by float rounding. Nothing is written without 0x labels."""
+        labels of the training pairs when they are here, labelling only the new pairs (at full size on a CPU,
+        two fifths of the 2x set's labelling time saved). The training pairs keep the labels the 0x run
+        learned from; labelled in other batches they would differ only by float rounding. Nothing is
+        written without 0x labels."""
         import numpy as np
 
         from components import schema
@@ -477,12 +476,12 @@ class Runner:
         digest.update(str(Path(pairs_uri).stat().st_mtime_ns).encode())
         return self.out / "data" / f"labelled-{labels}-{_fmt(multiple)}x-{digest.hexdigest()[:10]}"
 
-    def _first_rows_file(self, multiple: float) -> str:
-        """The training pairs and the first multiple x N new pairs of the largest augmented set, as a file of
-        their own (made again when the largest set is newer): what a run at that size alone needs labelled."""
+    def _first_rows_file(self, largest: str, multiple: float) -> str:
+        """The training pairs and the first multiple x N new pairs of the largest augmented set (`largest`), as
+        a file of their own (made again when that set is newer): what a run at that size alone needs labelled."""
         from components.data import read_table, write_table
 
-        source = Path(self.augmented())
+        source = Path(largest)
         target = self.out / "data" / f"augmented-{_fmt(self.top)}x-first-{_fmt(multiple)}x.parquet"
         if not target.is_file() or target.stat().st_mtime_ns < source.stat().st_mtime_ns:
             write_table(_first_rows(read_table(str(source)), multiple), str(target))

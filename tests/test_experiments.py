@@ -397,8 +397,8 @@ def test_a_distilled_teacher_entry_below_the_largest_size_labels_its_own_pairs(t
     archive, here = tmp_path / "archive", tmp_path / "here"
     archive_runs(tmp_path / "runs", archive)
     assert [p.name for p in (archive / "labels").iterdir() if "seed14" in p.name] == ["teacher-soft-seed14-1x"]
+    (here / "data").mkdir(parents=True)
     for name in ("train.parquet", "val.parquet", "test.parquet", "catalogue.parquet", "summary.json"):
-        (here / "data").mkdir(parents=True, exist_ok=True)
         (here / "data" / name).write_bytes((folder / name).read_bytes())
     restore_runs(archive, here)
     (here / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in read_results(here)
