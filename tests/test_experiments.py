@@ -423,6 +423,41 @@ def test_a_distilled_teacher_entry_below_the_largest_size_labels_its_own_pairs(t
     np.testing.assert_allclose(again[schema.TEACHER_SCORE], labelled[schema.TEACHER_SCORE], atol=1e-5)
 
 
+
+def test_a_distilled_teacher_entry_reuses_its_largest_smaller_own_set(tmp_path, tiny_teacher_dir, tiny_student_dir,
+                                                                       monkeypatch):
+    """After TEACHER@0 and TEACHER@1, TEACHER@2 labels only the pairs after the 1x set's (not after the 0x set's)."""
+    from components import flow
+
+    spec = {**flow.PROFILES["test"].experiments, "multiples": [0, 1, 2, 3],
+            "distil_teachers": ["teacher-soft-seed14@0", "teacher-soft-seed14@1", "teacher-soft-seed14@2"]}
+    monkeypatch.setitem(flow.PROFILES, "test", dataclasses.replace(flow.PROFILES["test"], experiments=spec))
+    data = write_homedepot_csv(tmp_path / "train.csv", n_queries=20)
+    runner = Runner("test", data, str(tmp_path / "runs"), fmt="homedepot", teacher_model=tiny_teacher_dir,
+                    student_model=tiny_student_dir)
+    runner.run(["student-margin-0x-soft-teacherseed14", "student-margin-1x-soft-teacherseed14",
+                "student-margin-2x-soft-teacherseed14"])
+    folder = tmp_path / "runs" / "data"
+    n = len(pd.read_parquet(runner.paths()["train"]))
+    assert not list(folder.glob("labelled-teacher-soft-seed14-3x-*"))  # the largest set is not labelled
+    one, = folder.glob("labelled-teacher-soft-seed14-1x-*")
+    two, = folder.glob("labelled-teacher-soft-seed14-2x-*")
+    one, two = read_table(str(one)), read_table(str(two))
+    top = pd.read_parquet(folder / "augmented-3x.parquet")
+    key = [schema.QUERY_ID, schema.PRODUCT_ID]
+    assert len(two) == 3 * n and two[key].equals(top[key].iloc[:3 * n])
+    # the 2x set starts with the 1x set's labels bit for bit, and only its last n pairs were labelled
+    np.testing.assert_array_equal(np.stack(two[schema.TEACHER_PROBS].iloc[:2 * n].to_list()),
+                                  np.stack(one[schema.TEACHER_PROBS].to_list()))
+    assert len(read_table(str(next(folder.glob("new-labels-of-labelled-teacher-soft-seed14-1x-*"))))) == n
+    assert len(read_table(str(next(folder.glob("new-labels-of-labelled-teacher-soft-seed14-2x-*"))))) == n
+    # relabelled from scratch, the reused rows agree to float rounding
+    fresh = tmp_path / "fresh"
+    from components.label import label_pairs
+    label_pairs(str(folder / "augmented-3x-first-2x.parquet"), str(tmp_path / "runs" / "models" /
+                                                                   "teacher-soft-seed14"), str(fresh), num_shards=1)
+    np.testing.assert_allclose(read_table(str(fresh))[schema.TEACHER_SCORE], two[schema.TEACHER_SCORE], atol=1e-5)
+
 def test_report_writes_table_and_scaling_plot(finished, tmp_path):
     runner, rows, root = finished
     md, png = tmp_path / "results.md", tmp_path / "plots" / "scaling.png"
@@ -518,7 +553,7 @@ def test_list_prints_the_plan(capsys):
     out = capsys.readouterr().out
     assert "student-margin-8x" in out and "teacher-hard" in out and "ensemble" not in out
     full = {e.name: e for e in experiments.plan("full")}
-    assert list(full)[-20:] == [
+    assert list(full)[-22:] == [
         "teacher-soft-batch256-seed14", "teacher-soft-batch256-seed15", "teacher-ensemble-batch256",
         "student-margin-16x-ensemble-batch256", "teacher-soft-verbaliser-seed14", "teacher-soft-verbaliser-seed15",
         "teacher-ensemble-verbaliser", "student-margin-16x-ensemble-verbaliser", "teacher-ensemble-mixed256",
@@ -528,7 +563,8 @@ def test_list_prints_the_plan(capsys):
         "student-margin-0x-soft-verbaliser", "student-margin-0x-soft-verbaliser-seed14",
         "student-margin-0x-soft-verbaliser-teacherseed15", "student-margin-2x-soft-verbaliser-teacherseed15",
         "student-margin-0x-soft-verbaliser-teacherseed15-seed14",
-        "student-margin-2x-soft-verbaliser-teacherseed15-seed14"]
+        "student-margin-2x-soft-verbaliser-teacherseed15-seed14", "student-margin-4x-soft-verbaliser-teacherseed15",
+        "student-margin-4x-soft-verbaliser-teacherseed15-seed14"]
     two = full["student-margin-2x-soft-verbaliser-teacherseed15"]
     assert (two.labels, two.augmented, two.own_pairs) == ("teacher-soft-verbaliser-seed15", 2.0, True)
     assert (full["student-margin-0x-soft-verbaliser"].labels, full["student-margin-0x-soft-verbaliser"].augmented) \
