@@ -450,11 +450,13 @@ class Runner:
         from components import schema
         from components.data import read_table, write_table
         from components.label import label_pairs, write_labels
+        from pipelines import teacher_labels
 
         pairs = read_table(pairs_uri)
-        base, done = self._smaller_labels(labels, teacher, pairs, multiple)
+        base, record = self._smaller_labels(labels, teacher, pairs, multiple)
         if base is None:
             return
+        done = record["pairs"]
         new_uri = write_table(pairs.iloc[done:].reset_index(drop=True),
                               str(target.parent / f"new-pairs-of-{target.name}.parquet"))
         log.info("%s: the first %s pairs' labels from %s; labelling the %s new pairs", labels, f"{done:,}",
@@ -462,15 +464,13 @@ class Runner:
         new_dir = target.parent / f"new-labels-of-{target.name}"
         label_pairs(new_uri, teacher, str(new_dir), num_shards=1,
                     batch_size=int(self.profile.label.get("batch_size", 64)))
-        probs = [np.stack(read_table(str(d))[schema.TEACHER_PROBS].to_list()) for d in (base, new_dir)]
-        write_labels(pairs_uri, np.concatenate(probs), str(target))
+        new = np.stack(read_table(str(new_dir))[schema.TEACHER_PROBS].to_list())
+        write_labels(pairs_uri, np.concatenate([teacher_labels.labelled_probs(base, record), new]), str(target))
 
-    def _smaller_labels(self, labels: str, teacher: str, pairs, multiple: float) -> tuple[Path | None, int]:
-        """(folder, its number of pairs) of the largest label set here of checkpoint `teacher` (run `labels`)
-        at a size below `multiple` whose pairs `pairs` starts with, or (None, 0): its 0x set or a
-        `TEACHER@M` run's own pairs' set."""
-        from components import schema
-        from components.data import read_table
+    def _smaller_labels(self, labels: str, teacher: str, pairs, multiple: float) -> tuple[Path | None, dict]:
+        """(folder, its record) of the largest label set here of checkpoint `teacher` (run `labels`) at a size
+        below `multiple` whose pairs `pairs` starts with (by the record's digest of them), or (None, {}): its
+        0x set or a `TEACHER@M` run's own pairs' set."""
         from components.teacher import checkpoint_identity
         from pipelines import teacher_labels
 
@@ -480,14 +480,12 @@ class Runner:
             record = teacher_labels.read_record(folder)
             if (record and record["teacher"] == labels and record["identity"] == identity
                     and record["multiple"] < multiple and record["pairs"] < len(pairs)):
-                found.append((record["multiple"], folder))
-        key = [schema.QUERY_ID, schema.PRODUCT_ID]
-        for _, folder in sorted(found, reverse=True):
-            done = read_table(str(folder))[key].astype(str).reset_index(drop=True)
-            if pairs[key].iloc[:len(done)].astype(str).reset_index(drop=True).equals(done):
-                return folder, len(done)
+                found.append((record["multiple"], folder, record))
+        for _, folder, record in sorted(found, key=lambda f: f[0], reverse=True):
+            if teacher_labels.pairs_digest(pairs.iloc[:record["pairs"]]) == record["pairs_digest"]:
+                return folder, record
             log.warning("the pairs to label do not start with those of %s; not reusing its labels", folder)
-        return None, 0
+        return None, {}
 
     def _labelled_path(self, labels: str, teacher: str, pairs_uri: str, multiple: float) -> Path:
         """Where teacher run `labels` (checkpoint `teacher`) writes its labels of `pairs_uri`: the tag hashes

@@ -423,7 +423,6 @@ def test_a_distilled_teacher_entry_below_the_largest_size_labels_its_own_pairs(t
     np.testing.assert_allclose(again[schema.TEACHER_SCORE], labelled[schema.TEACHER_SCORE], atol=1e-5)
 
 
-
 def test_a_distilled_teacher_entry_reuses_its_largest_smaller_own_set(tmp_path, tiny_teacher_dir, tiny_student_dir,
                                                                        monkeypatch):
     """After TEACHER@0 and TEACHER@1, TEACHER@2 labels only the pairs after the 1x set's (not after the 0x set's)."""
@@ -457,6 +456,7 @@ def test_a_distilled_teacher_entry_reuses_its_largest_smaller_own_set(tmp_path, 
     label_pairs(str(folder / "augmented-3x-first-2x.parquet"), str(tmp_path / "runs" / "models" /
                                                                    "teacher-soft-seed14"), str(fresh), num_shards=1)
     np.testing.assert_allclose(read_table(str(fresh))[schema.TEACHER_SCORE], two[schema.TEACHER_SCORE], atol=1e-5)
+
 
 def test_report_writes_table_and_scaling_plot(finished, tmp_path):
     runner, rows, root = finished
