@@ -127,7 +127,7 @@ PROFILES: dict[str, Profile] = {
         # teacher-soft-verbaliser-seed15 (0.620), trained on the CPU on 2026-12-06: its 0x and 2x students with
         # two seeds, the LLM's 2x point made on the CPU (a size below the largest labels only its own pairs,
         # unless the largest set's labels are there), and its 4x point (labelling only the pairs after the 2x
-        # set's, since that set is there).
+        # set's, since that set is there), and its 8x point (after the 4x set's pairs).
         experiments={"multiples": [0, 2, 4, 8, 16], "seeds": [13, 14], "ensemble_size": 3, "born_again": [0, 2, 4],
                      "born_again_seed_multiples": [0, 2, 4],
                      "teacher_ablations": {"verbaliser": {"head_init": "verbaliser"},
@@ -146,7 +146,9 @@ PROFILES: dict[str, Profile] = {
                                          "teacher-soft-verbaliser-seed15@0/seed14",
                                          "teacher-soft-verbaliser-seed15@2/seed14",
                                          "teacher-soft-verbaliser-seed15@4",
-                                         "teacher-soft-verbaliser-seed15@4/seed14"]},
+                                         "teacher-soft-verbaliser-seed15@4/seed14",
+                                         "teacher-soft-verbaliser-seed15@8",
+                                         "teacher-soft-verbaliser-seed15@8/seed14"]},
     ),
 }
 

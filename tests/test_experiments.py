@@ -553,7 +553,7 @@ def test_list_prints_the_plan(capsys):
     out = capsys.readouterr().out
     assert "student-margin-8x" in out and "teacher-hard" in out and "ensemble" not in out
     full = {e.name: e for e in experiments.plan("full")}
-    assert list(full)[-22:] == [
+    assert list(full)[-24:] == [
         "teacher-soft-batch256-seed14", "teacher-soft-batch256-seed15", "teacher-ensemble-batch256",
         "student-margin-16x-ensemble-batch256", "teacher-soft-verbaliser-seed14", "teacher-soft-verbaliser-seed15",
         "teacher-ensemble-verbaliser", "student-margin-16x-ensemble-verbaliser", "teacher-ensemble-mixed256",
@@ -564,7 +564,8 @@ def test_list_prints_the_plan(capsys):
         "student-margin-0x-soft-verbaliser-teacherseed15", "student-margin-2x-soft-verbaliser-teacherseed15",
         "student-margin-0x-soft-verbaliser-teacherseed15-seed14",
         "student-margin-2x-soft-verbaliser-teacherseed15-seed14", "student-margin-4x-soft-verbaliser-teacherseed15",
-        "student-margin-4x-soft-verbaliser-teacherseed15-seed14"]
+        "student-margin-4x-soft-verbaliser-teacherseed15-seed14", "student-margin-8x-soft-verbaliser-teacherseed15",
+        "student-margin-8x-soft-verbaliser-teacherseed15-seed14"]
     two = full["student-margin-2x-soft-verbaliser-teacherseed15"]
     assert (two.labels, two.augmented, two.own_pairs) == ("teacher-soft-verbaliser-seed15", 2.0, True)
     assert (full["student-margin-0x-soft-verbaliser"].labels, full["student-margin-0x-soft-verbaliser"].augmented) \
