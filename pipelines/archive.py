@@ -15,7 +15,9 @@ compared pair by pair with them. The archive keeps what the data cannot give bac
   row order and a record of the teacher's identity and the set's digest (`pipelines/teacher_labels.py`),
   so that later sessions can distil from them without training the teacher again. A composed ensemble's
   own set (the mean of its members', identity from theirs) takes the place of its members' sets, unless a
-  student learned from a member itself; a 0x set that leads a larger set of the same teacher is not kept.
+  student learned from a member itself; a 0x set that leads a larger set of the same teacher is not kept,
+  nor a smaller set whose pairs and probabilities a larger set of the same teacher starts with (a run at
+  its size takes that set's first rows).
 - `pairs/augmented-Mx/`: the augmented set those labels are of, as positions in the query pool and the
   catalogue (`pipelines/pair_sets.py`), so that a later session (another device, say) makes exactly
   those pairs without augmenting, and the labels fit them.
@@ -137,6 +139,10 @@ def archive_runs(runs_dir: str | Path, archive_dir: str | Path) -> list[str]:
     for name in _covered(records) | _held_by_ensembles(records, kept + rows):
         old_sets.pop(name, None)
         new_sets.pop(name, None)
+    # a `TEACHER@M` run's own set that a larger one's leads with: a run at its size takes the larger one's rows
+    for name in _led({**old_sets, **new_sets}, records):
+        old_sets.pop(name, None)
+        new_sets.pop(name, None)
     pairs = _pair_sets(runs_dir, archive_dir if old else None, {n: records[n] for n in (*old_sets, *new_sets)})
     with storage.atomic_dir(archive_dir) as tmp:
         out = Path(tmp)
@@ -232,6 +238,16 @@ def _covered(records: dict[str, dict]) -> set[str]:
     prefixes = {(r["teacher"], r["identity"], r["base_digest"]) for r in records.values() if r["multiple"] > 0}
     return {name for name, r in records.items()
             if r["multiple"] == 0 and (r["teacher"], r["identity"], r["pairs_digest"]) in prefixes}
+
+
+def _led(sets: dict[str, Path], records: dict[str, dict]) -> set[str]:
+    """The label sets above 0x that a larger set of the same teacher here (a runs folder's, with its pairs)
+    starts with, pairs and probabilities bit for bit: a smaller `TEACHER@M` set whose labels a larger one
+    reused (`Runner._label_after_smaller`). Restored, the larger set gives them back
+    (`Runner._own_archived`); kept twice, every device call would carry them twice."""
+    return {name for name, folder in sets.items() if records[name]["multiple"] > 0 and any(
+        teacher_labels.leads((folder, records[name]), (other, records[key]))
+        for key, other in sets.items() if key != name and records[key]["multiple"] > records[name]["multiple"])}
 
 
 def _identities(rows: list[dict], record_of) -> dict[str, str]:

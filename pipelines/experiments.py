@@ -414,12 +414,8 @@ class Runner:
         own_pairs = own_pairs and 0 < asked < self.top  # its own pairs only, unless the largest set's labels exist
         if own_pairs:
             prefix = self._first_rows_file(pairs_uri, asked)
-            if (stored := teacher_labels.find_archived(self.out / "data", labels, asked)) is not None:
-                try:  # this size's own archived labels
-                    return teacher_labels.use_archived(stored, prefix, self._planned_identity(labels),
-                                                       self.out / "data", asked)
-                except teacher_labels.LabelsMismatch as err:
-                    log.warning("%s; labelling with the teacher instead", err)
+            if (found := self._own_archived(labels, pairs_uri, prefix, asked)) is not None:
+                return found
         teacher = self.teacher(labels, why)
         target = self._labelled_path(labels, teacher, pairs_uri, multiple)
         if own_pairs and teacher_labels.read_record(target) is None:  # no labels of the largest set here
@@ -436,6 +432,28 @@ class Runner:
             teacher_labels.write_record(target, teacher=labels, identity=checkpoint_identity(teacher),
                                         multiple=multiple, pairs_uri=pairs_uri)
         return str(target), tag
+
+    def _own_archived(self, labels: str, largest: str, prefix: str, multiple: float) -> tuple[str, str] | None:
+        """(labelled folder, tag) of the `multiple`x set's pairs (`prefix`, the first rows of the largest set
+        `largest`) from restored labels of teacher run `labels`: the set of this size, or else the smallest
+        larger set that leads with these pairs (an archive keeps only the larger one of such sets); None,
+        having said why, when none fits."""
+        from pipelines import teacher_labels
+
+        data = self.out / "data"
+        if (stored := teacher_labels.find_archived(data, labels, multiple)) is not None:
+            candidates = [(stored, None)]
+        else:
+            candidates = [(folder, self._first_rows_file(largest, record["multiple"]))
+                          for folder in teacher_labels.larger_archived(data, labels, multiple)
+                          if (record := teacher_labels.read_record(folder))["multiple"] < self.top]
+        for stored, leading in candidates:
+            try:
+                return teacher_labels.use_archived(stored, prefix, self._planned_identity(labels), data,
+                                                   multiple, leading=leading)
+            except teacher_labels.LabelsMismatch as err:
+                log.warning("%s; not using them", err)
+        return None
 
     def _label_after_smaller(self, labels: str, teacher: str, pairs_uri: str, target: Path,
                              multiple: float) -> None:

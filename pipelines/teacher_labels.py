@@ -186,10 +186,49 @@ def smallest_archived(data_dir: str | Path, teacher: str) -> Path | None:
     return min(found, key=lambda pair: pair[0])[1] if found else None
 
 
+def larger_archived(data_dir: str | Path, teacher: str, multiple: float) -> list[Path]:
+    """The restored label sets of `teacher` above `multiple`, smallest first: what a run at `multiple` takes
+    its pairs' labels from when the archive kept no set of its own size (a larger set leads with them)."""
+    found = [(record["multiple"], folder) for folder in sorted(Path(data_dir, ARCHIVED).glob("*"))
+             if (record := read_record(folder)) is not None and record["teacher"] == teacher
+             and record["multiple"] > multiple]
+    return [folder for _, folder in sorted(found, key=lambda pair: pair[0])]
+
+
+def set_probs(folder: str | Path, record: dict) -> np.ndarray:
+    """(pairs, grades) probabilities of a label set in either form: stored (an archive's `probs.parquet`) or
+    labelled (a runs folder's shards, checked against the record)."""
+    stored = Path(folder, PROBS)
+    if stored.is_file():
+        return pd.read_parquet(stored).to_numpy(dtype=np.float64)
+    return labelled_probs(folder, record)
+
+
+def leads(small: tuple[str | Path, dict], large: tuple[str | Path, dict]) -> bool:
+    """Whether the label set `small` (folder, record) is the first rows of the labelled set `large` (a runs
+    folder's, which holds its pairs), pairs and probabilities alike, bit for bit: then `large` alone can
+    give `small` back (`use_archived` with `leading`)."""
+    (small_dir, s), (large_dir, g) = small, large
+    if Path(large_dir, PROBS).is_file() or (s["teacher"], s["identity"]) != (g["teacher"], g["identity"]) \
+            or not 0 < s["pairs"] < g["pairs"]:
+        return False
+    if pairs_digest(_key_frame(large_dir).iloc[:s["pairs"]]) != s["pairs_digest"]:
+        return False
+    return bool(np.array_equal(set_probs(small_dir, s), set_probs(large_dir, g)[:s["pairs"]]))
+
+
+def _starts(leading: str, record: dict, digest: str, rows: int) -> bool:
+    """Whether `leading` holds the pairs a set's `record` names and its first `rows` have `digest`."""
+    whole = _key_frame(leading)
+    return len(whole) == record["pairs"] and pairs_digest(whole) == record["pairs_digest"] \
+        and pairs_digest(whole.iloc[:rows]) == digest
+
+
 def use_archived(stored: str | Path, pairs_uri: str, identity: str, data_dir: str | Path,
-                 multiple: float) -> tuple[str, str]:
+                 multiple: float, leading: str | None = None) -> tuple[str, str]:
     """(labelled folder, tag): the pairs of `pairs_uri` (the `multiple`x set) labelled with a stored set's
-    probabilities: the set's own pairs, or for a 0x set the training pairs that lead it.
+    probabilities: the set's own pairs, or for a 0x set the training pairs that lead it, or with `leading`
+    (the pairs the stored set was made of, of which `pairs_uri` holds the first rows) those first rows.
 
     Raises LabelsMismatch, naming what differs, when the teacher `identity` or the pairs are not the
     ones the set was made for. The folder is written as `label_pairs` writes one, with the record beside.
@@ -207,6 +246,8 @@ def use_archived(stored: str | Path, pairs_uri: str, identity: str, data_dir: st
         rows = record["pairs"]
     elif multiple == 0 and len(pairs) == record["base_pairs"] and digest == record["base_digest"]:
         rows = record["base_pairs"]  # a 0x set: the training pairs, labelled as the larger set labelled them
+    elif leading is not None and len(pairs) < record["pairs"] and _starts(leading, record, digest, len(pairs)):
+        rows = len(pairs)  # a smaller set's pairs, the first rows of the larger set's, labelled as it labelled them
     else:
         raise LabelsMismatch(f"the archived labels {name} are of another augmented set ({record['pairs']} pairs, "
                              f"digest {record['pairs_digest'][:12]}) than {pairs_uri} ({len(pairs)} pairs, "

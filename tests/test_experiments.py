@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -456,6 +457,26 @@ def test_a_distilled_teacher_entry_reuses_its_largest_smaller_own_set(tmp_path, 
     label_pairs(str(folder / "augmented-3x-first-2x.parquet"), str(tmp_path / "runs" / "models" /
                                                                    "teacher-soft-seed14"), str(fresh), num_shards=1)
     np.testing.assert_allclose(read_table(str(fresh))[schema.TEACHER_SCORE], two[schema.TEACHER_SCORE], atol=1e-5)
+
+    # archived, the 2x set stands for the 1x and 0x sets it starts with; restored, it gives back the 1x
+    # student's labels bit for bit with no teacher
+    from pipelines.archive import archive_runs, restore_runs
+    archive_runs(tmp_path / "runs", tmp_path / "archive")
+    assert [p.name for p in (tmp_path / "archive" / "labels").iterdir()] == ["teacher-soft-seed14-2x"]
+    here = tmp_path / "here" / "data"
+    here.mkdir(parents=True)
+    for name in ("train.parquet", "val.parquet", "test.parquet", "catalogue.parquet", "summary.json"):
+        shutil.copy(folder / name, here / name)
+    restore_runs(tmp_path / "archive", here.parent)
+    again = Runner("test", data, str(here.parent), fmt="homedepot", teacher_model=tiny_teacher_dir,
+                   student_model=tiny_student_dir)
+    for run, size in (("student-margin-1x-soft-teacherseed14", "1x"), ("student-margin-0x-soft-teacherseed14", "0x")):
+        row = again.run([run], force=True)[0]
+        original, = folder.glob(f"distill-teacher-soft-seed14-{size}-*.parquet")
+        pd.testing.assert_frame_equal(pd.read_parquet(next(here.glob(f"distill-teacher-soft-seed14-{size}-*"))),
+                                      pd.read_parquet(original))
+        assert row["metrics"] == next(r for r in read_results(tmp_path / "runs") if r["run"] == run)["metrics"]
+    assert not (here.parent / "models" / "teacher-soft-seed14").exists()
 
 
 def test_report_writes_table_and_scaling_plot(finished, tmp_path):

@@ -79,6 +79,40 @@ def test_labels_of_other_pairs_or_another_teacher_are_refused_and_nothing_is_wri
     assert not (tmp_path / "data").exists()
 
 
+def test_a_larger_set_gives_back_a_smaller_one_it_starts_with_bit_for_bit_only(labelled, tmp_path):
+    pairs_uri, folder, _, _, _ = labelled
+    record = teacher_labels.read_record(folder)
+    head = write_table(pd.read_parquet(pairs_uri).iloc[:40], str(tmp_path / "head.parquet"))
+    small = tmp_path / "small"  # the first 40 rows, labelled as the larger set labelled them
+    write_labels(head, teacher_labels.labelled_probs(folder, record)[:40], str(small))
+    small_record = teacher_labels.write_record(small, teacher="teacher-soft", identity=record["identity"],
+                                               multiple=1, pairs_uri=head)
+    assert teacher_labels.leads((small, small_record), (folder, record))
+    stored = tmp_path / "stored"
+    teacher_labels.export_set(small, stored)  # either form of the smaller set
+    assert teacher_labels.leads((stored, small_record), (folder, record))
+    assert not teacher_labels.leads((folder, record), (small, small_record))  # the larger one is not a prefix
+    # one probability off in its last bit, or another teacher: not the larger set's first rows
+    probs = pd.read_parquet(stored / teacher_labels.PROBS)
+    probs.iloc[39, 0] = np.nextafter(probs.iloc[39, 0], np.float32(1))
+    probs.to_parquet(stored / teacher_labels.PROBS, index=False)
+    assert not teacher_labels.leads((stored, small_record), (folder, record))
+    assert not teacher_labels.leads((small, {**small_record, "identity": "0" * 64}), (folder, record))
+
+    # restored, the larger set labels the smaller set's pairs given the pairs it was made of
+    large = tmp_path / "large"
+    teacher_labels.export_set(folder, large)
+    again, _ = teacher_labels.use_archived(large, head, record["identity"], tmp_path / "data", 1, leading=pairs_uri)
+    pd.testing.assert_frame_equal(read_table(again), read_table(str(small)), check_exact=True)
+    # without them, or with pairs the smaller set does not start, it says so and writes nothing
+    with pytest.raises(LabelsMismatch, match=r"another augmented set \(75 pairs"):
+        teacher_labels.use_archived(large, head, record["identity"], tmp_path / "none", 1)
+    tail = write_table(pd.read_parquet(pairs_uri).iloc[1:41], str(tmp_path / "tail.parquet"))
+    with pytest.raises(LabelsMismatch, match="another augmented set"):
+        teacher_labels.use_archived(large, tail, record["identity"], tmp_path / "none", 1, leading=pairs_uri)
+    assert not (tmp_path / "none").exists()
+
+
 def test_write_labels_refuses_a_wrong_count_and_leaves_no_shard(labelled, tmp_path):
     pairs_uri = labelled[0]
     with pytest.raises(ValueError, match="75 pairs; the probabilities given have shape \\(74, 3\\)"):
