@@ -441,16 +441,14 @@ class Runner:
         from pipelines import teacher_labels
 
         data = self.out / "data"
-        if (stored := teacher_labels.find_archived(data, labels, multiple)) is not None:
-            candidates = [(stored, None)]
-        else:
-            candidates = [(folder, self._first_rows_file(largest, record["multiple"]))
-                          for folder in teacher_labels.larger_archived(data, labels, multiple)
-                          if (record := teacher_labels.read_record(folder))["multiple"] < self.top]
-        for stored, leading in candidates:
+        own = teacher_labels.find_archived(data, labels, multiple)
+        larger = teacher_labels.larger_archived(data, labels, multiple)
+        candidates = [(multiple, own)] if own is not None else [(m, f) for m, f in larger if m < self.top]
+        identity = self._planned_identity(labels)
+        for size, stored in candidates:
+            leading = None if size == multiple else self._first_rows_file(largest, size)  # made only when tried
             try:
-                return teacher_labels.use_archived(stored, prefix, self._planned_identity(labels), data,
-                                                   multiple, leading=leading)
+                return teacher_labels.use_archived(stored, prefix, identity, data, multiple, leading=leading)
             except teacher_labels.LabelsMismatch as err:
                 log.warning("%s; not using them", err)
         return None

@@ -186,13 +186,14 @@ def smallest_archived(data_dir: str | Path, teacher: str) -> Path | None:
     return min(found, key=lambda pair: pair[0])[1] if found else None
 
 
-def larger_archived(data_dir: str | Path, teacher: str, multiple: float) -> list[Path]:
-    """The restored label sets of `teacher` above `multiple`, smallest first: what a run at `multiple` takes
-    its pairs' labels from when the archive kept no set of its own size (a larger set leads with them)."""
+def larger_archived(data_dir: str | Path, teacher: str, multiple: float) -> list[tuple[float, Path]]:
+    """(multiple, folder) of the restored label sets of `teacher` above `multiple`, smallest first: what a run
+    at `multiple` takes its pairs' labels from when the archive kept no set of its own size (a larger set
+    leads with them)."""
     found = [(record["multiple"], folder) for folder in sorted(Path(data_dir, ARCHIVED).glob("*"))
              if (record := read_record(folder)) is not None and record["teacher"] == teacher
              and record["multiple"] > multiple]
-    return [folder for _, folder in sorted(found, key=lambda pair: pair[0])]
+    return sorted(found, key=lambda pair: pair[0])
 
 
 def set_probs(folder: str | Path, record: dict) -> np.ndarray:
@@ -257,7 +258,7 @@ def use_archived(stored: str | Path, pairs_uri: str, identity: str, data_dir: st
     target = Path(data_dir, f"labelled-{record['teacher']}-{multiple:g}x-{tag}")
     existing = read_record(target)
     if not existing or (existing["identity"], existing["pairs_digest"]) != (identity, digest):
-        probs = pd.read_parquet(Path(stored, PROBS)).to_numpy(dtype=np.float64)[:rows]
+        probs = set_probs(stored, record)[:rows]
         write_labels(pairs_uri, probs, str(target))
         write_record(target, teacher=record["teacher"], identity=identity, multiple=multiple, pairs_uri=pairs_uri)
         log.info("labels of %d pairs from the archived set %s: no teacher needed", rows, name)
