@@ -20,7 +20,9 @@ compared pair by pair with them. The archive keeps what the data cannot give bac
   its size takes that set's first rows).
 - `pairs/augmented-Mx/`: the augmented set those labels are of, as positions in the query pool and the
   catalogue (`pipelines/pair_sets.py`), so that a later session (another device, say) makes exactly
-  those pairs without augmenting, and the labels fit them.
+  those pairs without augmenting, and the labels fit them. A label set of other pairs, the first rows of
+  an augmented set made in the folder (a `TEACHER@M` run's), keeps those rows as a pair set of its own,
+  `pairs/augmented-16x-first-8x-DIGEST/`, which a run finds by its digest.
 
 `restore` puts the rows back into a runs folder whose split was made anew from the same data and
 settings; it refuses another split, and it recomputes every run's metrics from the restored scores
@@ -34,6 +36,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -143,7 +146,9 @@ def archive_runs(runs_dir: str | Path, archive_dir: str | Path) -> list[str]:
     for name in _led({**old_sets, **new_sets}, records):
         old_sets.pop(name, None)
         new_sets.pop(name, None)
-    pairs = _pair_sets(runs_dir, archive_dir if old else None, {n: records[n] for n in (*old_sets, *new_sets)})
+    kept_records = {n: records[n] for n in (*old_sets, *new_sets)}
+    pairs = _pair_sets(runs_dir, archive_dir if old else None, kept_records)
+    carried = _carried_pairs(runs_dir, archive_dir if old else None, kept_records, pairs)
     with storage.atomic_dir(archive_dir) as tmp:
         out = Path(tmp)
         for row in kept:
@@ -155,6 +160,13 @@ def archive_runs(runs_dir: str | Path, archive_dir: str | Path) -> list[str]:
                 teacher_labels.copy_set(folder, out / "labels" / name)
             else:
                 teacher_labels.export_set(folder, out / "labels" / name)
+        for name, (source, first) in carried.items():
+            if source.is_dir():
+                pair_sets.copy_set(source, out / "pairs" / name)
+            else:  # checked before: made by augment_pairs, starting with the label set's pairs
+                pair_sets.export_set(source, str(runs_dir / "data" / "train.parquet"),
+                                     str(runs_dir / "data" / "catalogue.parquet"), out / "pairs" / name, rows=first)
+        pairs = {name: source for name, (source, _) in pairs.items()}
         for name, source in list(pairs.items()):
             if source.is_dir():  # restored, or kept in the archive: copied as it is
                 pair_sets.copy_set(source, out / "pairs" / name)
@@ -176,18 +188,18 @@ def archive_runs(runs_dir: str | Path, archive_dir: str | Path) -> list[str]:
         (out / "results.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in all_rows))
         (out / MANIFEST).write_text(json.dumps({**manifest, "runs": [r["run"] for r in all_rows],
                                                 "labels": sorted({*old_sets, *new_sets}),
-                                                "pairs": sorted(pairs)}, indent=2) + "\n")
+                                                "pairs": sorted({*pairs, *carried})}, indent=2) + "\n")
     log.info("archived %d run(s) of %s into %s%s%s", len(rows), runs_dir, archive_dir,
              f", with the label sets {', '.join(sorted(new_sets))}" if new_sets else "",
-             f" and the pair sets {', '.join(sorted(pairs))}" if pairs else "")
+             f" and the pair sets {', '.join(sorted({*pairs, *carried}))}" if pairs or carried else "")
     return [r["run"] for r in rows]
 
 
-def _pair_sets(runs_dir: Path, archive_dir: Path | None, records: dict[str, dict]) -> dict[str, Path]:
-    """augmented-Mx -> where the pairs of the archived label sets at Mx come from: a stored set (restored
-    into the runs folder, or already in the archive) with their digest, else the folder's augmented file
-    when it holds them. One set per multiple: label sets of other pairs of that multiple are named in the
-    log and keep no pairs."""
+def _pair_sets(runs_dir: Path, archive_dir: Path | None, records: dict[str, dict]) -> dict[str, tuple[Path, str]]:
+    """augmented-Mx -> (where the pairs of the archived label sets at Mx come from, their digest): a stored
+    set (restored into the runs folder, or already in the archive) with their digest, else the folder's
+    augmented file when it holds them. One set per multiple: label sets of other pairs of that multiple
+    keep theirs as carried pairs where the folder has them (`_carried_pairs`)."""
     by_multiple: dict[float, dict[str, str]] = {}
     for name, record in sorted(records.items()):
         if record["multiple"] > 0:
@@ -204,13 +216,53 @@ def _pair_sets(runs_dir: Path, archive_dir: Path | None, records: dict[str, dict
             found[current] = teacher_labels.pairs_digest(pd.read_parquet(current, columns=KEY))
         for source, digest in found.items():
             if digest in digests.values():
-                chosen[name] = source
+                chosen[name] = (source, digest)
                 break
-        other = sorted(n for n, d in digests.items() if name not in chosen or d != found[chosen[name]])
-        if other:
-            log.warning("the pairs of the label set(s) %s are %s: kept without them", ", ".join(other),
-                        "of another augmented set than the one archived" if name in chosen else "not in this folder")
     return chosen
+
+
+def _carried_pairs(runs_dir: Path, archive_dir: Path | None, records: dict[str, dict],
+                   chosen: dict[str, tuple[Path, str]]) -> dict[str, tuple[Path, int | None]]:
+    """NAME -> (source, rows): the pairs of the label sets above 0x that no chosen augmented set holds, as
+    pair sets of their own, one per digest (`pair_sets.carried_name`): a stored set of that digest (restored
+    here or already in the archive), else the first rows of an augmented set made in this folder that
+    start with them (a `TEACHER@M` run's labels of the largest set's first rows). Label sets whose pairs
+    are nowhere here are named in the log and keep none."""
+    from components.augment import made_with
+
+    wanted: dict[str, list[str]] = {}
+    for name, record in sorted(records.items()):
+        default = chosen.get(pair_sets.set_name(record["multiple"]))
+        if record["multiple"] > 0 and (default is None or default[1] != record["pairs_digest"]):
+            wanted.setdefault(record["pairs_digest"], []).append(name)
+    if not wanted:
+        return {}
+    stored = {}
+    for folder in [*sorted((runs_dir / "data" / pair_sets.ARCHIVED).glob("*")),
+                   *(sorted((archive_dir / "pairs").glob("*")) if archive_dir is not None else [])]:
+        if (record := pair_sets.read_record(folder)) is not None:
+            stored.setdefault(record["pairs_digest"], (folder, record))
+    made = []  # (augmented file, its keys, its settings' multiple): read once, only when a digest needs them
+    carried = {}
+    for digest, names in wanted.items():
+        record = records[names[0]]
+        if digest in stored:
+            folder, pair_record = stored[digest]
+            carried[pair_sets.carried_name(pair_record["multiple"], record)] = (folder, None)
+            continue
+        if not made:
+            for path in sorted((runs_dir / "data").glob("augmented-*x.parquet")):  # not the first-rows copies
+                if re.fullmatch(r"augmented-[\d.]+x\.parquet", path.name) and (settings := made_with(str(path))
+                                                                               .get("settings")):
+                    made.append((path, pd.read_parquet(path, columns=KEY), float(settings["multiple"])))
+        source = next(((path, multiple) for path, keys, multiple in made if len(keys) >= record["pairs"]
+                       and teacher_labels.pairs_digest(keys.iloc[:record["pairs"]]) == digest), None)
+        if source is None:
+            log.warning("the pairs of the label set(s) %s are not in this folder: kept without them",
+                        ", ".join(names))
+            continue
+        carried[pair_sets.carried_name(source[1], record)] = (source[0], record["pairs"])
+    return carried
 
 
 def _ensemble_identities(rows: list[dict], identities: dict[str, str]) -> dict[str, str]:

@@ -405,6 +405,11 @@ class Runner:
         multiple = self.top if asked > 0 else 0.0
         if self.experiments[labels].kind == "ensemble":
             return self._ensemble_labelled(self.experiments[labels], multiple)
+        # a run at its own size from restored labels that came with their pairs: no augmenting, on any machine
+        carried = own_pairs and 0 < asked < self.top and not teacher_labels.find_archived(self.out / "data", labels,
+                                                                                          self.top)
+        if carried and (found := self._carried_own(labels, asked)) is not None:
+            return found
         pairs_uri = self.augmented(multiple)
         found, why = self._archived_labels(labels, multiple, pairs_uri, lambda: self._planned_identity(labels))
         if found is not None:
@@ -450,6 +455,35 @@ class Runner:
             try:
                 return teacher_labels.use_archived(stored, prefix, identity, data, multiple, leading=leading)
             except teacher_labels.LabelsMismatch as err:
+                log.warning("%s; not using them", err)
+        return None
+
+    def _carried_own(self, labels: str, multiple: float) -> tuple[str, str] | None:
+        """(labelled folder, tag) of the `multiple`x set's pairs from restored labels of teacher run `labels`
+        whose own pairs an archive carried with them (`pipelines/pair_sets.py`, found by digest): the set of
+        this size, or else the smallest larger one, its first rows. No augmentation is needed, and the pairs
+        are the ones the labels were made of, whichever machine made them. None, having said why, when no
+        such set fits this folder (other training pairs or catalogue, another teacher)."""
+        from components.augment import AugmentConfig
+        from pipelines import pair_sets, teacher_labels
+
+        data = self.out / "data"
+        own = teacher_labels.find_archived(data, labels, multiple)
+        candidates = [(multiple, own)] if own is not None else teacher_labels.larger_archived(data, labels, multiple)
+        identity = None
+        for size, stored in candidates:
+            record = teacher_labels.read_record(stored)
+            if (folder := pair_sets.find_by_digest(data, record["pairs_digest"])) is None:
+                continue
+            source = str(data / f"{folder.name}.parquet")
+            config = AugmentConfig(**{**self.profile.augment, "multiple": pair_sets.read_record(folder)["multiple"]})
+            identity = identity or self._planned_identity(labels)
+            try:
+                pair_sets.use_archived(folder, self.paths()["train"], self.paths()["catalogue"], source, config)
+                prefix = source if size == multiple else self._first_rows_file(source, multiple)
+                return teacher_labels.use_archived(stored, prefix, identity, data, multiple,
+                                                   leading=None if size == multiple else source)
+            except (pair_sets.PairsMismatch, teacher_labels.LabelsMismatch) as err:
                 log.warning("%s; not using them", err)
         return None
 
@@ -512,12 +546,13 @@ class Runner:
         return self.out / "data" / f"labelled-{labels}-{_fmt(multiple)}x-{digest.hexdigest()[:10]}"
 
     def _first_rows_file(self, largest: str, multiple: float) -> str:
-        """The training pairs and the first multiple x N new pairs of the largest augmented set (`largest`), as
-        a file of their own (made again when that set is newer): what a run at that size alone needs labelled."""
+        """The training pairs and the first multiple x N new pairs of an augmented set (`largest`: the largest
+        one here, or a label set's carried pairs), as a file of their own named after it (made again when that
+        set is newer): what a run at that size alone needs labelled."""
         from components.data import read_table, write_table
 
         source = Path(largest)
-        target = self.out / "data" / f"augmented-{_fmt(self.top)}x-first-{_fmt(multiple)}x.parquet"
+        target = self.out / "data" / f"{source.stem}-first-{_fmt(multiple)}x.parquet"
         if not target.is_file() or target.stat().st_mtime_ns < source.stat().st_mtime_ns:
             write_table(_first_rows(read_table(str(source)), multiple), str(target))
         return str(target)

@@ -14,6 +14,11 @@ of its device time making that set again.
   records the row counts, the digest of the whole set's (query id, product id) sequence, the
   augmentation's settings with fingerprints of its inputs (training pairs, catalogue), and the summary
   of the run that made it.
+- A label set whose pairs are not an archived augmented set's, but the first rows of one made in the runs
+  folder (a `TEACHER@M` run labels the largest set's first M x N new pairs alone), keeps those first rows
+  as a pair set of their own (`pairs/augmented-16x-first-8x-DIGEST/`, its record's `first_rows_of` the
+  made set's size), found again by its digest: without them such labels fit only a machine that
+  augments to the same bits.
 - `kdrank experiment restore` puts them under the runs folder's `data/archived-pairs/`.
 - `Runner.augmented` then writes the augmented set from them instead of augmenting, when this folder's
   training pairs, catalogue and augmentation settings are the recorded ones. The encoder's weights are
@@ -75,8 +80,10 @@ def holds(uri: str | Path, record: dict) -> bool:
     return made.get("settings", {}).get("encoder_id") == ENCODER_MARK + record["pairs_digest"]
 
 
-def export_set(augmented_uri: str | Path, train_uri: str, catalogue_uri: str, target: str | Path) -> dict:
-    """Write the new pairs of an augmented set (made from `train_uri` and `catalogue_uri`) into `target`."""
+def export_set(augmented_uri: str | Path, train_uri: str, catalogue_uri: str, target: str | Path,
+               rows: int | None = None) -> dict:
+    """Write the new pairs of an augmented set (made from `train_uri` and `catalogue_uri`) into `target`;
+    with `rows`, of its first `rows` pairs only (the pairs of a `TEACHER@M` run's labels, say)."""
     from components import augment
 
     with storage.local_file(str(augmented_uri)) as path:  # read once: the pair keys, with the stored settings
@@ -84,6 +91,11 @@ def export_set(augmented_uri: str | Path, train_uri: str, catalogue_uri: str, ta
     made = json.loads(frame.attrs.get(augment.ATTRS_KEY, "{}"))
     if "settings" not in made:
         raise PairsMismatch(f"{augmented_uri} holds no augmentation settings: not written by augment_pairs")
+    whole = len(frame)
+    if rows is not None:
+        if not 0 < rows <= whole:
+            raise PairsMismatch(f"{augmented_uri} has {whole} pairs; its first {rows} were asked for")
+        frame = frame.iloc[:rows]
     settings = _portable(made["settings"])
     config = _config(settings)
     labelled, catalogue = augment.read_inputs(train_uri, catalogue_uri)
@@ -114,6 +126,8 @@ def export_set(augmented_uri: str | Path, train_uri: str, catalogue_uri: str, ta
         record = {"multiple": float(settings["multiple"]), "pairs": len(frame), "pairs_digest": pairs_digest(frame),
                   "base_pairs": n_base, "base_digest": base_digest, "settings": settings,
                   "sources": sources, "made": summary}
+        if len(frame) < whole:
+            record["first_rows_of"] = whole  # the made set's pairs; these are its first rows
         Path(tmp, RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return record
 
@@ -140,6 +154,21 @@ def copy_set(source: str | Path, target: str | Path) -> None:
     copy_files(source, target, (RECORD, PAIRS))
 
 
+def carried_name(multiple: float, record: dict) -> str:
+    """The name of the pairs of a label set that are not an archived augmented set's own, e.g.
+    augmented-16x-first-8x-5bc680a01f6d: the first rows of a 16x set (found by their digest)."""
+    size = (record["pairs"] - record["base_pairs"]) / record["base_pairs"]
+    return f"{set_name(multiple)}-first-{size:g}x-{record['pairs_digest'][:12]}"
+
+
+def find_by_digest(data_dir: str | Path, digest: str) -> Path | None:
+    """The restored pair set under a runs folder's data/ whose pairs have `digest`, if there is one."""
+    for folder in sorted(Path(data_dir, ARCHIVED).glob("*")):
+        if (record := read_record(folder)) is not None and record["pairs_digest"] == digest:
+            return folder
+    return None
+
+
 def find_archived(data_dir: str | Path, multiple: float) -> Path | None:
     """The restored pair set of the `multiple`x augmented set under a runs folder's data/, if there is one."""
     folder = Path(data_dir, ARCHIVED, set_name(multiple))
@@ -157,7 +186,7 @@ def use_archived(stored: str | Path, train_uri: str, catalogue_uri: str, target:
     from components.data import write_table
 
     record = check_stored(stored)
-    name = set_name(record["multiple"])
+    name = Path(stored).name
     labelled, catalogue = read_inputs(train_uri, catalogue_uri)
     here = input_settings(labelled, catalogue, config)
     if differ := sorted(k for k in {*here, *record["settings"]} if here.get(k) != record["settings"].get(k)):

@@ -478,6 +478,31 @@ def test_a_distilled_teacher_entry_reuses_its_largest_smaller_own_set(tmp_path, 
         assert row["metrics"] == next(r for r in read_results(tmp_path / "runs") if r["run"] == run)["metrics"]
     assert not (here.parent / "models" / "teacher-soft-seed14").exists()
 
+    # the 2x set's pairs go with it (the 3x set's first rows, by their digest), so a folder whose augmentation
+    # gives other pairs (another machine's encoder) distils from it too: no augmenting, no teacher
+    carried, = (tmp_path / "archive" / "pairs").iterdir()
+    record = json.loads((carried / "pairs.json").read_text())
+    assert carried.name.startswith("augmented-3x-first-2x-") and record["pairs"] == 3 * n
+    assert record["first_rows_of"] == len(top)
+    elsewhere = tmp_path / "elsewhere" / "data"
+    elsewhere.mkdir(parents=True)
+    for name in ("train.parquet", "val.parquet", "test.parquet", "catalogue.parquet", "summary.json"):
+        shutil.copy(folder / name, elsewhere / name)
+    other = pd.concat([top.iloc[:n], top.iloc[n:].iloc[::-1]], ignore_index=True)  # same settings, other order
+    other.attrs = top.attrs
+    other.to_parquet(elsewhere / "augmented-3x.parquet", index=False)
+    restore_runs(tmp_path / "archive", elsewhere.parent)
+    moved = Runner("test", data, str(elsewhere.parent), fmt="homedepot", teacher_model=tiny_teacher_dir,
+                   student_model=tiny_student_dir)
+    for run, size in (("student-margin-2x-soft-teacherseed14", "2x"), ("student-margin-1x-soft-teacherseed14", "1x")):
+        row = moved.run([run], force=True)[0]
+        original, = folder.glob(f"distill-teacher-soft-seed14-{size}-*.parquet")
+        pd.testing.assert_frame_equal(pd.read_parquet(next(elsewhere.glob(f"distill-teacher-soft-seed14-{size}-*"))),
+                                      pd.read_parquet(original))
+        assert row["metrics"] == next(r for r in read_results(tmp_path / "runs") if r["run"] == run)["metrics"]
+    assert not (elsewhere.parent / "models" / "teacher-soft-seed14").exists()
+    assert pd.read_parquet(elsewhere / "augmented-3x.parquet")[key].equals(other[key])  # left as it was
+
 
 def test_report_writes_table_and_scaling_plot(finished, tmp_path):
     runner, rows, root = finished

@@ -201,3 +201,21 @@ def test_an_augmented_file_that_cannot_be_stored_leaves_its_labels_archived_with
     manifest = json.loads((tmp_path / "archive" / "manifest.json").read_text())
     assert manifest["pairs"] == [] and "teacher-soft-2x" in manifest["labels"]
     assert not (tmp_path / "archive" / "pairs").exists()
+
+
+def test_the_first_rows_of_a_set_are_stored_as_a_set_of_their_own(finished, tmp_path):
+    _, _, root = finished
+    data = root / "runs" / "data"
+    made = data / "augmented-2x.parquet"
+    keys = pd.read_parquet(made, columns=KEY)
+    n = len(pd.read_parquet(data / "train.parquet"))
+    args = (made, str(data / "train.parquet"), str(data / "catalogue.parquet"))
+    record = pair_sets.export_set(*args, tmp_path / "first", rows=n + 5)
+    assert (record["pairs"], record["first_rows_of"]) == (n + 5, len(keys))
+    assert record["pairs_digest"] == pairs_digest(keys.iloc[:n + 5])
+    assert pair_sets.find_by_digest(tmp_path / "nowhere", record["pairs_digest"]) is None
+    assert pair_sets.carried_name(2.0, record) == f"augmented-2x-first-{5 / n:g}x-{record['pairs_digest'][:12]}"
+    for bad in (0, len(keys) + 1):
+        with pytest.raises(pair_sets.PairsMismatch, match=f"has {len(keys)} pairs; its first {bad} were asked for"):
+            pair_sets.export_set(*args, tmp_path / f"bad-{bad}", rows=bad)
+        assert not (tmp_path / f"bad-{bad}").exists()
