@@ -33,8 +33,36 @@ def precision(device: torch.device) -> str:
     if device.type == "cuda":
         return "cuda-bf16"
     if device.type == "cpu" and os.environ.get(CPU_BF16, "") == "1":
+        _warn_without_bf16_instructions(cpu_flags())
         return "cpu-bf16"
     return "fp32"
+
+
+BF16_INSTRUCTIONS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of a CPU that computes in bf16
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (Linux); empty where they cannot be read."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+_warned_bf16 = False
+
+
+def _warn_without_bf16_instructions(flags: frozenset[str]) -> None:
+    """Say once per process that KDRANK_CPU_BF16=1 is slow on a CPU with no bf16 instructions (flags known)."""
+    global _warned_bf16
+    if _warned_bf16 or not flags or any(f in flags for f in BF16_INSTRUCTIONS):
+        return
+    _warned_bf16 = True
+    log.warning("%s=1 asks for bf16 on a CPU without bf16 instructions (no %s in /proc/cpuinfo): there it is "
+                "emulated, and on a 2-core AMD EPYC without them scoring ran 5-9x and training about 20x "
+                "slower than in fp32 (docs/results.md); unset %s unless bf16 results are the point",
+                CPU_BF16, " or ".join(BF16_INSTRUCTIONS), CPU_BF16)
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
@@ -42,9 +70,9 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
     fp32 is the CPU default: it is exact. bf16 pays where the CPU has bf16 instructions: with Intel AMX
     (`amx_bf16` in /proc/cpuinfo) bf16 autocast scored about 3x and trained about 1.5x as fast on 2 cores, with
-    the same students; on an AMD EPYC with `avx512_bf16` and no AMX, 1.6-1.9x and 1.4-1.7x (docs/results.md,
-    "CPU: Intel Xeon VM with AMX" and "CPU: AMD EPYC VM with bf16 instructions"). A CPU with neither was not
-    measured."""
+    the same students; on an AMD EPYC with `avx512_bf16` and no AMX, 1.6-1.9x and 1.4-1.7x. On a CPU with
+    neither it is emulated and far slower (scoring 5-9x, training about 20x slower than fp32 on a 2-core
+    AMD EPYC), and `precision` warns (docs/results.md, "Performance figures")."""
     if precision(device) == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)

@@ -124,3 +124,26 @@ def test_precision_names_what_autocast_does(monkeypatch):
     monkeypatch.setenv(runtime.CPU_BF16, "1")
     assert runtime.precision(torch.device("cpu")) == "cpu-bf16"
     assert runtime.precision(torch.device("cuda:1")) == "cuda-bf16"
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_is_warned_about_once(monkeypatch, caplog):
+    import torch
+
+    from components import runtime
+
+    monkeypatch.setenv(runtime.CPU_BF16, "1")
+    for flags, warned in ((frozenset({"avx2", "amx_bf16"}), False), (frozenset({"avx512f", "avx512_bf16"}), False),
+                          (frozenset(), False), (frozenset({"avx2", "fma"}), True)):  # empty: flags unknown
+        monkeypatch.setattr(runtime, "_warned_bf16", False)
+        monkeypatch.setattr(runtime, "cpu_flags", lambda flags=flags: flags)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="components.runtime"):
+            assert runtime.precision(torch.device("cpu")) == "cpu-bf16"
+            runtime.precision(torch.device("cpu"))
+        said = [r.getMessage() for r in caplog.records]
+        assert len(said) == int(warned), (flags, said)
+        if warned:
+            assert "KDRANK_CPU_BF16=1" in said[0] and "amx_bf16 or avx512_bf16" in said[0]
+    monkeypatch.delenv(runtime.CPU_BF16)
+    caplog.clear()
+    assert runtime.precision(torch.device("cpu")) == "fp32" and not caplog.records

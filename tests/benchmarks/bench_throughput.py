@@ -134,6 +134,13 @@ def student_step(device):
     return step
 
 
+def _gflops(flops_per_s: float) -> str:
+    """GFLOP/s to print: whole numbers, but two significant digits below 10 (an emulated bf16 multiply on a
+    CPU without bf16 instructions reaches a fraction of one)."""
+    value = flops_per_s / 1e9
+    return f"{value:,.0f}" if value >= 10 else f"{value:.2g}"
+
+
 def matmul_ceiling(device, seconds: float, n: int = 2048) -> float:
     """FLOP/s of one large square matrix multiply under the same autocast: what this machine's matrix units
     give when nothing else is in the way, the CPU's stand-in for a data-sheet peak."""
@@ -216,10 +223,10 @@ def main(argv: list[str] | None = None) -> None:
                       f"({peak:.0f} TFLOP/s)."]
     else:
         ceiling = matmul_ceiling(device, min(seconds, 10.0))
-        lines += ["", f"Scoring runs at {achieved[pairs.TEACHER] / 1e9:,.0f} GFLOP/s (teacher) and "
-                  f"{achieved[pairs.STUDENT] / 1e9:,.0f} GFLOP/s (student), counting the forward FLOPs above: "
+        lines += ["", f"Scoring runs at {_gflops(achieved[pairs.TEACHER])} GFLOP/s (teacher) and "
+                  f"{_gflops(achieved[pairs.STUDENT])} GFLOP/s (student), counting the forward FLOPs above: "
                   f"{100 * achieved[pairs.TEACHER] / ceiling:.0f}% and {100 * achieved[pairs.STUDENT] / ceiling:.0f}% "
-                  f"of the {ceiling / 1e9:,.0f} GFLOP/s that one 2048 x 2048 x 2048 matrix multiply reaches here "
+                  f"of the {_gflops(ceiling)} GFLOP/s that one 2048 x 2048 x 2048 matrix multiply reaches here "
                   f"in the same precision (a CPU has no data-sheet peak to hold it against)."]
     lines.append("")
     text = "\n".join(lines)
