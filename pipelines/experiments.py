@@ -461,15 +461,16 @@ class Runner:
     def _carried_own(self, labels: str, multiple: float) -> tuple[str, str] | None:
         """(labelled folder, tag) of the `multiple`x set's pairs from restored labels of teacher run `labels`
         whose own pairs an archive carried with them (`pipelines/pair_sets.py`, found by digest): the set of
-        this size, or else the smallest larger one, its first rows. No augmentation is needed, and the pairs
-        are the ones the labels were made of, whichever machine made them. None, having said why, when no
-        such set fits this folder (other training pairs or catalogue, another teacher)."""
+        this size, or else the smallest larger one with them, its first rows. No augmentation is needed, and
+        the pairs are the ones the labels were made of, whichever machine made them. None, having said why,
+        when no such set fits this folder (other training pairs or catalogue, another teacher)."""
         from components.augment import AugmentConfig
         from pipelines import pair_sets, teacher_labels
 
         data = self.out / "data"
         own = teacher_labels.find_archived(data, labels, multiple)
-        candidates = [(multiple, own)] if own is not None else teacher_labels.larger_archived(data, labels, multiple)
+        candidates = [*([(multiple, own)] if own is not None else []),
+                      *teacher_labels.larger_archived(data, labels, multiple)]
         identity = None
         for size, stored in candidates:
             record = teacher_labels.read_record(stored)

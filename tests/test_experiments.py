@@ -468,6 +468,7 @@ def test_a_distilled_teacher_entry_reuses_its_largest_smaller_own_set(tmp_path, 
     for name in ("train.parquet", "val.parquet", "test.parquet", "catalogue.parquet", "summary.json"):
         shutil.copy(folder / name, here / name)
     restore_runs(tmp_path / "archive", here.parent)
+    shutil.rmtree(here / "archived-pairs")  # as from an archive without the set's pairs: this machine's own set
     again = Runner("test", data, str(here.parent), fmt="homedepot", teacher_model=tiny_teacher_dir,
                    student_model=tiny_student_dir)
     for run, size in (("student-margin-1x-soft-teacherseed14", "1x"), ("student-margin-0x-soft-teacherseed14", "0x")):
