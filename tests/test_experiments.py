@@ -463,21 +463,29 @@ def test_a_distilled_teacher_entry_reuses_its_largest_smaller_own_set(tmp_path, 
     from pipelines.archive import archive_runs, restore_runs
     archive_runs(tmp_path / "runs", tmp_path / "archive")
     assert [p.name for p in (tmp_path / "archive" / "labels").iterdir()] == ["teacher-soft-seed14-2x"]
-    here = tmp_path / "here" / "data"
-    here.mkdir(parents=True)
-    for name in ("train.parquet", "val.parquet", "test.parquet", "catalogue.parquet", "summary.json"):
-        shutil.copy(folder / name, here / name)
+    def split_only(name: str) -> Path:
+        where = tmp_path / name / "data"
+        where.mkdir(parents=True)
+        for file in ("train.parquet", "val.parquet", "test.parquet", "catalogue.parquet", "summary.json"):
+            shutil.copy(folder / file, where / file)
+        return where
+
+    def remade_without_teacher(where: Path, runs: tuple[tuple[str, str], ...]) -> None:
+        runner = Runner("test", data, str(where.parent), fmt="homedepot", teacher_model=tiny_teacher_dir,
+                        student_model=tiny_student_dir)
+        for run, size in runs:
+            row = runner.run([run], force=True)[0]
+            original, = folder.glob(f"distill-teacher-soft-seed14-{size}-*.parquet")
+            pd.testing.assert_frame_equal(pd.read_parquet(next(where.glob(f"distill-teacher-soft-seed14-{size}-*"))),
+                                          pd.read_parquet(original))
+            assert row["metrics"] == next(r for r in read_results(tmp_path / "runs") if r["run"] == run)["metrics"]
+        assert not (where.parent / "models" / "teacher-soft-seed14").exists()
+
+    here = split_only("here")
     restore_runs(tmp_path / "archive", here.parent)
     shutil.rmtree(here / "archived-pairs")  # as from an archive without the set's pairs: this machine's own set
-    again = Runner("test", data, str(here.parent), fmt="homedepot", teacher_model=tiny_teacher_dir,
-                   student_model=tiny_student_dir)
-    for run, size in (("student-margin-1x-soft-teacherseed14", "1x"), ("student-margin-0x-soft-teacherseed14", "0x")):
-        row = again.run([run], force=True)[0]
-        original, = folder.glob(f"distill-teacher-soft-seed14-{size}-*.parquet")
-        pd.testing.assert_frame_equal(pd.read_parquet(next(here.glob(f"distill-teacher-soft-seed14-{size}-*"))),
-                                      pd.read_parquet(original))
-        assert row["metrics"] == next(r for r in read_results(tmp_path / "runs") if r["run"] == run)["metrics"]
-    assert not (here.parent / "models" / "teacher-soft-seed14").exists()
+    remade_without_teacher(here, (("student-margin-1x-soft-teacherseed14", "1x"),
+                                  ("student-margin-0x-soft-teacherseed14", "0x")))
 
     # the 2x set's pairs go with it (the 3x set's first rows, by their digest), so a folder whose augmentation
     # gives other pairs (another machine's encoder) distils from it too: no augmenting, no teacher
@@ -485,23 +493,13 @@ def test_a_distilled_teacher_entry_reuses_its_largest_smaller_own_set(tmp_path, 
     record = json.loads((carried / "pairs.json").read_text())
     assert carried.name.startswith("augmented-3x-first-2x-") and record["pairs"] == 3 * n
     assert record["first_rows_of"] == len(top)
-    elsewhere = tmp_path / "elsewhere" / "data"
-    elsewhere.mkdir(parents=True)
-    for name in ("train.parquet", "val.parquet", "test.parquet", "catalogue.parquet", "summary.json"):
-        shutil.copy(folder / name, elsewhere / name)
+    elsewhere = split_only("elsewhere")
     other = pd.concat([top.iloc[:n], top.iloc[n:].iloc[::-1]], ignore_index=True)  # same settings, other order
     other.attrs = top.attrs
     other.to_parquet(elsewhere / "augmented-3x.parquet", index=False)
     restore_runs(tmp_path / "archive", elsewhere.parent)
-    moved = Runner("test", data, str(elsewhere.parent), fmt="homedepot", teacher_model=tiny_teacher_dir,
-                   student_model=tiny_student_dir)
-    for run, size in (("student-margin-2x-soft-teacherseed14", "2x"), ("student-margin-1x-soft-teacherseed14", "1x")):
-        row = moved.run([run], force=True)[0]
-        original, = folder.glob(f"distill-teacher-soft-seed14-{size}-*.parquet")
-        pd.testing.assert_frame_equal(pd.read_parquet(next(elsewhere.glob(f"distill-teacher-soft-seed14-{size}-*"))),
-                                      pd.read_parquet(original))
-        assert row["metrics"] == next(r for r in read_results(tmp_path / "runs") if r["run"] == run)["metrics"]
-    assert not (elsewhere.parent / "models" / "teacher-soft-seed14").exists()
+    remade_without_teacher(elsewhere, (("student-margin-2x-soft-teacherseed14", "2x"),
+                                       ("student-margin-1x-soft-teacherseed14", "1x")))
     assert pd.read_parquet(elsewhere / "augmented-3x.parquet")[key].equals(other[key])  # left as it was
 
 
