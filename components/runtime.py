@@ -33,7 +33,7 @@ def precision(device: torch.device) -> str:
     if device.type == "cuda":
         return "cuda-bf16"
     if device.type == "cpu" and os.environ.get(CPU_BF16, "") == "1":
-        _warn_without_bf16_instructions(cpu_flags())
+        _warn_without_bf16_instructions()
         return "cpu-bf16"
     return "fp32"
 
@@ -41,24 +41,33 @@ def precision(device: torch.device) -> str:
 BF16_INSTRUCTIONS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of a CPU that computes in bf16
 
 
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags from /proc/cpuinfo (Linux); empty where they cannot be read."""
+def _cpuinfo(key: str) -> str | None:
+    """The value of the first /proc/cpuinfo line named `key` (Linux), or None where there is none."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
+            if line.startswith(key):
+                return line.split(":", 1)[1].strip()
+    return None
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (Linux); empty where they cannot be read."""
+    return frozenset((_cpuinfo("flags") or "").split())
 
 
 _warned_bf16 = False
 
 
-def _warn_without_bf16_instructions(flags: frozenset[str]) -> None:
-    """Say once per process that KDRANK_CPU_BF16=1 is slow on a CPU with no bf16 instructions (flags known)."""
+def _warn_without_bf16_instructions() -> None:
+    """Say once per process that KDRANK_CPU_BF16=1 is slow on a CPU with no bf16 instructions (flags known).
+    `precision` runs on every autocast, so /proc/cpuinfo is read only until this has been decided."""
     global _warned_bf16
-    if _warned_bf16 or not flags or any(f in flags for f in BF16_INSTRUCTIONS):
+    if _warned_bf16:
         return
     _warned_bf16 = True
+    flags = cpu_flags()
+    if not flags or any(f in flags for f in BF16_INSTRUCTIONS):
+        return
     log.warning("%s=1 asks for bf16 on a CPU without bf16 instructions (no %s in /proc/cpuinfo): there it is "
                 "emulated, and on a 2-core AMD EPYC without them scoring ran 5-9x and training about 20x "
                 "slower than in fp32 (docs/results.md); unset %s unless bf16 results are the point",
@@ -96,8 +105,4 @@ def seed_everything(seed: int) -> None:
 
 def cpu_model() -> str:
     """The CPU's model name (from /proc/cpuinfo on Linux), for figures that name their machine."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
+    return _cpuinfo("model name") or platform.processor() or "unknown CPU"
