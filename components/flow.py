@@ -128,6 +128,9 @@ PROFILES: dict[str, Profile] = {
         # two seeds, the LLM's 2x point made on the CPU (a size below the largest labels only its own pairs,
         # unless the largest set's labels are there), and its 4x point (labelling only the pairs after the 2x
         # set's, since that set is there), and its 8x point (after the 4x set's pairs).
+        # mixed3: the three LLM teachers whose labels of the training pairs are archived (the reference head,
+        # the verbaliser head with seeds 13 and 15), composed as one ensemble; its 0x students (two seeds) need
+        # no teacher on any CPU: does a teacher ensemble's labels make a better student than one teacher's?
         experiments={"multiples": [0, 2, 4, 8, 16], "seeds": [13, 14], "ensemble_size": 3, "born_again": [0, 2, 4],
                      "born_again_seed_multiples": [0, 2, 4],
                      "teacher_ablations": {"verbaliser": {"head_init": "verbaliser"},
@@ -138,7 +141,9 @@ PROFILES: dict[str, Profile] = {
                                                                 "epochs": 3.0}},
                      "ensemble_recipes": ["batch256", "verbaliser"],
                      "mixed_ensembles": {"mixed256": ["teacher-soft-batch256", "teacher-soft-batch256-verbaliser",
-                                                      "teacher-soft-batch256-epochs3"]},
+                                                      "teacher-soft-batch256-epochs3"],
+                                         "mixed3": ["teacher-soft", "teacher-soft-verbaliser",
+                                                    "teacher-soft-verbaliser-seed15"]},
                      "distil_teachers": ["teacher-soft-batch256", "teacher-soft-batch256-verbaliser",
                                          "teacher-soft-batch256-epochs3", "teacher-soft-verbaliser",
                                          "teacher-soft-verbaliser@0", "teacher-soft-verbaliser@0/seed14",
@@ -148,7 +153,8 @@ PROFILES: dict[str, Profile] = {
                                          "teacher-soft-verbaliser-seed15@4",
                                          "teacher-soft-verbaliser-seed15@4/seed14",
                                          "teacher-soft-verbaliser-seed15@8",
-                                         "teacher-soft-verbaliser-seed15@8/seed14"]},
+                                         "teacher-soft-verbaliser-seed15@8/seed14",
+                                         "teacher-ensemble-mixed3@0", "teacher-ensemble-mixed3@0/seed14"]},
     ),
 }
 

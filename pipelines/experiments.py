@@ -184,7 +184,9 @@ def _distilled_from(profile_name: str, entry: str, runs: list[Experiment], multi
     candidate teacher gives its student. A teacher seed reads "-teacherseedN" in the student's name
     (`student-margin-2x-soft-verbaliser-teacherseed15` from `teacher-soft-verbaliser-seed15@2`). An entry's
     size between 0 and the largest labels its own pairs only, unless the largest set's labels are there
-    (`Runner.teacher_labelled`): that is how a CPU, which cannot label 16x, makes the 2x point."""
+    (`Runner.teacher_labelled`): that is how a CPU, which cannot label 16x, makes the 2x point. A composed
+    ensemble (`teacher-ensemble-TAG`) may be named too, at 0x or the largest size: `teacher-ensemble-mixed3@0`
+    gives `student-margin-0x-ensemble-mixed3`, from the mean of its members' labels of the training pairs."""
     body, slash, seed_part = str(entry).partition("/")
     teacher, at, size = body.partition("@")
     if slash and not (seed_part.startswith("seed") and seed_part[4:].isdigit()):
@@ -198,9 +200,17 @@ def _distilled_from(profile_name: str, entry: str, runs: list[Experiment], multi
         raise ValueError(f"profile '{profile_name}': distil_teachers entry '{entry}' names size '{size}', which is "
                          f"not one of the profile's multiples {[_fmt(m) for m in multiples]}")
     known = [t for t in _soft_teachers(runs) if t != "teacher-soft"]
-    if teacher not in known:
+    ensembles = [r.name for r in runs if r.kind == "ensemble"]
+    if teacher not in known + ensembles:
         raise ValueError(f"profile '{profile_name}': distil_teachers names '{teacher}', which is not a soft teacher "
-                         f"run of the plan other than teacher-soft (the scaling curve's own): {known}")
+                         f"run of the plan other than teacher-soft (the scaling curve's own) or an ensemble: "
+                         f"{known + ensembles}")
+    if teacher in ensembles and 0 < multiple < max(multiples):
+        # an ensemble's labels are composed from its members' labels of the same set (Runner._ensemble_labelled),
+        # and a member labels a size between only as the largest set's first rows: all of it, for every member
+        raise ValueError(f"profile '{profile_name}': distil_teachers entry '{entry}' distils the ensemble "
+                         f"'{teacher}' at {_fmt(multiple)}x; an ensemble distils at 0x or at the largest size "
+                         f"({_fmt(max(multiples))}x), whose labels its members make")
     # a teacher seed is named "-teacherseedN" in the student's name, so that "-seedN" stays the student's own
     stem = re.sub(r"-seed(\d+)$", r"-teacherseed\1", teacher.removeprefix("teacher-"))
     run = Experiment(f"student-margin-{_fmt(multiple)}x-{stem}", "student",

@@ -159,6 +159,47 @@ def test_a_distilled_teacher_entry_can_name_its_size(monkeypatch):
     assert (zero.seed, zero.settings) == (13, {})
 
 
+def test_a_distilled_teacher_entry_can_name_an_ensemble_at_0x(finished, tmp_path, monkeypatch, tiny_teacher_dir,
+                                                               tiny_student_dir):
+    """`teacher-ensemble-TAG@0`: a student of the mean of its members' labels of the training pairs, with no
+    teacher trained again."""
+    from components import flow
+
+    runner, rows, root = finished
+    spec = {**flow.PROFILES["test"].experiments,
+            "distil_teachers": ["teacher-ensemble-mixed@0", "teacher-ensemble-mixed@0/seed14"]}
+    monkeypatch.setitem(flow.PROFILES, "test", dataclasses.replace(flow.PROFILES["test"], experiments=spec))
+    planned = {e.name: e for e in plan("test")}
+    zero, again = planned["student-margin-0x-ensemble-mixed"], planned["student-margin-0x-ensemble-mixed-seed14"]
+    assert (zero.labels, zero.augmented, zero.own_pairs, zero.seed) == ("teacher-ensemble-mixed", 0.0, False, 13)
+    assert (again.labels, again.augmented, again.seed) == ("teacher-ensemble-mixed", 0.0, 14)
+
+    runs = tmp_path / "runs"
+    shutil.copytree(root / "runs", runs)
+    folder, models = runs / "data", ("teacher-soft", "teacher-soft-lr1e-3")
+    trained = {m: (runs / "models" / m / "kdrank.json").stat().st_mtime_ns for m in models}
+    Runner("test", str(root / "train.csv"), str(runs), fmt="homedepot", teacher_model=tiny_teacher_dir,
+           student_model=tiny_student_dir).run(["student-margin-0x-ensemble-mixed"])
+    assert {m: (runs / "models" / m / "kdrank.json").stat().st_mtime_ns for m in models} == trained
+    row = {r["run"]: r for r in read_results(runs)}["student-margin-0x-ensemble-mixed"]
+    n = len(pd.read_parquet(runner.paths()["train"]))
+    assert (row["labels"], row["augmented"], row["train_pairs"]) == ("teacher-ensemble-mixed", 0.0, n)
+    # the mean of the members' labels of the training pairs (each the same as its 2x set's first rows)
+    members = []
+    for name in models:
+        own, = folder.glob(f"labelled-{name}-0x-*")
+        members.append(np.stack(read_table(str(own))[schema.TEACHER_PROBS].to_list()).astype(np.float32))
+        largest, = folder.glob(f"labelled-{name}-2x-*")
+        first = np.stack(read_table(str(largest))[schema.TEACHER_PROBS].to_list())[:n]
+        np.testing.assert_allclose(members[-1], first, rtol=0, atol=1e-5)
+    composed, = folder.glob("labelled-teacher-ensemble-mixed-0x-*")
+    probs = np.stack(read_table(str(composed))[schema.TEACHER_PROBS].to_list())
+    np.testing.assert_allclose(probs, np.mean(members, axis=0), rtol=0, atol=1e-6)
+    taught, = folder.glob("distill-teacher-ensemble-mixed-0x-*.parquet")
+    np.testing.assert_array_equal(pd.read_parquet(taught)[schema.TEACHER_SCORE],
+                                  read_table(str(composed))[schema.TEACHER_SCORE])
+
+
 @pytest.mark.parametrize(("spec", "message"), [
     ({"mixed_ensembles": {"mixed": ["teacher-soft", "teacher-soft-lr1e-4"]}},
      r"mixed ensemble 'mixed' names \['teacher-soft-lr1e-4'\], which are not soft teacher runs"),
@@ -173,6 +214,10 @@ def test_a_distilled_teacher_entry_can_name_its_size(monkeypatch):
     ({"distil_teachers": ["teacher-soft-lr1e-3@x"]}, r"names size 'x'"),
     ({"distil_teachers": ["teacher-soft-lr1e-3@0/14"]}, r"ends in '/14'; a seed is written '/seedN'"),
     ({"distil_teachers": ["teacher-soft-lr1e-3@0/seed"]}, r"ends in '/seed'"),
+    ({"distil_teachers": ["teacher-ensemble-mixed@1"]},
+     r"'teacher-ensemble-mixed@1' distils the ensemble 'teacher-ensemble-mixed' at 1x; an ensemble distils at 0x "
+     r"or at the largest size \(2x\)"),
+    ({"distil_teachers": ["teacher-ensemble-mixed"]}, r"names \['student-margin-2x-ensemble-mixed'\] twice"),
 ])
 def test_mixed_ensembles_and_distilled_teachers_must_name_soft_teacher_runs_of_the_plan(monkeypatch, spec, message):
     from components import flow
@@ -598,11 +643,11 @@ def test_list_prints_the_plan(capsys):
     out = capsys.readouterr().out
     assert "student-margin-8x" in out and "teacher-hard" in out and "ensemble" not in out
     full = {e.name: e for e in experiments.plan("full")}
-    assert list(full)[-24:] == [
+    assert list(full)[-28:] == [
         "teacher-soft-batch256-seed14", "teacher-soft-batch256-seed15", "teacher-ensemble-batch256",
         "student-margin-16x-ensemble-batch256", "teacher-soft-verbaliser-seed14", "teacher-soft-verbaliser-seed15",
         "teacher-ensemble-verbaliser", "student-margin-16x-ensemble-verbaliser", "teacher-ensemble-mixed256",
-        "student-margin-16x-ensemble-mixed256",
+        "student-margin-16x-ensemble-mixed256", "teacher-ensemble-mixed3", "student-margin-16x-ensemble-mixed3",
         "student-margin-16x-soft-batch256", "student-margin-16x-soft-batch256-verbaliser",
         "student-margin-16x-soft-batch256-epochs3", "student-margin-16x-soft-verbaliser",
         "student-margin-0x-soft-verbaliser", "student-margin-0x-soft-verbaliser-seed14",
@@ -610,7 +655,10 @@ def test_list_prints_the_plan(capsys):
         "student-margin-0x-soft-verbaliser-teacherseed15-seed14",
         "student-margin-2x-soft-verbaliser-teacherseed15-seed14", "student-margin-4x-soft-verbaliser-teacherseed15",
         "student-margin-4x-soft-verbaliser-teacherseed15-seed14", "student-margin-8x-soft-verbaliser-teacherseed15",
-        "student-margin-8x-soft-verbaliser-teacherseed15-seed14"]
+        "student-margin-8x-soft-verbaliser-teacherseed15-seed14", "student-margin-0x-ensemble-mixed3",
+        "student-margin-0x-ensemble-mixed3-seed14"]
+    assert full["teacher-ensemble-mixed3"].settings["members"] == [
+        "teacher-soft", "teacher-soft-verbaliser", "teacher-soft-verbaliser-seed15"]
     two = full["student-margin-2x-soft-verbaliser-teacherseed15"]
     assert (two.labels, two.augmented, two.own_pairs) == ("teacher-soft-verbaliser-seed15", 2.0, True)
     assert (full["student-margin-0x-soft-verbaliser"].labels, full["student-margin-0x-soft-verbaliser"].augmented) \
