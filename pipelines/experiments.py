@@ -415,9 +415,9 @@ class Runner:
         multiple = self.top if asked > 0 else 0.0
         if self.experiments[labels].kind == "ensemble":
             return self._ensemble_labelled(self.experiments[labels], multiple)
+        own_pairs = own_pairs and 0 < asked < self.top  # its own pairs only, unless the largest set's labels exist
         # a run at its own size from restored labels that came with their pairs: no augmenting, on any machine
-        carried = own_pairs and 0 < asked < self.top and not teacher_labels.find_archived(self.out / "data", labels,
-                                                                                          self.top)
+        carried = own_pairs and not teacher_labels.find_archived(self.out / "data", labels, self.top)
         if carried and (found := self._carried_own(labels, asked)) is not None:
             return found
         pairs_uri = self.augmented(multiple)
@@ -426,7 +426,6 @@ class Runner:
             return found
         if why:
             log.warning("%s; labelling with the teacher instead", why)
-        own_pairs = own_pairs and 0 < asked < self.top  # its own pairs only, unless the largest set's labels exist
         if own_pairs:
             prefix = self._first_rows_file(pairs_uri, asked)
             if (found := self._own_archived(labels, pairs_uri, prefix, asked)) is not None:
@@ -484,10 +483,11 @@ class Runner:
         identity = None
         for size, stored in candidates:
             record = teacher_labels.read_record(stored)
-            if (folder := pair_sets.find_by_digest(data, record["pairs_digest"])) is None:
+            if (found := pair_sets.find_by_digest(data, record["pairs_digest"])) is None:
                 continue
+            folder, pair_record = found
             source = str(data / f"{folder.name}.parquet")
-            config = AugmentConfig(**{**self.profile.augment, "multiple": pair_sets.read_record(folder)["multiple"]})
+            config = AugmentConfig(**{**self.profile.augment, "multiple": pair_record["multiple"]})
             identity = identity or self._planned_identity(labels)
             try:
                 pair_sets.use_archived(folder, self.paths()["train"], self.paths()["catalogue"], source, config)

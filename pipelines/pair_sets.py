@@ -161,11 +161,12 @@ def carried_name(multiple: float, record: dict) -> str:
     return f"{set_name(multiple)}-first-{size:g}x-{record['pairs_digest'][:12]}"
 
 
-def find_by_digest(data_dir: str | Path, digest: str) -> Path | None:
-    """The restored pair set under a runs folder's data/ whose pairs have `digest`, if there is one."""
+def find_by_digest(data_dir: str | Path, digest: str) -> tuple[Path, dict] | None:
+    """(folder, record) of the restored pair set under a runs folder's data/ whose pairs have `digest`, if
+    there is one."""
     for folder in sorted(Path(data_dir, ARCHIVED).glob("*")):
         if (record := read_record(folder)) is not None and record["pairs_digest"] == digest:
-            return folder
+            return folder, record
     return None
 
 
