@@ -131,6 +131,8 @@ PROFILES: dict[str, Profile] = {
         # mixed3: the three LLM teachers whose labels of the training pairs are archived (the reference head,
         # the verbaliser head with seeds 13 and 15), composed as one ensemble; its 0x students (two seeds) need
         # no teacher on any CPU: does a teacher ensemble's labels make a better student than one teacher's?
+        # And the same 0x students with half of each training pair's target from its human grade (`/human50`):
+        # the ground truth mixed into the teacher's labels, as distillation recipes usually do.
         experiments={"multiples": [0, 2, 4, 8, 16], "seeds": [13, 14], "ensemble_size": 3, "born_again": [0, 2, 4],
                      "born_again_seed_multiples": [0, 2, 4],
                      "teacher_ablations": {"verbaliser": {"head_init": "verbaliser"},
@@ -154,7 +156,9 @@ PROFILES: dict[str, Profile] = {
                                          "teacher-soft-verbaliser-seed15@4/seed14",
                                          "teacher-soft-verbaliser-seed15@8",
                                          "teacher-soft-verbaliser-seed15@8/seed14",
-                                         "teacher-ensemble-mixed3@0", "teacher-ensemble-mixed3@0/seed14"]},
+                                         "teacher-ensemble-mixed3@0", "teacher-ensemble-mixed3@0/seed14",
+                                         "teacher-ensemble-mixed3@0/human50",
+                                         "teacher-ensemble-mixed3@0/human50/seed14"]},
     ),
 }
 

@@ -66,6 +66,9 @@ class Experiment:
     settings: dict = field(default_factory=dict)  # overrides of the step's config
     # a distillation run below the largest size whose teacher labels its own pairs only (a `TEACHER@M` entry)
     own_pairs: bool = False
+    # a distillation run's share of the human grades in the training pairs' targets (a `/humanP` entry, P%):
+    # (1 - w) x the teacher's expected grade + w x the human grade; augmented pairs keep the teacher's
+    human_weight: float = 0.0
 
 
 def plan(profile_name: str) -> list[Experiment]:
@@ -186,12 +189,21 @@ def _distilled_from(profile_name: str, entry: str, runs: list[Experiment], multi
     size between 0 and the largest labels its own pairs only, unless the largest set's labels are there
     (`Runner.teacher_labelled`): that is how a CPU, which cannot label 16x, makes the 2x point. A composed
     ensemble (`teacher-ensemble-TAG`) may be named too, at 0x or the largest size: `teacher-ensemble-mixed3@0`
-    gives `student-margin-0x-ensemble-mixed3`, from the mean of its members' labels of the training pairs."""
-    body, slash, seed_part = str(entry).partition("/")
+    gives `student-margin-0x-ensemble-mixed3`, from the mean of its members' labels of the training pairs.
+    An entry part `/humanP` (P from 1 to 99) blends the human grades into the training pairs' targets, P% of
+    each (`Runner.blended_set`, the usual mix of distillation and ground-truth targets): `teacher-ensemble-mixed3@0/
+    human50/seed14` gives `student-margin-0x-ensemble-mixed3-human50-seed14`."""
+    body, *parts = str(entry).split("/")
     teacher, at, size = body.partition("@")
-    if slash and not (seed_part.startswith("seed") and seed_part[4:].isdigit()):
-        raise ValueError(f"profile '{profile_name}': distil_teachers entry '{entry}' ends in '/{seed_part}'; "
-                         "a seed is written '/seedN', e.g. 'teacher-soft-verbaliser@0/seed14'")
+    seeds = [p for p in parts if p.startswith("seed") and p[4:].isdigit()]
+    blends = [p for p in parts if p.startswith("human") and p[5:].isdigit() and 1 <= int(p[5:]) <= 99]
+    if unknown := [p for p in parts if p not in seeds + blends]:
+        raise ValueError(f"profile '{profile_name}': distil_teachers entry '{entry}' has the part '/{unknown[0]}'; "
+                         "a seed is written '/seedN' (e.g. 'teacher-soft-verbaliser@0/seed14') and a share of the "
+                         "human grades '/humanP' with P from 1 to 99 (e.g. 'teacher-soft-verbaliser@0/human50')")
+    if len(seeds) > 1 or len(blends) > 1:
+        raise ValueError(f"profile '{profile_name}': distil_teachers entry '{entry}' names "
+                         f"{'a seed' if len(seeds) > 1 else 'a share of the human grades'} twice")
     try:
         multiple = float(size) if at else max(multiples)
     except ValueError:
@@ -216,9 +228,13 @@ def _distilled_from(profile_name: str, entry: str, runs: list[Experiment], multi
     run = Experiment(f"student-margin-{_fmt(multiple)}x-{stem}", "student",
                      f"margin MSE on {teacher}'s labels, {_fmt(multiple)}x augmented", labels=teacher,
                      augmented=multiple, loss="margin_mse", own_pairs=bool(at) and 0 < multiple < max(multiples))
-    if not slash:
+    if blends:
+        share = int(blends[0][5:])
+        run = replace(run, name=f"{run.name}-human{share}", human_weight=share / 100,
+                      description=f"{run.description}, {share}% human grades in the training pairs' targets")
+    if not seeds:
         return run
-    seed = int(seed_part[4:])
+    seed = int(seeds[0][4:])
     return replace(run, name=f"{run.name}-seed{seed}", description=f"{run.description}, seed {seed}", seed=seed,
                    settings={"seed": seed})
 
@@ -608,6 +624,38 @@ class Runner:
     def _distill_path(self, labels: str, multiple: float, tag: str) -> Path:
         return self.out / "data" / f"distill-{labels}-{_fmt(multiple)}x-{tag}.parquet"
 
+    def blended_set(self, distill: str, weight: float) -> str:
+        """A distillation set whose training pairs' targets take `weight` of the human grades: (1 - weight) x
+        the teacher's expected grade + weight x the grade (both on the grade scale); the augmented pairs after
+        them keep the teacher's. `teacher_probs` stays the teacher's. Written beside the set, once."""
+        import numpy as np
+
+        from components import schema
+        from components.augment import LABELLED
+        from components.data import read_table, write_table
+
+        if not 0 < weight < 1:
+            raise ValueError(f"a share of the human grades is between 0 and 1 (exclusive), got {weight}")
+        path = Path(distill)
+        target = path.with_name(f"{path.stem}-human{round(weight * 100)}{path.suffix}")
+        if target.exists():
+            return str(target)
+        frame, train = read_table(distill), read_table(self.paths()["train"])
+        n, key = len(train), [schema.QUERY_ID, schema.PRODUCT_ID]
+        head = frame.iloc[:n]
+        if len(frame) < n or not head[key].reset_index(drop=True).equals(train[key].reset_index(drop=True)) \
+                or not (head[schema.SOURCE] == LABELLED).all() or (frame[schema.SOURCE].iloc[n:] == LABELLED).any():
+            raise RuntimeError(f"{distill} does not start with exactly the training pairs of {self.paths()['train']}, "
+                               "in their order; make it again (delete it and rerun)")
+        grades = train[schema.GRADE].to_numpy(dtype=np.float64)
+        if not np.isfinite(grades).all():
+            row = int(np.flatnonzero(~np.isfinite(grades))[0])
+            raise RuntimeError(f"{self.paths()['train']} row {row + 1}: non-finite grade {grades[row]}")
+        scores = frame[schema.TEACHER_SCORE].to_numpy(dtype=np.float64).copy()
+        scores[:n] = (1 - weight) * scores[:n] + weight * grades
+        write_table(frame.assign(**{schema.TEACHER_SCORE: scores}), str(target))
+        return str(target)
+
     # ----- experiments ---------------------------------------------------------------------------------
     def run(self, only: list[str] | None = None, force: bool = False) -> list[dict]:
         names = only or list(self.experiments)
@@ -772,12 +820,15 @@ class Runner:
 
         train = self.paths()["train"] if exp.labels == "human" else \
             self.distill_set(exp.labels, exp.augmented, exp.own_pairs)
+        if exp.human_weight:
+            train = self.blended_set(train, exp.human_weight)
         settings = {**self.profile.student, **exp.settings}
         target = str(self.out / "models" / exp.name)
         summary = train_student(train, self.paths()["val"], target, StudentConfig(**settings))
         return {"model": (settings.get("base_model") or "MiniLM-L6") + " cross-encoder",
                 "train_pairs": int(summary["train_rows"]), "train_seconds": round(float(summary["seconds"]), 1),
                 "train_pairs_per_s": round(float(summary["pairs_per_s"]), 1), "settings": settings,
+                **({"human_weight": exp.human_weight} if exp.human_weight else {}),
                 **_resumed(summary, "resumed_at_step"), **self._evaluate(target, exp.name)}
 
     def command(self, name: str) -> str:
@@ -983,7 +1034,10 @@ def results_table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         m = r["metrics"]
-        cells = [r["run"], r["model"], r["labels"] if r["kind"] != "baseline" else "none",
+        labels = r["labels"] if r["kind"] != "baseline" else "none"
+        if r.get("human_weight"):
+            labels += f" + {r['human_weight']:.0%} human grades"
+        cells = [r["run"], r["model"], labels,
                  "" if r["augmented"] is None else f"{_fmt(r['augmented'])}x", r["loss"] or "",
                  *(_num(m.get(key)) for key, _ in METRICS), _interval(r.get("ci", {}).get("pairwise_accuracy")),
                  f"{r['train_pairs']:,}" if r["train_pairs"] else "",
@@ -1086,6 +1140,7 @@ def _num(value) -> str:
 
 def scaling_points(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     """(one margin-MSE student on teacher-soft labels per augmented size, their other-seed repeats).
+    Students whose targets mix in the human grades (`human_weight`) are not points of the curve.
 
     A size's point is the plan's `student-margin-Nx` run where there is one, else another margin-MSE run
     on the same labels at that size (the pipeline's distilled student, say, merged by gpu_merge.py).
@@ -1093,7 +1148,7 @@ def scaling_points(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     """
     def eligible(r: dict) -> bool:
         return (r.get("kind") == "student" and r.get("loss") == "margin_mse" and r.get("labels") == "teacher-soft"
-                and r.get("augmented") is not None)
+                and r.get("augmented") is not None and not r.get("human_weight"))
 
     def planned(r: dict) -> bool:
         return r["run"].startswith("student-margin-")

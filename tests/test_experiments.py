@@ -200,6 +200,71 @@ def test_a_distilled_teacher_entry_can_name_an_ensemble_at_0x(finished, tmp_path
                                   read_table(str(composed))[schema.TEACHER_SCORE])
 
 
+def test_a_distilled_teacher_entry_can_blend_the_human_grades_into_the_training_pairs_targets(
+        finished, tmp_path, monkeypatch, tiny_teacher_dir, tiny_student_dir):
+    """`/humanP`: the training pairs' targets are (1 - P%) x the teacher's expected grade + P% x the human grade;
+    the student learns exactly those, and no teacher is trained again."""
+    from components import flow
+
+    runner, rows, root = finished
+    spec = {**flow.PROFILES["test"].experiments,
+            "distil_teachers": ["teacher-soft-lr1e-3@0/human25", "teacher-ensemble-mixed@0/seed14/human50"]}
+    monkeypatch.setitem(flow.PROFILES, "test", dataclasses.replace(flow.PROFILES["test"], experiments=spec))
+    planned = {e.name: e for e in plan("test")}
+    blend = planned["student-margin-0x-soft-lr1e-3-human25"]
+    mixed = planned["student-margin-0x-ensemble-mixed-human50-seed14"]
+    assert (blend.labels, blend.augmented, blend.human_weight, blend.seed) == ("teacher-soft-lr1e-3", 0.0, 0.25, 13)
+    assert (mixed.labels, mixed.human_weight, mixed.seed, mixed.settings) == ("teacher-ensemble-mixed", 0.5, 14,
+                                                                              {"seed": 14})
+    assert "25% human grades" in blend.description
+
+    runs = tmp_path / "runs"
+    shutil.copytree(root / "runs", runs)
+    folder = runs / "data"
+    trained = (runs / "models" / "teacher-soft-lr1e-3" / "kdrank.json").stat().st_mtime_ns
+    again = Runner("test", str(root / "train.csv"), str(runs), fmt="homedepot", teacher_model=tiny_teacher_dir,
+                   student_model=tiny_student_dir)
+    again.run([blend.name])
+    assert (runs / "models" / "teacher-soft-lr1e-3" / "kdrank.json").stat().st_mtime_ns == trained
+    train = pd.read_parquet(runner.paths()["train"])
+    blended, = folder.glob("distill-teacher-soft-lr1e-3-0x-*-human25.parquet")
+    plain = blended.with_name(blended.name.replace("-human25", ""))
+    teacher = pd.read_parquet(plain)[schema.TEACHER_SCORE].to_numpy()
+    target = pd.read_parquet(blended)[schema.TEACHER_SCORE].to_numpy()
+    np.testing.assert_allclose(target, 0.75 * teacher + 0.25 * train[schema.GRADE].to_numpy(), rtol=0, atol=1e-12)
+    assert not np.allclose(target, teacher)
+    meta = json.loads((runs / "models" / blend.name / "kdrank.json").read_text())
+    assert meta["training"]["settings"]["train"] == str(blended)
+    assert meta["training"]["settings"]["train_table"]["target_sum"] == pytest.approx(target.sum(), abs=1e-5)
+    row = {r["run"]: r for r in read_results(runs)}[blend.name]
+    assert (row["labels"], row["human_weight"], row["train_pairs"]) == ("teacher-soft-lr1e-3", 0.25, len(train))
+    assert "| teacher-soft-lr1e-3 + 25% human grades | 0x |" in experiments.results_table([row])
+
+    # at an augmented size only the training pairs, which come first, take the grades
+    two, = folder.glob("distill-teacher-soft-2x-*.parquet")
+    mixed_two = pd.read_parquet(again.blended_set(str(two), 0.5))
+    plain_two, n = pd.read_parquet(two), len(train)
+    np.testing.assert_allclose(mixed_two[schema.TEACHER_SCORE].iloc[:n],
+                               0.5 * plain_two[schema.TEACHER_SCORE].iloc[:n] + 0.5 * train[schema.GRADE], atol=1e-12)
+    assert mixed_two[schema.TEACHER_SCORE].iloc[n:].equals(plain_two[schema.TEACHER_SCORE].iloc[n:])
+    assert len(mixed_two) == len(plain_two) > n
+
+
+def test_a_blend_refuses_a_set_that_does_not_start_with_the_training_pairs(finished, tmp_path):
+    runner, rows, root = finished
+    runs = tmp_path / "runs"
+    shutil.copytree(root / "runs", runs)
+    again = Runner("test", str(root / "train.csv"), str(runs), fmt="homedepot")
+    zero, = (runs / "data").glob("distill-teacher-soft-0x-*.parquet")
+    shuffled = runs / "data" / "distill-shuffled.parquet"
+    pd.read_parquet(zero).iloc[::-1].to_parquet(shuffled, index=False)
+    with pytest.raises(RuntimeError, match=r"distill-shuffled.parquet does not start with exactly the training pairs"):
+        again.blended_set(str(shuffled), 0.5)
+    assert not list((runs / "data").glob("distill-shuffled-human*"))
+    with pytest.raises(ValueError, match=r"between 0 and 1 \(exclusive\), got 1.0"):
+        again.blended_set(str(zero), 1.0)
+
+
 @pytest.mark.parametrize(("spec", "message"), [
     ({"mixed_ensembles": {"mixed": ["teacher-soft", "teacher-soft-lr1e-4"]}},
      r"mixed ensemble 'mixed' names \['teacher-soft-lr1e-4'\], which are not soft teacher runs"),
@@ -212,8 +277,17 @@ def test_a_distilled_teacher_entry_can_name_an_ensemble_at_0x(finished, tmp_path
     ({"distil_teachers": ["teacher-soft-lr1e-4"]}, r"distil_teachers names 'teacher-soft-lr1e-4'"),
     ({"distil_teachers": ["teacher-soft-lr1e-3@3"]}, r"entry 'teacher-soft-lr1e-3@3' names size '3', which is not"),
     ({"distil_teachers": ["teacher-soft-lr1e-3@x"]}, r"names size 'x'"),
-    ({"distil_teachers": ["teacher-soft-lr1e-3@0/14"]}, r"ends in '/14'; a seed is written '/seedN'"),
-    ({"distil_teachers": ["teacher-soft-lr1e-3@0/seed"]}, r"ends in '/seed'"),
+    ({"distil_teachers": ["teacher-soft-lr1e-3@0/14"]}, r"has the part '/14'; a seed is written '/seedN'"),
+    ({"distil_teachers": ["teacher-soft-lr1e-3@0/seed"]}, r"has the part '/seed'"),
+    ({"distil_teachers": ["teacher-soft-lr1e-3@0/human0"]},
+     r"has the part '/human0'; .* '/humanP' with P from 1 to 99"),
+    ({"distil_teachers": ["teacher-soft-lr1e-3@0/human100"]}, r"has the part '/human100'"),
+    ({"distil_teachers": ["teacher-soft-lr1e-3@0/human0.5"]}, r"has the part '/human0.5'"),
+    ({"distil_teachers": ["teacher-soft-lr1e-3@0/seed14/seed15"]}, r"'teacher-soft-lr1e-3@0/seed14/seed15' names a "
+                                                                   r"seed twice"),
+    ({"distil_teachers": ["teacher-soft-lr1e-3@0/human50/human20"]}, r"names a share of the human grades twice"),
+    ({"distil_teachers": ["teacher-soft-lr1e-3@0/human50", "teacher-soft-lr1e-3@0/human50"]},
+     r"names \['student-margin-0x-soft-lr1e-3-human50'\] twice"),
     ({"distil_teachers": ["teacher-ensemble-mixed@1"]},
      r"'teacher-ensemble-mixed@1' distils the ensemble 'teacher-ensemble-mixed' at 1x; an ensemble distils at 0x "
      r"or at the largest size \(2x\)"),
@@ -643,7 +717,7 @@ def test_list_prints_the_plan(capsys):
     out = capsys.readouterr().out
     assert "student-margin-8x" in out and "teacher-hard" in out and "ensemble" not in out
     full = {e.name: e for e in experiments.plan("full")}
-    assert list(full)[-28:] == [
+    assert list(full)[-30:] == [
         "teacher-soft-batch256-seed14", "teacher-soft-batch256-seed15", "teacher-ensemble-batch256",
         "student-margin-16x-ensemble-batch256", "teacher-soft-verbaliser-seed14", "teacher-soft-verbaliser-seed15",
         "teacher-ensemble-verbaliser", "student-margin-16x-ensemble-verbaliser", "teacher-ensemble-mixed256",
@@ -656,7 +730,9 @@ def test_list_prints_the_plan(capsys):
         "student-margin-2x-soft-verbaliser-teacherseed15-seed14", "student-margin-4x-soft-verbaliser-teacherseed15",
         "student-margin-4x-soft-verbaliser-teacherseed15-seed14", "student-margin-8x-soft-verbaliser-teacherseed15",
         "student-margin-8x-soft-verbaliser-teacherseed15-seed14", "student-margin-0x-ensemble-mixed3",
-        "student-margin-0x-ensemble-mixed3-seed14"]
+        "student-margin-0x-ensemble-mixed3-seed14", "student-margin-0x-ensemble-mixed3-human50",
+        "student-margin-0x-ensemble-mixed3-human50-seed14"]
+    assert full["student-margin-0x-ensemble-mixed3-human50-seed14"].human_weight == 0.5
     assert full["teacher-ensemble-mixed3"].settings["members"] == [
         "teacher-soft", "teacher-soft-verbaliser", "teacher-soft-verbaliser-seed15"]
     two = full["student-margin-2x-soft-verbaliser-teacherseed15"]
@@ -794,7 +870,8 @@ def test_scaling_points_take_the_plans_run_per_size_and_the_pipelines_student_wh
     rows = [row("teacher-soft", None, labels="human", loss="soft_ce", kind="teacher"),
             row("pipeline-student", 8.0), row("student-margin-0x", 0.0), row("student-margin-0x-seed14", 0.0),
             row("student-margin-16x-seed14", 16.0), row("student-pointwise-16x", 16.0, loss="pointwise_mse"),
-            row("student-margin-16x-ensemble", 16.0, labels="teacher-ensemble"), row("pipeline-again", 0.0)]
+            row("student-margin-16x-ensemble", 16.0, labels="teacher-ensemble"), row("pipeline-again", 0.0),
+            {**row("student-margin-2x-human50", 2.0), "human_weight": 0.5}]  # its targets are not the teacher's
     curve, repeats = scaling_points(rows)
     assert [r["run"] for r in curve] == ["student-margin-0x", "pipeline-student"]
     assert [r["run"] for r in repeats] == ["student-margin-0x-seed14"]  # no 16x point for its repeat to join
