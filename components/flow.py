@@ -132,7 +132,9 @@ PROFILES: dict[str, Profile] = {
         # the verbaliser head with seeds 13 and 15), composed as one ensemble; its 0x students (two seeds) need
         # no teacher on any CPU: does a teacher ensemble's labels make a better student than one teacher's?
         # And the same 0x students with half of each training pair's target from its human grade (`/human50`):
-        # the ground truth mixed into the teacher's labels, as distillation recipes usually do.
+        # the ground truth mixed into the teacher's labels, as distillation recipes usually do. And a 0x student
+        # trained for the 814 steps the verbaliser teacher's 4x students took (one epoch of 4x against 3 of 0x,
+        # 480 steps): is the curve's rise its new pairs, or its extra steps?
         experiments={"multiples": [0, 2, 4, 8, 16], "seeds": [13, 14], "ensemble_size": 3, "born_again": [0, 2, 4],
                      "born_again_seed_multiples": [0, 2, 4],
                      "teacher_ablations": {"verbaliser": {"head_init": "verbaliser"},
@@ -158,7 +160,8 @@ PROFILES: dict[str, Profile] = {
                                          "teacher-soft-verbaliser-seed15@8/seed14",
                                          "teacher-ensemble-mixed3@0", "teacher-ensemble-mixed3@0/seed14",
                                          "teacher-ensemble-mixed3@0/human50",
-                                         "teacher-ensemble-mixed3@0/human50/seed14"]},
+                                         "teacher-ensemble-mixed3@0/human50/seed14",
+                                         "teacher-ensemble-mixed3@0/steps814"]},
     ),
 }
 

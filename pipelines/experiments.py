@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 BASELINES = ("random", "bm25", "biencoder")
 RESULTS = "results.jsonl"
 BORN_AGAIN = "bornagain"  # suffix of the run distilled from a student teacher instead of the LLM
+# the parts a `distil_teachers` entry may end in, `/KINDN`: kind -> (least N, most N, what it names)
+ENTRY_PARTS = {"seed": (0, 2**31 - 1, "a seed"), "human": (1, 99, "a share of the human grades"),
+               "steps": (1, 10**7, "a least number of steps")}
 
 
 @dataclass(frozen=True)
@@ -192,18 +195,23 @@ def _distilled_from(profile_name: str, entry: str, runs: list[Experiment], multi
     gives `student-margin-0x-ensemble-mixed3`, from the mean of its members' labels of the training pairs.
     An entry part `/humanP` (P from 1 to 99) blends the human grades into the training pairs' targets, P% of
     each (`Runner.blended_set`, the usual mix of distillation and ground-truth targets): `teacher-ensemble-mixed3@0/
-    human50/seed14` gives `student-margin-0x-ensemble-mixed3-human50-seed14`."""
+    human50/seed14` gives `student-margin-0x-ensemble-mixed3-human50-seed14`. A part `/stepsN` trains the
+    student for at least N steps (its `min_steps`), e.g. a 0x student for as many steps as a larger set's one
+    epoch takes: is a larger set's gain its pairs, or its steps?"""
     body, *parts = str(entry).split("/")
     teacher, at, size = body.partition("@")
-    seeds = [p for p in parts if p.startswith("seed") and p[4:].isdigit()]
-    blends = [p for p in parts if p.startswith("human") and p[5:].isdigit() and 1 <= int(p[5:]) <= 99]
-    if unknown := [p for p in parts if p not in seeds + blends]:
-        raise ValueError(f"profile '{profile_name}': distil_teachers entry '{entry}' has the part '/{unknown[0]}'; "
-                         "a seed is written '/seedN' (e.g. 'teacher-soft-verbaliser@0/seed14') and a share of the "
-                         "human grades '/humanP' with P from 1 to 99 (e.g. 'teacher-soft-verbaliser@0/human50')")
-    if len(seeds) > 1 or len(blends) > 1:
-        raise ValueError(f"profile '{profile_name}': distil_teachers entry '{entry}' names "
-                         f"{'a seed' if len(seeds) > 1 else 'a share of the human grades'} twice")
+    options: dict[str, int] = {}
+    for part in parts:
+        kind = next((k for k in ENTRY_PARTS if part.startswith(k) and part[len(k):].isdigit()), None)
+        if kind is None or not ENTRY_PARTS[kind][0] <= int(part[len(kind):]) <= ENTRY_PARTS[kind][1]:
+            raise ValueError(f"profile '{profile_name}': distil_teachers entry '{entry}' has the part '/{part}'; "
+                             "a seed is written '/seedN' (e.g. 'teacher-soft-verbaliser@0/seed14'), a share of the "
+                             "human grades '/humanP' with P from 1 to 99 (e.g. 'teacher-soft-verbaliser@0/human50') "
+                             "and the student's least number of steps '/stepsN' (e.g. '@0/steps814')")
+        if kind in options:
+            raise ValueError(f"profile '{profile_name}': distil_teachers entry '{entry}' names "
+                             f"{ENTRY_PARTS[kind][2]} twice")
+        options[kind] = int(part[len(kind):])
     try:
         multiple = float(size) if at else max(multiples)
     except ValueError:
@@ -228,15 +236,16 @@ def _distilled_from(profile_name: str, entry: str, runs: list[Experiment], multi
     run = Experiment(f"student-margin-{_fmt(multiple)}x-{stem}", "student",
                      f"margin MSE on {teacher}'s labels, {_fmt(multiple)}x augmented", labels=teacher,
                      augmented=multiple, loss="margin_mse", own_pairs=bool(at) and 0 < multiple < max(multiples))
-    if blends:
-        share = int(blends[0][5:])
+    if share := options.get("human"):
         run = replace(run, name=f"{run.name}-human{share}", human_weight=share / 100,
                       description=f"{run.description}, {share}% human grades in the training pairs' targets")
-    if not seeds:
+    if steps := options.get("steps"):
+        run = replace(run, name=f"{run.name}-steps{steps}", settings={**run.settings, "min_steps": steps},
+                      description=f"{run.description}, at least {steps} steps")
+    if (seed := options.get("seed")) is None:
         return run
-    seed = int(seeds[0][4:])
     return replace(run, name=f"{run.name}-seed{seed}", description=f"{run.description}, seed {seed}", seed=seed,
-                   settings={"seed": seed})
+                   settings={**run.settings, "seed": seed})
 
 
 def _ensemble_runs(recipe: str, overrides: dict, size: int, base: int, top: float) -> list[Experiment]:

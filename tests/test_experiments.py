@@ -208,12 +208,13 @@ def test_a_distilled_teacher_entry_can_blend_the_human_grades_into_the_training_
 
     runner, rows, root = finished
     spec = {**flow.PROFILES["test"].experiments,
-            "distil_teachers": ["teacher-soft-lr1e-3@0/human25", "teacher-ensemble-mixed@0/seed14/human50"]}
+            "distil_teachers": ["teacher-soft-lr1e-3@0/human25/steps40", "teacher-ensemble-mixed@0/seed14/human50"]}
     monkeypatch.setitem(flow.PROFILES, "test", dataclasses.replace(flow.PROFILES["test"], experiments=spec))
     planned = {e.name: e for e in plan("test")}
-    blend = planned["student-margin-0x-soft-lr1e-3-human25"]
+    blend = planned["student-margin-0x-soft-lr1e-3-human25-steps40"]
     mixed = planned["student-margin-0x-ensemble-mixed-human50-seed14"]
     assert (blend.labels, blend.augmented, blend.human_weight, blend.seed) == ("teacher-soft-lr1e-3", 0.0, 0.25, 13)
+    assert blend.settings == {"min_steps": 40} and "at least 40 steps" in blend.description
     assert (mixed.labels, mixed.human_weight, mixed.seed, mixed.settings) == ("teacher-ensemble-mixed", 0.5, 14,
                                                                               {"seed": 14})
     assert "25% human grades" in blend.description
@@ -236,6 +237,7 @@ def test_a_distilled_teacher_entry_can_blend_the_human_grades_into_the_training_
     meta = json.loads((runs / "models" / blend.name / "kdrank.json").read_text())
     assert meta["training"]["settings"]["train"] == str(blended)
     assert meta["training"]["settings"]["train_table"]["target_sum"] == pytest.approx(target.sum(), abs=1e-5)
+    assert meta["training"]["summary"]["steps"] == 40  # `/steps40`: more than the test profile's one epoch
     row = {r["run"]: r for r in read_results(runs)}[blend.name]
     assert (row["labels"], row["human_weight"], row["train_pairs"]) == ("teacher-soft-lr1e-3", 0.25, len(train))
     assert "| teacher-soft-lr1e-3 + 25% human grades | 0x |" in experiments.results_table([row])
@@ -286,6 +288,9 @@ def test_a_blend_refuses_a_set_that_does_not_start_with_the_training_pairs(finis
     ({"distil_teachers": ["teacher-soft-lr1e-3@0/seed14/seed15"]}, r"'teacher-soft-lr1e-3@0/seed14/seed15' names a "
                                                                    r"seed twice"),
     ({"distil_teachers": ["teacher-soft-lr1e-3@0/human50/human20"]}, r"names a share of the human grades twice"),
+    ({"distil_teachers": ["teacher-soft-lr1e-3@0/steps0"]}, r"has the part '/steps0'; .* '/stepsN'"),
+    ({"distil_teachers": ["teacher-soft-lr1e-3@0/steps"]}, r"has the part '/steps'"),
+    ({"distil_teachers": ["teacher-soft-lr1e-3@0/steps9/steps10"]}, r"names a least number of steps twice"),
     ({"distil_teachers": ["teacher-soft-lr1e-3@0/human50", "teacher-soft-lr1e-3@0/human50"]},
      r"names \['student-margin-0x-soft-lr1e-3-human50'\] twice"),
     ({"distil_teachers": ["teacher-ensemble-mixed@1"]},
@@ -717,7 +722,7 @@ def test_list_prints_the_plan(capsys):
     out = capsys.readouterr().out
     assert "student-margin-8x" in out and "teacher-hard" in out and "ensemble" not in out
     full = {e.name: e for e in experiments.plan("full")}
-    assert list(full)[-30:] == [
+    assert list(full)[-31:] == [
         "teacher-soft-batch256-seed14", "teacher-soft-batch256-seed15", "teacher-ensemble-batch256",
         "student-margin-16x-ensemble-batch256", "teacher-soft-verbaliser-seed14", "teacher-soft-verbaliser-seed15",
         "teacher-ensemble-verbaliser", "student-margin-16x-ensemble-verbaliser", "teacher-ensemble-mixed256",
@@ -731,8 +736,9 @@ def test_list_prints_the_plan(capsys):
         "student-margin-4x-soft-verbaliser-teacherseed15-seed14", "student-margin-8x-soft-verbaliser-teacherseed15",
         "student-margin-8x-soft-verbaliser-teacherseed15-seed14", "student-margin-0x-ensemble-mixed3",
         "student-margin-0x-ensemble-mixed3-seed14", "student-margin-0x-ensemble-mixed3-human50",
-        "student-margin-0x-ensemble-mixed3-human50-seed14"]
+        "student-margin-0x-ensemble-mixed3-human50-seed14", "student-margin-0x-ensemble-mixed3-steps814"]
     assert full["student-margin-0x-ensemble-mixed3-human50-seed14"].human_weight == 0.5
+    assert full["student-margin-0x-ensemble-mixed3-steps814"].settings == {"min_steps": 814}
     assert full["teacher-ensemble-mixed3"].settings["members"] == [
         "teacher-soft", "teacher-soft-verbaliser", "teacher-soft-verbaliser-seed15"]
     two = full["student-margin-2x-soft-verbaliser-teacherseed15"]
