@@ -194,10 +194,11 @@ def _distilled_from(profile_name: str, entry: str, runs: list[Experiment], multi
     ensemble (`teacher-ensemble-TAG`) may be named too, at 0x or the largest size: `teacher-ensemble-mixed3@0`
     gives `student-margin-0x-ensemble-mixed3`, from the mean of its members' labels of the training pairs.
     An entry part `/humanP` (P from 1 to 99) blends the human grades into the training pairs' targets, P% of
-    each (`Runner.blended_set`, the usual mix of distillation and ground-truth targets): `teacher-ensemble-mixed3@0/
-    human50/seed14` gives `student-margin-0x-ensemble-mixed3-human50-seed14`. A part `/stepsN` trains the
-    student for at least N steps (its `min_steps`), e.g. a 0x student for as many steps as a larger set's one
-    epoch takes: is a larger set's gain its pairs, or its steps?"""
+    each (`Runner.blended_set`, the usual mix of distillation and ground-truth targets):
+    `teacher-ensemble-mixed3@0/human50/seed14` gives `student-margin-0x-ensemble-mixed3-human50-seed14`. A part
+    `/stepsN` trains the student for at least N steps (its `min_steps`), e.g. a 0x student for as many steps
+    as a larger set's one epoch takes: is a larger set's gain its pairs, or its steps? The parts may come in
+    any order, each at most once; the run's name takes them as -humanP, -stepsN, -seedN."""
     body, *parts = str(entry).split("/")
     teacher, at, size = body.partition("@")
     options: dict[str, int] = {}
@@ -1149,11 +1150,11 @@ def _num(value) -> str:
 
 def scaling_points(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     """(one margin-MSE student on teacher-soft labels per augmented size, their other-seed repeats).
-    Students whose targets mix in the human grades (`human_weight`) are not points of the curve.
 
     A size's point is the plan's `student-margin-Nx` run where there is one, else another margin-MSE run
     on the same labels at that size (the pipeline's distilled student, say, merged by gpu_merge.py).
-    Repeats are the `...-seedN` runs at sizes the curve has.
+    Repeats are the `...-seedN` runs at sizes the curve has. Students whose targets mix in the human grades
+    (`human_weight`) are not points of the curve.
     """
     def eligible(r: dict) -> bool:
         return (r.get("kind") == "student" and r.get("loss") == "margin_mse" and r.get("labels") == "teacher-soft"
