@@ -272,6 +272,15 @@ def ensemble_identity(members: list[str]) -> str:
     return hashlib.sha256(":".join(members).encode()).hexdigest()
 
 
+def _starts_with_training_pairs(frame, train) -> bool:
+    """Whether `frame`'s first rows are `train`'s (query id, product id) pairs, in their order."""
+    from components import schema
+
+    key = [schema.QUERY_ID, schema.PRODUCT_ID]
+    return len(frame) >= len(train) and \
+        frame[key].iloc[:len(train)].reset_index(drop=True).equals(train[key].reset_index(drop=True))
+
+
 def _first_rows(labelled, multiple: float):
     """The training pairs of a labelled augmented set plus its first multiple x N new pairs (fill order)."""
     import pandas as pd
@@ -651,10 +660,9 @@ class Runner:
         if target.exists():
             return str(target)
         frame, train = read_table(distill), read_table(self.paths()["train"])
-        n, key = len(train), [schema.QUERY_ID, schema.PRODUCT_ID]
-        head = frame.iloc[:n]
-        if len(frame) < n or not head[key].reset_index(drop=True).equals(train[key].reset_index(drop=True)) \
-                or not (head[schema.SOURCE] == LABELLED).all() or (frame[schema.SOURCE].iloc[n:] == LABELLED).any():
+        n = len(train)
+        if not _starts_with_training_pairs(frame, train) or not (frame[schema.SOURCE].iloc[:n] == LABELLED).all() \
+                or (frame[schema.SOURCE].iloc[n:] == LABELLED).any():
             raise RuntimeError(f"{distill} does not start with exactly the training pairs of {self.paths()['train']}, "
                                "in their order; make it again (delete it and rerun)")
         grades = train[schema.GRADE].to_numpy(dtype=np.float64)
@@ -808,8 +816,7 @@ class Runner:
         frame = read_table(self.paths()["train"]).assign(**{schema.SOURCE: LABELLED})  # grades kept, as a 0x set's
         if multiple > 0:
             rows = _first_rows(read_table(pairs_uri), multiple)
-            key = [schema.QUERY_ID, schema.PRODUCT_ID]
-            if not rows[key].iloc[:len(frame)].reset_index(drop=True).equals(frame[key]):
+            if not _starts_with_training_pairs(rows, frame):
                 raise RuntimeError(f"{pairs_uri} does not start with the training pairs of {self.paths()['train']} "
                                    "in their order; make it again (delete it and rerun)")
             frame = pd.concat([frame, rows.iloc[len(frame):]], ignore_index=True)
