@@ -134,7 +134,9 @@ PROFILES: dict[str, Profile] = {
         # And the same 0x students with half of each training pair's target from its human grade (`/human50`):
         # the ground truth mixed into the teacher's labels, as distillation recipes usually do. And a 0x student
         # trained for the 814 steps the verbaliser teacher's 4x students took (one epoch of 4x against 3 of 0x,
-        # 480 steps): is the curve's rise its new pairs, or its extra steps?
+        # 480 steps): is the curve's rise its new pairs, or its extra steps? And the same question where the
+        # curve rose most: 0x students of teacher-soft-verbaliser-seed15 trained for the 1,456 steps its 8x
+        # students took (two seeds; its labels of the training pairs are archived, so any CPU can run them).
         experiments={"multiples": [0, 2, 4, 8, 16], "seeds": [13, 14], "ensemble_size": 3, "born_again": [0, 2, 4],
                      "born_again_seed_multiples": [0, 2, 4],
                      "teacher_ablations": {"verbaliser": {"head_init": "verbaliser"},
@@ -161,7 +163,9 @@ PROFILES: dict[str, Profile] = {
                                          "teacher-ensemble-mixed3@0", "teacher-ensemble-mixed3@0/seed14",
                                          "teacher-ensemble-mixed3@0/human50",
                                          "teacher-ensemble-mixed3@0/human50/seed14",
-                                         "teacher-ensemble-mixed3@0/steps814"]},
+                                         "teacher-ensemble-mixed3@0/steps814",
+                                         "teacher-soft-verbaliser-seed15@0/steps1456",
+                                         "teacher-soft-verbaliser-seed15@0/steps1456/seed14"]},
     ),
 }
 
