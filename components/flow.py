@@ -137,6 +137,10 @@ PROFILES: dict[str, Profile] = {
         # 480 steps): is the curve's rise its new pairs, or its extra steps? And the same question where the
         # curve rose most: 0x students of teacher-soft-verbaliser-seed15 trained for the 1,456 steps its 8x
         # students took (two seeds; its labels of the training pairs are archived, so any CPU can run them).
+        # And `@0/steps480` (and /seed14): the same teacher's 0x students at the profile's own 480 steps, the
+        # 0x run's recipe exactly, under a name of its own so that the Intel Xeon's archived rows stay: made
+        # on the machine that made the 1,456-step ones, they pair the steps comparison on one CPU, and
+        # measure what the CPU alone moves a row by (the same seed, labels and precision on another CPU).
         experiments={"multiples": [0, 2, 4, 8, 16], "seeds": [13, 14], "ensemble_size": 3, "born_again": [0, 2, 4],
                      "born_again_seed_multiples": [0, 2, 4],
                      "teacher_ablations": {"verbaliser": {"head_init": "verbaliser"},
@@ -165,7 +169,9 @@ PROFILES: dict[str, Profile] = {
                                          "teacher-ensemble-mixed3@0/human50/seed14",
                                          "teacher-ensemble-mixed3@0/steps814",
                                          "teacher-soft-verbaliser-seed15@0/steps1456",
-                                         "teacher-soft-verbaliser-seed15@0/steps1456/seed14"]},
+                                         "teacher-soft-verbaliser-seed15@0/steps1456/seed14",
+                                         "teacher-soft-verbaliser-seed15@0/steps480",
+                                         "teacher-soft-verbaliser-seed15@0/steps480/seed14"]},
     ),
 }
 

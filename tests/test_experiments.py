@@ -722,7 +722,7 @@ def test_list_prints_the_plan(capsys):
     out = capsys.readouterr().out
     assert "student-margin-8x" in out and "teacher-hard" in out and "ensemble" not in out
     full = {e.name: e for e in experiments.plan("full")}
-    assert list(full)[-33:] == [
+    assert list(full)[-35:] == [
         "teacher-soft-batch256-seed14", "teacher-soft-batch256-seed15", "teacher-ensemble-batch256",
         "student-margin-16x-ensemble-batch256", "teacher-soft-verbaliser-seed14", "teacher-soft-verbaliser-seed15",
         "teacher-ensemble-verbaliser", "student-margin-16x-ensemble-verbaliser", "teacher-ensemble-mixed256",
@@ -738,11 +738,19 @@ def test_list_prints_the_plan(capsys):
         "student-margin-0x-ensemble-mixed3-seed14", "student-margin-0x-ensemble-mixed3-human50",
         "student-margin-0x-ensemble-mixed3-human50-seed14", "student-margin-0x-ensemble-mixed3-steps814",
         "student-margin-0x-soft-verbaliser-teacherseed15-steps1456",
-        "student-margin-0x-soft-verbaliser-teacherseed15-steps1456-seed14"]
+        "student-margin-0x-soft-verbaliser-teacherseed15-steps1456-seed14",
+        "student-margin-0x-soft-verbaliser-teacherseed15-steps480",
+        "student-margin-0x-soft-verbaliser-teacherseed15-steps480-seed14"]
     assert full["student-margin-0x-ensemble-mixed3-human50-seed14"].human_weight == 0.5
     assert full["student-margin-0x-ensemble-mixed3-steps814"].settings == {"min_steps": 814}
     assert full["student-margin-0x-soft-verbaliser-teacherseed15-steps1456-seed14"].settings == {
         "min_steps": 1456, "seed": 14}
+    # the 0x recipe again under its own name (480 is the profile's min_steps): the same settings as the 0x run's
+    again = full["student-margin-0x-soft-verbaliser-teacherseed15-steps480-seed14"]
+    base = full["student-margin-0x-soft-verbaliser-teacherseed15-seed14"]
+    assert again.settings == {**base.settings, "min_steps": 480} and (again.labels, again.augmented) == (
+        base.labels, base.augmented)
+    assert experiments.get_profile("full").student["min_steps"] == 480
     assert full["teacher-ensemble-mixed3"].settings["members"] == [
         "teacher-soft", "teacher-soft-verbaliser", "teacher-soft-verbaliser-seed15"]
     two = full["student-margin-2x-soft-verbaliser-teacherseed15"]
