@@ -141,6 +141,9 @@ PROFILES: dict[str, Profile] = {
         # 0x run's recipe exactly, under a name of its own so that the Intel Xeon's archived rows stay: made
         # on the machine that made the 1,456-step ones, they pair the steps comparison on one CPU, and
         # measure what the CPU alone moves a row by (the same seed, labels and precision on another CPU).
+        # And `@0/human30` (and /seed14): 30% of each training pair's target from its human grade, the share at
+        # which the grades and this teacher's labels weigh alike in the margins (standard deviations of the
+        # same-query training margins 0.61 and 0.26: 0.26 / 0.87 = 0.30); 50% let the grades drown the labels.
         experiments={"multiples": [0, 2, 4, 8, 16], "seeds": [13, 14], "ensemble_size": 3, "born_again": [0, 2, 4],
                      "born_again_seed_multiples": [0, 2, 4],
                      "teacher_ablations": {"verbaliser": {"head_init": "verbaliser"},
@@ -171,7 +174,9 @@ PROFILES: dict[str, Profile] = {
                                          "teacher-soft-verbaliser-seed15@0/steps1456",
                                          "teacher-soft-verbaliser-seed15@0/steps1456/seed14",
                                          "teacher-soft-verbaliser-seed15@0/steps480",
-                                         "teacher-soft-verbaliser-seed15@0/steps480/seed14"]},
+                                         "teacher-soft-verbaliser-seed15@0/steps480/seed14",
+                                         "teacher-soft-verbaliser-seed15@0/human30",
+                                         "teacher-soft-verbaliser-seed15@0/human30/seed14"]},
     ),
 }
 
