@@ -144,6 +144,8 @@ PROFILES: dict[str, Profile] = {
         # And `@0/human30` (and /seed14): 30% of each training pair's target from its human grade, the share at
         # which the grades and this teacher's labels weigh alike in the margins (standard deviations of the
         # same-query training margins 0.61 and 0.26: 0.26 / 0.87 = 0.30); 50% let the grades drown the labels.
+        # And `@0/human10` (and /seed14): the small share of the true labels that distillation recipes often
+        # use beside the teacher's targets (30% cost the students 0.001 and 0.007).
         experiments={"multiples": [0, 2, 4, 8, 16], "seeds": [13, 14], "ensemble_size": 3, "born_again": [0, 2, 4],
                      "born_again_seed_multiples": [0, 2, 4],
                      "teacher_ablations": {"verbaliser": {"head_init": "verbaliser"},
@@ -176,7 +178,9 @@ PROFILES: dict[str, Profile] = {
                                          "teacher-soft-verbaliser-seed15@0/steps480",
                                          "teacher-soft-verbaliser-seed15@0/steps480/seed14",
                                          "teacher-soft-verbaliser-seed15@0/human30",
-                                         "teacher-soft-verbaliser-seed15@0/human30/seed14"]},
+                                         "teacher-soft-verbaliser-seed15@0/human30/seed14",
+                                         "teacher-soft-verbaliser-seed15@0/human10",
+                                         "teacher-soft-verbaliser-seed15@0/human10/seed14"]},
     ),
 }
 

@@ -722,7 +722,7 @@ def test_list_prints_the_plan(capsys):
     out = capsys.readouterr().out
     assert "student-margin-8x" in out and "teacher-hard" in out and "ensemble" not in out
     full = {e.name: e for e in experiments.plan("full")}
-    assert list(full)[-37:] == [
+    assert list(full)[-39:] == [
         "teacher-soft-batch256-seed14", "teacher-soft-batch256-seed15", "teacher-ensemble-batch256",
         "student-margin-16x-ensemble-batch256", "teacher-soft-verbaliser-seed14", "teacher-soft-verbaliser-seed15",
         "teacher-ensemble-verbaliser", "student-margin-16x-ensemble-verbaliser", "teacher-ensemble-mixed256",
@@ -742,7 +742,9 @@ def test_list_prints_the_plan(capsys):
         "student-margin-0x-soft-verbaliser-teacherseed15-steps480",
         "student-margin-0x-soft-verbaliser-teacherseed15-steps480-seed14",
         "student-margin-0x-soft-verbaliser-teacherseed15-human30",
-        "student-margin-0x-soft-verbaliser-teacherseed15-human30-seed14"]
+        "student-margin-0x-soft-verbaliser-teacherseed15-human30-seed14",
+        "student-margin-0x-soft-verbaliser-teacherseed15-human10",
+        "student-margin-0x-soft-verbaliser-teacherseed15-human10-seed14"]
     assert full["student-margin-0x-ensemble-mixed3-human50-seed14"].human_weight == 0.5
     assert full["student-margin-0x-soft-verbaliser-teacherseed15-human30-seed14"].human_weight == 0.3
     assert full["student-margin-0x-ensemble-mixed3-steps814"].settings == {"min_steps": 814}
