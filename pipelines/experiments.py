@@ -55,6 +55,18 @@ BORN_AGAIN = "bornagain"  # suffix of the run distilled from a student teacher i
 # the parts a `distil_teachers` entry may end in, `/KINDN`: kind -> (least N, most N, what it names)
 ENTRY_PARTS = {"seed": (0, 2**31 - 1, "a seed"), "human": (1, 99, "a share of the human grades"),
                "steps": (1, 10**7, "a least number of steps")}
+LR_PART = "lr"  # `/lrX`: the student's learning rate X (e.g. 2e-4), a number written as it goes into the run's name
+
+
+def _learning_rate(text: str) -> float | None:
+    """The learning rate an entry part `/lrX` names (X: digits, '.', 'e', '-'; between 0 and 1), else None."""
+    if not text or not set(text) <= set("0123456789.e-") or not text[0].isdigit():
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if 0 < value < 1 else None
 
 
 @dataclass(frozen=True)
@@ -198,17 +210,27 @@ def _distilled_from(profile_name: str, entry: str, runs: list[Experiment], multi
     `teacher-ensemble-mixed3@0/human50/seed14` gives `student-margin-0x-ensemble-mixed3-human50-seed14`. A part
     `/stepsN` trains the student for at least N steps (its `min_steps`), e.g. a 0x student for as many steps
     as a larger set's one epoch takes: is a larger set's gain its pairs, or its steps? The parts may come in
-    any order, each at most once; the run's name takes them as -humanP, -stepsN, -seedN."""
+    any order, each at most once. A part `/lrX` sets the student's learning rate to X (e.g. `/lr2e-4`): is
+    the profile's rate the student's best? The run's name takes them as -humanP, -stepsN, -lrX, -seedN."""
     body, *parts = str(entry).split("/")
     teacher, at, size = body.partition("@")
     options: dict[str, int] = {}
+    rate: str | None = None
     for part in parts:
         kind = next((k for k in ENTRY_PARTS if part.startswith(k) and part[len(k):].isdigit()), None)
+        if kind is None and part.startswith(LR_PART) and _learning_rate(part[len(LR_PART):]) is not None:
+            if rate is not None:
+                raise ValueError(f"profile '{profile_name}': distil_teachers entry '{entry}' names a learning "
+                                 "rate twice")
+            rate = part[len(LR_PART):]
+            continue
         if kind is None or not ENTRY_PARTS[kind][0] <= int(part[len(kind):]) <= ENTRY_PARTS[kind][1]:
             raise ValueError(f"profile '{profile_name}': distil_teachers entry '{entry}' has the part '/{part}'; "
                              "a seed is written '/seedN' (e.g. 'teacher-soft-verbaliser@0/seed14'), a share of the "
-                             "human grades '/humanP' with P from 1 to 99 (e.g. 'teacher-soft-verbaliser@0/human50') "
-                             "and the student's least number of steps '/stepsN' (e.g. '@0/steps814')")
+                             "human grades '/humanP' with P from 1 to 99 (e.g. 'teacher-soft-verbaliser@0/human50'), "
+                             "the student's least number of steps '/stepsN' (e.g. '@0/steps814') and its learning "
+                             "rate '/lrX' with X a number between 0 and 1 written with digits, '.', 'e' and '-' "
+                             "(e.g. '@0/lr2e-4')")
         if kind in options:
             raise ValueError(f"profile '{profile_name}': distil_teachers entry '{entry}' names "
                              f"{ENTRY_PARTS[kind][2]} twice")
@@ -243,6 +265,10 @@ def _distilled_from(profile_name: str, entry: str, runs: list[Experiment], multi
     if steps := options.get("steps"):
         run = replace(run, name=f"{run.name}-steps{steps}", settings={**run.settings, "min_steps": steps},
                       description=f"{run.description}, at least {steps} steps")
+    if rate is not None:
+        run = replace(run, name=f"{run.name}-lr{rate}",
+                      settings={**run.settings, "learning_rate": _learning_rate(rate)},
+                      description=f"{run.description}, learning rate {rate}")
     if (seed := options.get("seed")) is None:
         return run
     return replace(run, name=f"{run.name}-seed{seed}", description=f"{run.description}, seed {seed}", seed=seed,

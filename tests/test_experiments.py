@@ -208,13 +208,15 @@ def test_a_distilled_teacher_entry_can_blend_the_human_grades_into_the_training_
 
     runner, rows, root = finished
     spec = {**flow.PROFILES["test"].experiments,
-            "distil_teachers": ["teacher-soft-lr1e-3@0/human25/steps40", "teacher-ensemble-mixed@0/seed14/human50"]}
+            "distil_teachers": ["teacher-soft-lr1e-3@0/lr3e-4/human25/steps40",
+                                "teacher-ensemble-mixed@0/seed14/human50"]}
     monkeypatch.setitem(flow.PROFILES, "test", dataclasses.replace(flow.PROFILES["test"], experiments=spec))
     planned = {e.name: e for e in plan("test")}
-    blend = planned["student-margin-0x-soft-lr1e-3-human25-steps40"]
+    blend = planned["student-margin-0x-soft-lr1e-3-human25-steps40-lr3e-4"]
     mixed = planned["student-margin-0x-ensemble-mixed-human50-seed14"]
     assert (blend.labels, blend.augmented, blend.human_weight, blend.seed) == ("teacher-soft-lr1e-3", 0.0, 0.25, 13)
-    assert blend.settings == {"min_steps": 40} and "at least 40 steps" in blend.description
+    assert blend.settings == {"min_steps": 40, "learning_rate": 3e-4} and "at least 40 steps" in blend.description
+    assert "learning rate 3e-4" in blend.description
     assert (mixed.labels, mixed.human_weight, mixed.seed, mixed.settings) == ("teacher-ensemble-mixed", 0.5, 14,
                                                                               {"seed": 14})
     assert "25% human grades" in blend.description
@@ -238,6 +240,7 @@ def test_a_distilled_teacher_entry_can_blend_the_human_grades_into_the_training_
     assert meta["training"]["settings"]["train"] == str(blended)
     assert meta["training"]["settings"]["train_table"]["target_sum"] == pytest.approx(target.sum(), abs=1e-5)
     assert meta["training"]["summary"]["steps"] == 40  # `/steps40`: more than the test profile's one epoch
+    assert meta["training"]["settings"]["config"]["learning_rate"] == 3e-4  # `/lr3e-4`
     row = {r["run"]: r for r in read_results(runs)}[blend.name]
     assert (row["labels"], row["human_weight"], row["train_pairs"]) == ("teacher-soft-lr1e-3", 0.25, len(train))
     assert "| teacher-soft-lr1e-3 + 25% human grades | 0x |" in experiments.results_table([row])
@@ -291,6 +294,13 @@ def test_a_blend_refuses_a_set_that_does_not_start_with_the_training_pairs(finis
     ({"distil_teachers": ["teacher-soft-lr1e-3@0/steps0"]}, r"has the part '/steps0'; .* '/stepsN'"),
     ({"distil_teachers": ["teacher-soft-lr1e-3@0/steps"]}, r"has the part '/steps'"),
     ({"distil_teachers": ["teacher-soft-lr1e-3@0/steps9/steps10"]}, r"names a least number of steps twice"),
+    ({"distil_teachers": ["teacher-soft-lr1e-3@0/lr1"]}, r"has the part '/lr1'; .* '/lrX' with X a number between 0 "
+                                                         r"and 1"),
+    ({"distil_teachers": ["teacher-soft-lr1e-3@0/lr0"]}, r"has the part '/lr0'"),
+    ({"distil_teachers": ["teacher-soft-lr1e-3@0/lr"]}, r"has the part '/lr'"),
+    ({"distil_teachers": ["teacher-soft-lr1e-3@0/lrinf"]}, r"has the part '/lrinf'"),
+    ({"distil_teachers": ["teacher-soft-lr1e-3@0/lre-4"]}, r"has the part '/lre-4'"),
+    ({"distil_teachers": ["teacher-soft-lr1e-3@0/lr1e-4/lr2e-4"]}, r"names a learning rate twice"),
     ({"distil_teachers": ["teacher-soft-lr1e-3@0/human50", "teacher-soft-lr1e-3@0/human50"]},
      r"names \['student-margin-0x-soft-lr1e-3-human50'\] twice"),
     ({"distil_teachers": ["teacher-ensemble-mixed@1"]},
@@ -722,7 +732,7 @@ def test_list_prints_the_plan(capsys):
     out = capsys.readouterr().out
     assert "student-margin-8x" in out and "teacher-hard" in out and "ensemble" not in out
     full = {e.name: e for e in experiments.plan("full")}
-    assert list(full)[-39:] == [
+    assert list(full)[-43:] == [
         "teacher-soft-batch256-seed14", "teacher-soft-batch256-seed15", "teacher-ensemble-batch256",
         "student-margin-16x-ensemble-batch256", "teacher-soft-verbaliser-seed14", "teacher-soft-verbaliser-seed15",
         "teacher-ensemble-verbaliser", "student-margin-16x-ensemble-verbaliser", "teacher-ensemble-mixed256",
@@ -744,7 +754,18 @@ def test_list_prints_the_plan(capsys):
         "student-margin-0x-soft-verbaliser-teacherseed15-human30",
         "student-margin-0x-soft-verbaliser-teacherseed15-human30-seed14",
         "student-margin-0x-soft-verbaliser-teacherseed15-human10",
-        "student-margin-0x-soft-verbaliser-teacherseed15-human10-seed14"]
+        "student-margin-0x-soft-verbaliser-teacherseed15-human10-seed14",
+        "student-margin-0x-soft-verbaliser-teacherseed15-lr2e-4",
+        "student-margin-0x-soft-verbaliser-teacherseed15-lr5e-5",
+        "student-margin-0x-soft-verbaliser-teacherseed15-lr2e-4-seed14",
+        "student-margin-0x-soft-verbaliser-teacherseed15-lr5e-5-seed14"]
+    base = full["student-margin-0x-soft-verbaliser-teacherseed15-seed14"]
+    # the learning-rate runs: the 0x run's labels and settings, the rate doubled and halved around the profile's
+    assert experiments.get_profile("full").student["learning_rate"] == 1e-4
+    for rate, value in (("2e-4", 2e-4), ("5e-5", 5e-5)):
+        run = full[f"student-margin-0x-soft-verbaliser-teacherseed15-lr{rate}-seed14"]
+        assert run.settings == {**base.settings, "learning_rate": value} and (run.labels, run.augmented) == (
+            base.labels, base.augmented)
     assert full["student-margin-0x-ensemble-mixed3-human50-seed14"].human_weight == 0.5
     assert full["student-margin-0x-soft-verbaliser-teacherseed15-human30-seed14"].human_weight == 0.3
     assert full["student-margin-0x-ensemble-mixed3-steps814"].settings == {"min_steps": 814}
@@ -752,7 +773,6 @@ def test_list_prints_the_plan(capsys):
         "min_steps": 1456, "seed": 14}
     # the 0x recipe again under its own name (480 is the profile's min_steps): the same settings as the 0x run's
     again = full["student-margin-0x-soft-verbaliser-teacherseed15-steps480-seed14"]
-    base = full["student-margin-0x-soft-verbaliser-teacherseed15-seed14"]
     assert again.settings == {**base.settings, "min_steps": 480} and (again.labels, again.augmented) == (
         base.labels, base.augmented)
     assert experiments.get_profile("full").student["min_steps"] == 480
