@@ -148,7 +148,8 @@ PROFILES: dict[str, Profile] = {
         # use beside the teacher's targets (30% cost the students 0.001 and 0.007).
         # And `@0/lr2e-4`, `@0/lr5e-5` (and /seed14): the student's learning rate doubled and halved around the
         # profile's 1e-4, which came from the reference recipe and was never tuned at full size: is the
-        # student's own recipe, not the teacher, what holds the 0x students at 0.625?
+        # student's own recipe, not the teacher, what holds the 0x students at 0.625? And `@0/lr4e-4` (and
+        # /seed14): 2e-4 scored 0.626 against 0.624 (seed 13), so the rate doubled again, to find the turn.
         experiments={"multiples": [0, 2, 4, 8, 16], "seeds": [13, 14], "ensemble_size": 3, "born_again": [0, 2, 4],
                      "born_again_seed_multiples": [0, 2, 4],
                      "teacher_ablations": {"verbaliser": {"head_init": "verbaliser"},
@@ -187,7 +188,9 @@ PROFILES: dict[str, Profile] = {
                                          "teacher-soft-verbaliser-seed15@0/lr2e-4",
                                          "teacher-soft-verbaliser-seed15@0/lr5e-5",
                                          "teacher-soft-verbaliser-seed15@0/lr2e-4/seed14",
-                                         "teacher-soft-verbaliser-seed15@0/lr5e-5/seed14"]},
+                                         "teacher-soft-verbaliser-seed15@0/lr5e-5/seed14",
+                                         "teacher-soft-verbaliser-seed15@0/lr4e-4",
+                                         "teacher-soft-verbaliser-seed15@0/lr4e-4/seed14"]},
     ),
 }
 

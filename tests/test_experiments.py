@@ -732,7 +732,7 @@ def test_list_prints_the_plan(capsys):
     out = capsys.readouterr().out
     assert "student-margin-8x" in out and "teacher-hard" in out and "ensemble" not in out
     full = {e.name: e for e in experiments.plan("full")}
-    assert list(full)[-43:] == [
+    assert list(full)[-45:] == [
         "teacher-soft-batch256-seed14", "teacher-soft-batch256-seed15", "teacher-ensemble-batch256",
         "student-margin-16x-ensemble-batch256", "teacher-soft-verbaliser-seed14", "teacher-soft-verbaliser-seed15",
         "teacher-ensemble-verbaliser", "student-margin-16x-ensemble-verbaliser", "teacher-ensemble-mixed256",
@@ -758,11 +758,13 @@ def test_list_prints_the_plan(capsys):
         "student-margin-0x-soft-verbaliser-teacherseed15-lr2e-4",
         "student-margin-0x-soft-verbaliser-teacherseed15-lr5e-5",
         "student-margin-0x-soft-verbaliser-teacherseed15-lr2e-4-seed14",
-        "student-margin-0x-soft-verbaliser-teacherseed15-lr5e-5-seed14"]
+        "student-margin-0x-soft-verbaliser-teacherseed15-lr5e-5-seed14",
+        "student-margin-0x-soft-verbaliser-teacherseed15-lr4e-4",
+        "student-margin-0x-soft-verbaliser-teacherseed15-lr4e-4-seed14"]
     base = full["student-margin-0x-soft-verbaliser-teacherseed15-seed14"]
     # the learning-rate runs: the 0x run's labels and settings, the rate doubled and halved around the profile's
     assert experiments.get_profile("full").student["learning_rate"] == 1e-4
-    for rate, value in (("2e-4", 2e-4), ("5e-5", 5e-5)):
+    for rate, value in (("2e-4", 2e-4), ("5e-5", 5e-5), ("4e-4", 4e-4)):
         run = full[f"student-margin-0x-soft-verbaliser-teacherseed15-lr{rate}-seed14"]
         assert run.settings == {**base.settings, "learning_rate": value} and (run.labels, run.augmented) == (
             base.labels, base.augmented)
