@@ -52,10 +52,9 @@ log = logging.getLogger(__name__)
 BASELINES = ("random", "bm25", "biencoder")
 RESULTS = "results.jsonl"
 BORN_AGAIN = "bornagain"  # suffix of the run distilled from a student teacher instead of the LLM
-# the parts a `distil_teachers` entry may end in, `/KINDN`: kind -> (least N, most N, what it names)
-ENTRY_PARTS = {"seed": (0, 2**31 - 1, "a seed"), "human": (1, 99, "a share of the human grades"),
-               "steps": (1, 10**7, "a least number of steps")}
-LR_PART = "lr"  # `/lrX`: the student's learning rate X (e.g. 2e-4), a number written as it goes into the run's name
+def _whole(least: int, most: int):
+    """A parser of an entry part's whole number N from least to most (None where the text is not one)."""
+    return lambda text: int(text) if text.isdigit() and least <= int(text) <= most else None
 
 
 def _learning_rate(text: str) -> float | None:
@@ -67,6 +66,12 @@ def _learning_rate(text: str) -> float | None:
     except ValueError:
         return None
     return value if 0 < value < 1 else None
+
+
+# the parts a `distil_teachers` entry may end in, `/KINDX`: kind -> (parser of X, what it names); X is written
+# into the run's name as it stands (`/lr2e-4` -> `-lr2e-4`)
+ENTRY_PARTS = {"seed": (_whole(0, 2**31 - 1), "a seed"), "human": (_whole(1, 99), "a share of the human grades"),
+               "steps": (_whole(1, 10**7), "a least number of steps"), "lr": (_learning_rate, "a learning rate")}
 
 
 @dataclass(frozen=True)
@@ -214,17 +219,11 @@ def _distilled_from(profile_name: str, entry: str, runs: list[Experiment], multi
     the profile's rate the student's best? The run's name takes them as -humanP, -stepsN, -lrX, -seedN."""
     body, *parts = str(entry).split("/")
     teacher, at, size = body.partition("@")
-    options: dict[str, int] = {}
-    rate: str | None = None
+    options: dict[str, tuple[str, int | float]] = {}  # kind -> (X as written, its value)
     for part in parts:
-        kind = next((k for k in ENTRY_PARTS if part.startswith(k) and part[len(k):].isdigit()), None)
-        if kind is None and part.startswith(LR_PART) and _learning_rate(part[len(LR_PART):]) is not None:
-            if rate is not None:
-                raise ValueError(f"profile '{profile_name}': distil_teachers entry '{entry}' names a learning "
-                                 "rate twice")
-            rate = part[len(LR_PART):]
-            continue
-        if kind is None or not ENTRY_PARTS[kind][0] <= int(part[len(kind):]) <= ENTRY_PARTS[kind][1]:
+        kind = next((k for k in ENTRY_PARTS if part.startswith(k)
+                     and ENTRY_PARTS[k][0](part[len(k):]) is not None), None)
+        if kind is None:
             raise ValueError(f"profile '{profile_name}': distil_teachers entry '{entry}' has the part '/{part}'; "
                              "a seed is written '/seedN' (e.g. 'teacher-soft-verbaliser@0/seed14'), a share of the "
                              "human grades '/humanP' with P from 1 to 99 (e.g. 'teacher-soft-verbaliser@0/human50'), "
@@ -233,8 +232,9 @@ def _distilled_from(profile_name: str, entry: str, runs: list[Experiment], multi
                              "(e.g. '@0/lr2e-4')")
         if kind in options:
             raise ValueError(f"profile '{profile_name}': distil_teachers entry '{entry}' names "
-                             f"{ENTRY_PARTS[kind][2]} twice")
-        options[kind] = int(part[len(kind):])
+                             f"{ENTRY_PARTS[kind][1]} twice")
+        text = part[len(kind):]
+        options[kind] = (text, ENTRY_PARTS[kind][0](text))
     try:
         multiple = float(size) if at else max(multiples)
     except ValueError:
@@ -259,18 +259,21 @@ def _distilled_from(profile_name: str, entry: str, runs: list[Experiment], multi
     run = Experiment(f"student-margin-{_fmt(multiple)}x-{stem}", "student",
                      f"margin MSE on {teacher}'s labels, {_fmt(multiple)}x augmented", labels=teacher,
                      augmented=multiple, loss="margin_mse", own_pairs=bool(at) and 0 < multiple < max(multiples))
-    if share := options.get("human"):
+    if "human" in options:
+        share = options["human"][1]
         run = replace(run, name=f"{run.name}-human{share}", human_weight=share / 100,
                       description=f"{run.description}, {share}% human grades in the training pairs' targets")
-    if steps := options.get("steps"):
+    if "steps" in options:
+        steps = options["steps"][1]
         run = replace(run, name=f"{run.name}-steps{steps}", settings={**run.settings, "min_steps": steps},
                       description=f"{run.description}, at least {steps} steps")
-    if rate is not None:
-        run = replace(run, name=f"{run.name}-lr{rate}",
-                      settings={**run.settings, "learning_rate": _learning_rate(rate)},
+    if "lr" in options:
+        rate, value = options["lr"]
+        run = replace(run, name=f"{run.name}-lr{rate}", settings={**run.settings, "learning_rate": value},
                       description=f"{run.description}, learning rate {rate}")
-    if (seed := options.get("seed")) is None:
+    if "seed" not in options:
         return run
+    seed = options["seed"][1]
     return replace(run, name=f"{run.name}-seed{seed}", description=f"{run.description}, seed {seed}", seed=seed,
                    settings={**run.settings, "seed": seed})
 
