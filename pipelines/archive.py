@@ -44,7 +44,8 @@ import pandas as pd
 
 from components import schema, storage
 from pipelines import pair_sets, teacher_labels
-from pipelines.experiments import append_result, ensemble_identity, read_results, training_record
+from pipelines.experiments import ensemble_identity
+from pipelines.runs_folder import append_result, read_results, training_record
 
 log = logging.getLogger(__name__)
 

@@ -1,19 +1,7 @@
 """`kdrank experiment run|report`: the paper's experiments on real labelled data, one named run at a time.
 
-A profile's `experiments` settings give the plan: baselines (random, BM25, zero-shot bi-encoder), the
-teacher with soft and with hard targets, a student on human labels (pointwise MSE, and margin MSE as the
-control of the 0x run: the same loss without a teacher), margin-MSE students on teacher labels
-of the training pairs plus 0x..Nx augmented pairs (the scaling curve), optionally born-again controls
-(`born_again`: the same distillation from the human-label student's scores instead of the LLM's labels;
-`true` for the 0x run's, or a list of sizes such as [0, 2]; every size with the first seed, and those of
-`born_again_seed_multiples`, default [0], with the other seeds), pointwise MSE at the largest size, and
-optionally a teacher ensemble with its own largest distillation run, extra seeds, and teacher ablations
-(`teacher_ablations`: NAME -> teacher settings, run as `teacher-soft-NAME` and scored like the others).
-The ensemble is composed from single teacher runs (teacher-soft and the next seeds), so its members can be
-made, and their labels archived, in different sessions (see `Runner._ensemble`). `mixed_ensembles` composes
-one from teacher runs of different recipes (named), and `distil_teachers` gives a teacher run other than
-teacher-soft its own largest-size student, `student-margin-Nx-soft-RECIPE` (`TEACHER@M`: at size M, labelling
-only that size's pairs when the largest set's labels are not there).
+The plan, which runs a profile makes, is pipelines/experiment_plan.py; this module runs it (`Runner`), and
+pipelines/experiment_report.py turns its rows into tables and the scaling plot.
 
 Every run is idempotent: its checkpoint and metrics live under `--output`, a rerun skips what is done,
 and `--only NAME` runs one experiment (and whatever it needs). A finished run is found by name, so after
@@ -37,263 +25,23 @@ import argparse
 import hashlib
 import json
 import logging
-import math
 import os
-import re
 import shlex
 import time
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from components.flow import PROFILES, get_profile
+from pipelines.experiment_plan import Experiment, fmt_multiple, plan
+from pipelines.experiment_report import fmt_metric, write_report
+from pipelines.runs_folder import RESULTS, append_result, read_results, rescore_dir, training_record
 
 log = logging.getLogger(__name__)
-
-BASELINES = ("random", "bm25", "biencoder")
-RESULTS = "results.jsonl"
-BORN_AGAIN = "bornagain"  # suffix of the run distilled from a student teacher instead of the LLM
-def _whole(least: int, most: int):
-    """A parser of an entry part's whole number N from least to most (None where the text is not one)."""
-    return lambda text: int(text) if text.isdigit() and least <= int(text) <= most else None
-
-
-def _learning_rate(text: str) -> float | None:
-    """The learning rate an entry part `/lrX` names (X: digits, '.', 'e', '-'; between 0 and 1), else None."""
-    if not text or not set(text) <= set("0123456789.e-") or not text[0].isdigit():
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if 0 < value < 1 else None
-
-
-# the parts a `distil_teachers` entry may end in, `/KINDX`: kind -> (parser of X, what it names); X is written
-# into the run's name as it stands (`/lr2e-4` -> `-lr2e-4`)
-ENTRY_PARTS = {"seed": (_whole(0, 2**31 - 1), "a seed"), "human": (_whole(1, 99), "a share of the human grades"),
-               "steps": (_whole(1, 10**7), "a least number of steps"), "lr": (_learning_rate, "a learning rate")}
-
-
-@dataclass(frozen=True)
-class Experiment:
-    name: str
-    kind: str  # baseline | teacher | ensemble | student
-    description: str
-    labels: str = "human"  # human | teacher-soft | teacher-ensemble | student-human: what the model learned from
-    augmented: float | None = None  # augmented multiple of a distilled student
-    loss: str = ""
-    seed: int = 13
-    settings: dict = field(default_factory=dict)  # overrides of the step's config
-    # a distillation run below the largest size whose teacher labels its own pairs only (a `TEACHER@M` entry)
-    own_pairs: bool = False
-    # a distillation run's share of the human grades in the training pairs' targets (a `/humanP` entry, P%):
-    # (1 - w) x the teacher's expected grade + w x the human grade; augmented pairs keep the teacher's
-    human_weight: float = 0.0
-
-
-def plan(profile_name: str) -> list[Experiment]:
-    """Every experiment of a profile, in the order they run (each one's needs come before it)."""
-    profile = get_profile(profile_name)
-    spec = profile.experiments
-    if not spec:
-        raise ValueError(f"profile '{profile_name}' has no experiment plan; use one of "
-                         f"{sorted(n for n, p in PROFILES.items() if p.experiments)}")
-    multiples = sorted(float(m) for m in spec["multiples"])
-    top = multiples[-1]
-    seeds = [int(s) for s in spec.get("seeds", [13])]
-    repeat = [float(m) for m in spec.get("seed_multiples", [0, top])]  # sizes repeated with the extra seeds
-    born_again = _born_again_sizes(profile_name, spec.get("born_again", False), multiples)
-    born_again_repeat = _born_again_repeat(profile_name, spec.get("born_again_seed_multiples"), born_again)
-    runs = [Experiment(f"baseline-{kind}", "baseline", f"{kind} baseline") for kind in BASELINES]
-    runs += [Experiment("teacher-soft", "teacher", "teacher, soft targets", loss="soft_ce"),
-             Experiment("teacher-hard", "teacher", "teacher, hard targets (arg-max grade)", loss="hard_ce",
-                        settings={"soft_targets": False})]
-    for tag, overrides in spec.get("teacher_ablations", {}).items():  # other teacher recipes, scored only
-        if not tag or not all(c.isalnum() or c == "-" for c in tag) or not isinstance(overrides, dict):
-            raise ValueError(f"profile '{profile_name}': teacher_ablations needs NAME (letters, digits, '-') -> "
-                             f"a dict of teacher settings, got {tag!r} -> {overrides!r}")
-        what = ", ".join(f"{k}={v}" for k, v in overrides.items())
-        runs.append(Experiment(f"teacher-soft-{tag}", "teacher", f"teacher, soft targets, {what}", loss="soft_ce",
-                               settings=dict(overrides)))
-    for seed in seeds:
-        tag = "" if seed == seeds[0] else f"-seed{seed}"
-        runs.append(Experiment(f"student-human{tag}", "student", "student on human labels", loss="pointwise_mse",
-                               seed=seed, settings={"labels": "human", "loss": "pointwise_mse", "seed": seed}))
-        # the control of the 0x run: its loss on the human grades, no teacher (every seed, as the 0x run)
-        runs.append(Experiment(f"student-human-margin{tag}", "student", "margin MSE on human labels (no teacher)",
-                               loss="margin_mse", seed=seed,
-                               settings={"labels": "human", "loss": "margin_mse", "seed": seed}))
-        chosen = multiples if not tag else [m for m in multiples if m in repeat]
-        runs += [Experiment(f"student-margin-{_fmt(m)}x{tag}", "student", f"margin MSE, {_fmt(m)}x augmented",
-                            labels="teacher-soft", augmented=m, loss="margin_mse", seed=seed,
-                            settings={"seed": seed}) for m in chosen]
-        for size in born_again:
-            if not tag or size in born_again_repeat:
-                # the born-again control: the same distillation from a teacher of the student's own size and
-                # architecture (the first seed's human-label student), so what the LLM adds shows; at an
-                # augmented size its scores of the new pairs are the labels. Every size with the first seed,
-                # the sizes of `born_again_seed_multiples` (default 0x) with the other seeds too.
-                runs.append(_born_again(tag, "student-human", seed, size))
-        if not tag or top in repeat:
-            runs.append(Experiment(f"student-pointwise-{_fmt(top)}x{tag}", "student",
-                                   f"pointwise MSE on teacher scores, {_fmt(top)}x augmented",
-                                   labels="teacher-soft", augmented=top, loss="pointwise_mse", seed=seed,
-                                   settings={"loss": "pointwise_mse", "seed": seed}))
-    if 0.0 in born_again and len(seeds) > 1:
-        # the same control from the other seed's human-label student (another teacher of the same recipe and
-        # accuracy within a seed's spread): does the born-again student's level follow its teacher's?
-        runs.append(_born_again(f"-from-seed{seeds[1]}", f"student-human-seed{seeds[1]}", seeds[0]))
-    if (size := int(spec.get("ensemble_size", 1))) > 1:
-        # The ensemble is composed from single teachers, each its own run: teacher-soft and the same recipe
-        # with the next seeds (exactly the members `ensemble_size` would train). Each member is trained, scored
-        # and its labels archived on its own, so members made in different GPU sessions still combine.
-        # `ensemble_recipes` adds the same ensemble of a teacher ablation's recipe (its run is the first member).
-        ablations = spec.get("teacher_ablations", {})
-        recipes = [""] + list(spec.get("ensemble_recipes", []))
-        if unknown := [r for r in recipes[1:] if r not in ablations]:
-            raise ValueError(f"profile '{profile_name}': ensemble_recipes {unknown} are not teacher_ablations "
-                             f"({sorted(ablations)}); an ensemble's recipe is one of its teacher ablations")
-        base = int(profile.teacher.get("seed", 13))
-        for recipe in recipes:
-            runs += _ensemble_runs(recipe, ablations.get(recipe, {}), size, base, top)
-    for tag, members in spec.get("mixed_ensembles", {}).items():
-        runs += _mixed_ensemble(profile_name, tag, members, runs, top)
-    for teacher in spec.get("distil_teachers", []):
-        runs.append(_distilled_from(profile_name, teacher, runs, multiples))
-    if repeated := sorted({r.name for r in runs if [x.name for x in runs].count(r.name) > 1}):
-        raise ValueError(f"profile '{profile_name}': the plan names {repeated} twice; rename a teacher ablation "
-                         "or a mixed ensemble")
-    return runs
 
 
 def _resumed(summary: dict, key: str) -> dict:
     """`{key: [...]}` when training was cut short and resumed (components.resume) at those batches or steps:
     its train_seconds then add up the runs that made it, without the time between them."""
     return {key: summary[key]} if summary.get(key) else {}
-
-
-def _soft_teachers(runs: list[Experiment]) -> list[str]:
-    return [r.name for r in runs if r.kind == "teacher" and r.settings.get("soft_targets", True)]
-
-
-def _mixed_ensemble(profile_name: str, tag: str, members, runs: list[Experiment], top: float) -> list[Experiment]:
-    """An ensemble of soft teachers of different recipes (planned teacher runs, named), composed like the
-    seed ensembles (`Runner._ensemble`): `teacher-ensemble-TAG` and its distillation run at the largest size.
-
-    Averaging models of one recipe gains little on this data (docs/results/ensemble-probe-full.md); members that
-    differ in recipe are each a stronger-teacher candidate of their own, and a more varied ensemble."""
-    known = _soft_teachers(runs)
-    names = list(members) if isinstance(members, list | tuple) else []
-    if not tag or not all(c.isalnum() or c == "-" for c in tag) or len(names) < 2 or len(set(names)) != len(names):
-        raise ValueError(f"profile '{profile_name}': mixed_ensembles needs NAME (letters, digits, '-') -> a list of "
-                         f"at least two distinct teacher runs, got {tag!r} -> {members!r}")
-    if unknown := [m for m in names if m not in known]:
-        raise ValueError(f"profile '{profile_name}': mixed ensemble '{tag}' names {unknown}, which are not soft "
-                         f"teacher runs of the plan ({known})")
-    return [Experiment(f"teacher-ensemble-{tag}", "ensemble",
-                       f"ensemble of {len(names)} soft teachers of mixed recipes (mean probability): "
-                       f"{', '.join(names)}", loss="soft_ce", settings={"members": names}),
-            Experiment(f"student-margin-{_fmt(top)}x-ensemble-{tag}", "student",
-                       f"margin MSE on the {tag} ensemble's labels, {_fmt(top)}x augmented",
-                       labels=f"teacher-ensemble-{tag}", augmented=top, loss="margin_mse")]
-
-
-def _distilled_from(profile_name: str, entry: str, runs: list[Experiment], multiples: list[float]) -> Experiment:
-    """A distillation run again from another soft teacher of the plan (a teacher ablation or a seed), at the
-    largest size, or at size M for an entry `TEACHER@M` (one of the profile's multiples), with the student's
-    default seed, or seed N for an entry ending in `/seedN`: e.g. `student-margin-16x-soft-batch256` from
-    `teacher-soft-batch256`, `student-margin-0x-soft-verbaliser` from `teacher-soft-verbaliser@0` and its second
-    seed `student-margin-0x-soft-verbaliser-seed14` from `teacher-soft-verbaliser@0/seed14`: what a stronger
-    candidate teacher gives its student. A teacher seed reads "-teacherseedN" in the student's name
-    (`student-margin-2x-soft-verbaliser-teacherseed15` from `teacher-soft-verbaliser-seed15@2`). An entry's
-    size between 0 and the largest labels its own pairs only, unless the largest set's labels are there
-    (`Runner.teacher_labelled`): that is how a CPU, which cannot label 16x, makes the 2x point. A composed
-    ensemble (`teacher-ensemble-TAG`) may be named too, at 0x or the largest size: `teacher-ensemble-mixed3@0`
-    gives `student-margin-0x-ensemble-mixed3`, from the mean of its members' labels of the training pairs.
-    An entry part `/humanP` (P from 1 to 99) blends the human grades into the training pairs' targets, P% of
-    each (`Runner.blended_set`, the usual mix of distillation and ground-truth targets):
-    `teacher-ensemble-mixed3@0/human50/seed14` gives `student-margin-0x-ensemble-mixed3-human50-seed14`. A part
-    `/stepsN` trains the student for at least N steps (its `min_steps`), e.g. a 0x student for as many steps
-    as a larger set's one epoch takes: is a larger set's gain its pairs, or its steps? The parts may come in
-    any order, each at most once. A part `/lrX` sets the student's learning rate to X (e.g. `/lr2e-4`): is
-    the profile's rate the student's best? The run's name takes them as -humanP, -stepsN, -lrX, -seedN."""
-    body, *parts = str(entry).split("/")
-    teacher, at, size = body.partition("@")
-    options: dict[str, tuple[str, int | float]] = {}  # kind -> (X as written, its value)
-    for part in parts:
-        kind = next((k for k in ENTRY_PARTS if part.startswith(k)
-                     and ENTRY_PARTS[k][0](part[len(k):]) is not None), None)
-        if kind is None:
-            raise ValueError(f"profile '{profile_name}': distil_teachers entry '{entry}' has the part '/{part}'; "
-                             "a seed is written '/seedN' (e.g. 'teacher-soft-verbaliser@0/seed14'), a share of the "
-                             "human grades '/humanP' with P from 1 to 99 (e.g. 'teacher-soft-verbaliser@0/human50'), "
-                             "the student's least number of steps '/stepsN' (e.g. '@0/steps814') and its learning "
-                             "rate '/lrX' with X a number between 0 and 1 written with digits, '.', 'e' and '-' "
-                             "(e.g. '@0/lr2e-4')")
-        if kind in options:
-            raise ValueError(f"profile '{profile_name}': distil_teachers entry '{entry}' names "
-                             f"{ENTRY_PARTS[kind][1]} twice")
-        text = part[len(kind):]
-        options[kind] = (text, ENTRY_PARTS[kind][0](text))
-    try:
-        multiple = float(size) if at else max(multiples)
-    except ValueError:
-        multiple = None
-    if multiple not in multiples:
-        raise ValueError(f"profile '{profile_name}': distil_teachers entry '{entry}' names size '{size}', which is "
-                         f"not one of the profile's multiples {[_fmt(m) for m in multiples]}")
-    known = [t for t in _soft_teachers(runs) if t != "teacher-soft"]
-    ensembles = [r.name for r in runs if r.kind == "ensemble"]
-    if teacher not in known + ensembles:
-        raise ValueError(f"profile '{profile_name}': distil_teachers names '{teacher}', which is not a soft teacher "
-                         f"run of the plan other than teacher-soft (the scaling curve's own) or an ensemble: "
-                         f"{known + ensembles}")
-    if teacher in ensembles and 0 < multiple < max(multiples):
-        # an ensemble's labels are composed from its members' labels of the same set (Runner._ensemble_labelled),
-        # and a member labels a size between only as the largest set's first rows: all of it, for every member
-        raise ValueError(f"profile '{profile_name}': distil_teachers entry '{entry}' distils the ensemble "
-                         f"'{teacher}' at {_fmt(multiple)}x; an ensemble distils at 0x or at the largest size "
-                         f"({_fmt(max(multiples))}x), whose labels its members make")
-    # a teacher seed is named "-teacherseedN" in the student's name, so that "-seedN" stays the student's own
-    stem = re.sub(r"-seed(\d+)$", r"-teacherseed\1", teacher.removeprefix("teacher-"))
-    run = Experiment(f"student-margin-{_fmt(multiple)}x-{stem}", "student",
-                     f"margin MSE on {teacher}'s labels, {_fmt(multiple)}x augmented", labels=teacher,
-                     augmented=multiple, loss="margin_mse", own_pairs=bool(at) and 0 < multiple < max(multiples))
-    if "human" in options:
-        share = options["human"][1]
-        run = replace(run, name=f"{run.name}-human{share}", human_weight=share / 100,
-                      description=f"{run.description}, {share}% human grades in the training pairs' targets")
-    if "steps" in options:
-        steps = options["steps"][1]
-        run = replace(run, name=f"{run.name}-steps{steps}", settings={**run.settings, "min_steps": steps},
-                      description=f"{run.description}, at least {steps} steps")
-    if "lr" in options:
-        rate, value = options["lr"]
-        run = replace(run, name=f"{run.name}-lr{rate}", settings={**run.settings, "learning_rate": value},
-                      description=f"{run.description}, learning rate {rate}")
-    if "seed" not in options:
-        return run
-    seed = options["seed"][1]
-    return replace(run, name=f"{run.name}-seed{seed}", description=f"{run.description}, seed {seed}", seed=seed,
-                   settings={**run.settings, "seed": seed})
-
-
-def _ensemble_runs(recipe: str, overrides: dict, size: int, base: int, top: float) -> list[Experiment]:
-    """An ensemble of `size` soft teachers of one recipe ('' for the profile's own, else a teacher ablation's),
-    seeds base, base+1, ...: its new members, its composed row and its distillation run at the largest size."""
-    suffix, named = (f"-{recipe}", f"{recipe} ") if recipe else ("", "")
-    what = "".join(f", {k}={v}" for k, v in overrides.items())
-    members, runs = [f"teacher-soft{suffix}"], []
-    for seed in range(base + 1, base + size):
-        members.append(f"teacher-soft{suffix}-seed{seed}")
-        runs.append(Experiment(members[-1], "teacher", f"teacher, soft targets{what}, seed {seed} (ensemble member)",
-                               loss="soft_ce", seed=seed, settings={**overrides, "seed": seed}))
-    return runs + [Experiment(f"teacher-ensemble{suffix}", "ensemble",
-                              f"ensemble of {size} soft teachers (mean probability): {', '.join(members)}",
-                              loss="soft_ce", seed=base, settings={"members": members}),
-                   Experiment(f"student-margin-{_fmt(top)}x-ensemble{suffix}", "student",
-                              f"margin MSE on the {named}ensemble's labels, {_fmt(top)}x augmented",
-                              labels=f"teacher-ensemble{suffix}", augmented=top, loss="margin_mse")]
 
 
 def ensemble_identity(members: list[str]) -> str:
@@ -321,49 +69,8 @@ def _first_rows(labelled, multiple: float):
     new = labelled[labelled[schema.SOURCE] != LABELLED]
     want = round(multiple * len(base))
     if want > len(new):
-        raise RuntimeError(f"{_fmt(multiple)}x needs {want} augmented pairs but augmentation made {len(new)}")
+        raise RuntimeError(f"{fmt_multiple(multiple)}x needs {want} augmented pairs but augmentation made {len(new)}")
     return pd.concat([base, new.iloc[:want]], ignore_index=True)
-
-
-def _born_again_sizes(profile_name: str, value, multiples: list[float]) -> list[float]:
-    """The sizes of a profile's born-again controls: `born_again: true` is the 0x one, a list names sizes."""
-    if value is True:
-        return [0.0] if 0.0 in multiples else []
-    if not value:
-        return []
-    return _sizes_among(value, multiples, f"profile '{profile_name}': born_again is true or a list of the "
-                                          "profile's multiples")
-
-
-def _born_again_repeat(profile_name: str, value, sizes: list[float]) -> list[float]:
-    """The born-again sizes repeated with a profile's extra seeds (`born_again_seed_multiples`), each one of
-    its `born_again` sizes; by default the 0x one, where there is one."""
-    if value is None:
-        return [m for m in sizes if m == 0.0]
-    return _sizes_among(value, sizes, f"profile '{profile_name}': born_again_seed_multiples is a list of its "
-                                      "born_again sizes")
-
-
-def _sizes_among(value, allowed: list[float], what: str) -> list[float]:
-    """`value` as sorted distinct multiples, each one of `allowed`; else a ValueError that says `what` it must be."""
-    try:
-        sizes = [float(m) for m in value] if isinstance(value, list | tuple) else None
-    except (TypeError, ValueError):
-        sizes = None
-    if sizes is None or any(m not in allowed for m in sizes):
-        raise ValueError(f"{what} {[_fmt(m) for m in allowed]}, got {value!r}")
-    return sorted(set(sizes))
-
-
-def _born_again(suffix: str, teacher: str, seed: int, multiple: float = 0.0) -> Experiment:
-    """The run's recipe at `multiple`, margin MSE on a human-label student's scores of its pairs (no LLM)."""
-    return Experiment(f"student-margin-{_fmt(multiple)}x-{BORN_AGAIN}{suffix}", "student",
-                      f"margin MSE on {teacher}'s scores, {_fmt(multiple)}x (born-again control)", labels=teacher,
-                      augmented=multiple, loss="margin_mse", seed=seed, settings={"seed": seed})
-
-
-def _fmt(multiple: float) -> str:
-    return f"{multiple:g}"
 
 
 def cpu_bf16() -> bool:
@@ -435,7 +142,7 @@ class Runner:
         from pipelines import pair_sets
 
         multiple = self.top if multiple is None else multiple
-        target = str(self.out / "data" / f"augmented-{_fmt(multiple)}x.parquet")
+        target = str(self.out / "data" / f"augmented-{fmt_multiple(multiple)}x.parquet")
         config = AugmentConfig(**{**self.profile.augment, "multiple": multiple})
         train, catalogue = self.paths()["train"], self.paths()["catalogue"]
         if (stored := pair_sets.find_archived(self.out / "data", multiple)) is not None:
@@ -501,7 +208,7 @@ class Runner:
             target = self._labelled_path(labels, teacher, pairs_uri, multiple)
             if teacher_labels.read_record(target) is None:
                 log.info("%s has no labels of the %sx set here: labelling the %sx set's pairs only", labels,
-                         _fmt(self.top), _fmt(asked))
+                         fmt_multiple(self.top), fmt_multiple(asked))
                 self._label_after_smaller(labels, teacher, pairs_uri, target, asked)
         tag = target.name.rsplit("-", 1)[1]
         label_pairs(pairs_uri, teacher, str(target), num_shards=1,
@@ -618,7 +325,7 @@ class Runner:
         into a new folder instead of reusing stale labels."""
         digest = hashlib.sha256(Path(teacher, "kdrank.json").read_bytes())
         digest.update(str(Path(pairs_uri).stat().st_mtime_ns).encode())
-        return self.out / "data" / f"labelled-{labels}-{_fmt(multiple)}x-{digest.hexdigest()[:10]}"
+        return self.out / "data" / f"labelled-{labels}-{fmt_multiple(multiple)}x-{digest.hexdigest()[:10]}"
 
     def _first_rows_file(self, largest: str, multiple: float) -> str:
         """The training pairs and the first multiple x N new pairs of an augmented set (`largest`: the largest
@@ -627,7 +334,7 @@ class Runner:
         from components.data import read_table, write_table
 
         source = Path(largest)
-        target = self.out / "data" / f"{source.stem}-first-{_fmt(multiple)}x.parquet"
+        target = self.out / "data" / f"{source.stem}-first-{fmt_multiple(multiple)}x.parquet"
         if not target.is_file() or target.stat().st_mtime_ns < source.stat().st_mtime_ns:
             write_table(_first_rows(read_table(str(source)), multiple), str(target))
         return str(target)
@@ -670,7 +377,7 @@ class Runner:
         return str(target)
 
     def _distill_path(self, labels: str, multiple: float, tag: str) -> Path:
-        return self.out / "data" / f"distill-{labels}-{_fmt(multiple)}x-{tag}.parquet"
+        return self.out / "data" / f"distill-{labels}-{fmt_multiple(multiple)}x-{tag}.parquet"
 
     def blended_set(self, distill: str, weight: float) -> str:
         """A distillation set whose training pairs' targets take `weight` of the human grades: (1 - weight) x
@@ -806,7 +513,7 @@ class Runner:
         self.run_one(exp.name)
         records = [teacher_labels.read_record(folder) for folder, _ in labelled]
         tag = hashlib.sha256(":".join(t for _, t in labelled).encode()).hexdigest()[:10]
-        target = self.out / "data" / f"labelled-{exp.name}-{_fmt(multiple)}x-{tag}"
+        target = self.out / "data" / f"labelled-{exp.name}-{fmt_multiple(multiple)}x-{tag}"
         if teacher_labels.read_record(target) is None:
             # members score in float32 and PairScorer averages those (components.scoring), so does this
             probs = np.mean([teacher_labels.labelled_probs(folder, record).astype(np.float32)
@@ -854,7 +561,7 @@ class Runner:
             scores = scorer.score(frame[schema.QUERY].astype(str).tolist(),
                                   frame[schema.PRODUCT_TEXT].astype(str).tolist(),
                                   batch_size=int(self.profile.evaluate.get("batch_size", 64)),
-                                  desc=f"scoring the {_fmt(multiple)}x set's pairs ({labels})")
+                                  desc=f"scoring the {fmt_multiple(multiple)}x set's pairs ({labels})")
             grade = scorer.to_grade(scores.score)
         finally:
             scorer.close()
@@ -887,13 +594,6 @@ class Runner:
         parts += ["--output", str(self.out), "--only", name]
         bf16 = f"{CPU_BF16}=1 " if self._cpu_bf16 else ""
         return bf16 + shlex.join(parts)
-
-
-def training_record(runs_dir: str | Path, run: str) -> Path | None:
-    """A run's training record: its checkpoint's kdrank.json, else eval/RUN/checkpoint.json (a row merged
-    from a GPU bundle or restored from an archive, with no checkpoint here)."""
-    candidates = (Path(runs_dir, "models", run, "kdrank.json"), Path(runs_dir, "eval", run, "checkpoint.json"))
-    return next((p for p in candidates if p.is_file()), None)
 
 
 def final_val_loss(runs_dir: str | Path, teacher: str) -> float | None:
@@ -937,31 +637,7 @@ def stronger_teacher_students(runs_dir: str | Path, profile_name: str, ensemble:
     return [c for c in chosen if c], "; ".join(notes)
 
 
-def read_results(out: str | Path) -> list[dict]:
-    path = Path(out, RESULTS)
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def append_result(out: str | Path, row: dict) -> None:
-    """Add (or replace) one run's row; the file is rewritten whole through a temporary file."""
-    from components.evaluate import json_safe
-
-    rows = [r for r in read_results(out) if r["run"] != row["run"]] + [json_safe(row)]
-    path = Path(out, RESULTS)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-    tmp.replace(path)
-
-
 # ----- rescoring on another test set ------------------------------------------------------------------
-def rescore_dir(runs_dir: str | Path, name: str) -> Path:
-    """Where `rescore` keeps test set NAME of a runs folder: test.parquet, results.jsonl, eval/RUN/."""
-    if not name or not all(c.isalnum() or c in "-_" for c in name):
-        raise ValueError(f"test set name {name!r} must be letters, digits, '-' or '_'")
-    return Path(runs_dir, "rescored", name)
 
 
 def training_queries(runs_dir: str | Path) -> set[str]:
@@ -1069,266 +745,26 @@ def rescore(runs_dir: str, test: str, name: str, *, fmt: str | None = None, max_
     return result
 
 
-# ----- report --------------------------------------------------------------------------------------------
-METRICS = (("ndcg@5", "NDCG@5"), ("ndcg@10", "NDCG@10"), ("pairwise_accuracy", "pairwise acc."),
-           ("spearman", "Spearman"), ("rmse", "RMSE"))
-
-
-def results_table(rows: list[dict]) -> str:
-    head = ["run", "model", "labels", "augmented", "loss", *(label for _, label in METRICS),
-            "pairwise 95% CI", "train pairs", "train time", "test scoring pairs/s", "hardware"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        m = r["metrics"]
-        labels = r["labels"] if r["kind"] != "baseline" else "none"
-        if r.get("human_weight"):
-            labels += f" + {r['human_weight']:.0%} human grades"
-        cells = [r["run"], r["model"], labels,
-                 "" if r["augmented"] is None else f"{_fmt(r['augmented'])}x", r["loss"] or "",
-                 *(_num(m.get(key)) for key, _ in METRICS), _interval(r.get("ci", {}).get("pairwise_accuracy")),
-                 f"{r['train_pairs']:,}" if r["train_pairs"] else "",
-                 f"{r['train_seconds']:.0f} s" if r["train_seconds"] else "",
-                 f"{r['eval_pairs_per_s']:,.0f}" if r.get("eval_pairs_per_s") else "", r["hardware"]]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(lines)
-
-
-def seed_spread(rows: list[dict]) -> str:
-    """Mean and range of NDCG@5 and pairwise accuracy over the seeds of each repeated run ('' if none)."""
-    groups: dict[str, list[dict]] = {}
-    for r in rows:  # only the row's own seed is stripped: "-from-seed14" or a teacher's seed keeps its group apart
-        groups.setdefault(r["run"].removesuffix(f"-seed{r['seed']}"), []).append(r)
-    lines = []
-    for base, members in groups.items():
-        if len(members) < 2:
-            continue
-        cells = [base, ", ".join(str(m["seed"]) for m in members)]
-        for key in ("ndcg@5", "pairwise_accuracy"):
-            values = [m["metrics"][key] for m in members]
-            cells.append(f"{sum(values) / len(values):.3f} ({min(values):.3f}-{max(values):.3f})")
-        lines.append("| " + " | ".join(cells) + " |")
-    if not lines:
-        return ""
-    return "\n".join(["| run | seeds | NDCG@5 | pairwise acc. |", "|---|---|---|---|", *lines])
-
-
-def resumed_note(rows: list[dict]) -> str:
-    """Which runs' training was cut short and resumed (components.resume), and where ('' if none).
-
-    A reader of the table should know: the model is the one an uninterrupted run makes (the resume is
-    bit-identical), and its train time is the sum of the parts, without the lost work since the last save.
-    """
-    cut = []
-    for r in rows:
-        for key, unit in (("resumed_at_batch", "batch"), ("resumed_at_step", "step")):
-            if r.get(key):
-                cut.append(f"{r['run']} at {unit} {', '.join(str(n) for n in r[key])}")
-    if not cut:
-        return ""
-    return ("Training cut short and resumed from its saved state (the same model; train time is the sum of "
-            "the parts): " + "; ".join(cut) + ".")
-
-
-def _interval(bounds) -> str:
-    return f"{bounds[0]:.3f}-{bounds[1]:.3f}" if bounds else ""
-
-
-def stored_scores(rows: list[dict], eval_dir: str | Path) -> dict:
-    """Each run's stored per-pair test scores (eval_dir/RUN/scores.parquet), read once, for those that have them."""
-    import pandas as pd
-
-    paths = {r["run"]: Path(eval_dir, r["run"], "scores.parquet") for r in rows}
-    return {run: pd.read_parquet(path) for run, path in paths.items() if path.exists()}
-
-
-def with_intervals(rows: list[dict], scores: dict) -> list[dict]:
-    """Rows with `ci`: query-bootstrap 95% intervals from each run's stored test scores (when present)."""
-    from components.evaluate import SCORE, query_bootstrap
-
-    return [{**r, "ci": query_bootstrap(scores[r["run"]], SCORE) if r["run"] in scores else {}} for r in rows]
-
-
-PAIRED_REFERENCES = ("teacher-soft", "student-human")
-
-
-def paired_table(rows: list[dict], scores: dict, references=PAIRED_REFERENCES) -> str:
-    """Each run's pairwise-accuracy difference from the reference runs, with paired 95% intervals.
-
-    Paired over the same resampled test queries (`components.evaluate.paired_bootstrap`): the question
-    "is the student ahead of its teacher" needs this, as two unpaired intervals overlap far more. '' when
-    no reference has stored scores; `scores` is `stored_scores` of the rows.
-    """
-    from components.evaluate import SCORE, paired_bootstrap
-
-    refs = [name for name in references if name in scores]
-    if not refs:
-        return ""
-    head = ["run", *(f"pairwise acc. minus {name} (95% CI)" for name in refs)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        if r["run"] not in scores:
-            continue
-        cells = [r["run"]]
-        for name in refs:
-            if name == r["run"]:
-                cells.append("")
-                continue
-            d = paired_bootstrap(scores[r["run"]], scores[name], SCORE)
-            low, high = d["pairwise_accuracy_ci"]
-            cells.append(f"{d['pairwise_accuracy']:+.3f} ({low:+.3f} to {high:+.3f})")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _num(value) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.3f}"
-
-
-def scaling_points(rows: list[dict]) -> tuple[list[dict], list[dict]]:
-    """(one margin-MSE student on teacher-soft labels per augmented size, their other-seed repeats).
-
-    A size's point is the plan's `student-margin-Nx` run where there is one, else another margin-MSE run
-    on the same labels at that size (the pipeline's distilled student, say, merged by gpu_merge.py).
-    Repeats are the `...-seedN` runs at sizes the curve has. Students whose targets mix in the human grades
-    (`human_weight`) are not points of the curve.
-    """
-    def eligible(r: dict) -> bool:
-        return (r.get("kind") == "student" and r.get("loss") == "margin_mse" and r.get("labels") == "teacher-soft"
-                and r.get("augmented") is not None and not r.get("human_weight"))
-
-    def planned(r: dict) -> bool:
-        return r["run"].startswith("student-margin-")
-
-    points: dict[float, dict] = {}
-    for r in rows:
-        if eligible(r) and "-seed" not in r["run"]:
-            held = points.get(r["augmented"])
-            if held is None or (planned(r) and not planned(held)):
-                points[r["augmented"]] = r
-    curve = [points[m] for m in sorted(points)]
-    repeats = [r for r in rows if eligible(r) and "-seed" in r["run"] and r["augmented"] in points]
-    return curve, repeats
-
-
-def scaling_plot(rows: list[dict], path: str, title: str) -> str:
-    """NDCG@5 and pairwise accuracy of the margin-MSE students against augmented size, with references."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    by_run = {r["run"]: r for r in rows}
-    curve, repeats = scaling_points(rows)
-    if not curve:
-        raise ValueError("no margin-MSE student runs to plot yet")
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, (key, label) in zip(axes, (("ndcg@5", "NDCG@5"), ("pairwise_accuracy", "pairwise accuracy")),
-                                strict=True):
-        xs = list(range(len(curve)))  # evenly spaced sizes: 0x, 2x, 4x, ... read better than a log axis
-        ys = [r["metrics"][key] for r in curve]
-        at = {r["augmented"]: x for x, r in enumerate(curve)}
-        if repeats:
-            ax.plot([at[r["augmented"]] for r in repeats], [r["metrics"][key] for r in repeats], "o",
-                    mfc="none", color="tab:blue", label="same run, other seed")
-        bounds = [r.get("ci", {}).get(key) for r in curve]
-        if all(bounds):  # query-bootstrap 95% intervals
-            yerr = [[y - b[0] for y, b in zip(ys, bounds, strict=True)],
-                    [b[1] - y for y, b in zip(ys, bounds, strict=True)]]
-            ax.errorbar(xs, ys, yerr=yerr, fmt="o-", capsize=4, color="tab:blue",
-                        label="student, margin MSE (95% CI)")
-        else:
-            ax.plot(xs, ys, "o-", color="tab:blue", label="student, margin MSE")
-        refs = (("teacher-soft", "teacher (soft targets)", "tab:red"),
-                ("student-human", "student on human labels", "tab:green"),
-                ("baseline-bm25", "BM25", "tab:gray"))
-        for run, name, color in refs:
-            if run in by_run:
-                ax.axhline(by_run[run]["metrics"][key], linestyle="--", color=color, label=name)
-        ax.set_xticks(xs, [f"{_fmt(r['augmented'])}x" + ("" if r["run"].startswith("student-margin-")
-                                                          else f"\n({r['run']})") for r in curve])
-        ax.set_xlabel("augmented pairs (multiple of the labelled training pairs)")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def write_report(runs_dir: str, output: str, plot: str | None = None, test_set: str | None = None,
-                 references: list[str] | None = None) -> str:
-    """The results table (and scaling plot) of a runs folder, or of its rows rescored on test set NAME.
-
-    Paired differences are taken against `references` (default: teacher-soft and student-human, where
-    they have per-pair scores); a named reference without per-pair scores is an error.
-    """
-    source = rescore_dir(runs_dir, test_set) if test_set else Path(runs_dir)
-    rows = read_results(source)
-    if not rows:
-        hint = f"`kdrank experiment rescore --name {test_set}`" if test_set else "`kdrank experiment run`"
-        raise FileNotFoundError(f"no {RESULTS} in {source}: run {hint} first")
-    profile = rows[0]["profile"]
-    order = {e.name: i for i, e in enumerate(plan(profile))} if profile in PROFILES else {}
-    rows = sorted(rows, key=lambda r: order.get(r["run"], len(order)))  # plan order, whatever order they ran in
-    scores = stored_scores(rows, source / "eval")
-    missing = [name for name in references or [] if name not in scores]
-    if missing:
-        raise ValueError(f"--reference {', '.join(missing)}: no per-pair test scores in {source / 'eval'} "
-                         f"(runs with scores: {', '.join(sorted(scores)) or 'none'})")
-    rows = with_intervals(rows, scores)
-    generated = (f"kdrank experiment report --runs {runs_dir}" + (f" --test-set {test_set}" if test_set else "")
-                 + (f" --reference {','.join(references)}" if references else ""))
-    if test_set:
-        info = json.loads((source / "test.json").read_text())
-        summary = (f"Profile `{profile}` models, scored on test set `{test_set}`: {info['pairs']:,} pairs over "
-                   f"{info['queries']:,} queries of {info['source']} ({info['dropped_training_queries']} "
-                   f"queries that the runs trained on dropped). Training data: {_data_counts(runs_dir)}.")
-    else:
-        summary = f"Profile `{profile}`, data summary: {_data_counts(runs_dir)}."
-    parts = [f"<!-- generated by: {generated} -->", summary, "", results_table(rows), ""]
-    if resumed := resumed_note(rows):
-        parts += [resumed, ""]
-    if paired := paired_table(rows, scores, references or PAIRED_REFERENCES):
-        parts += ["Paired differences (the same test queries resampled for both runs; an interval that excludes 0 "
-                  "is a difference this test set can see):", "", paired, ""]
-    if spread := seed_spread(rows):
-        parts += ["Seed spread (runs repeated with other seeds; mean and min-max):", "", spread, ""]
-    if plot:
-        where = f"test set {test_set}" if test_set else "test queries"
-        scaling_plot(rows, plot, f"kdrank {profile} profile: distilled student vs augmented size ({where})")
-        parts += [f"![scaling curve]({os.path.relpath(plot, Path(output).parent)})", ""]
-    parts += ["Commands:", "", "```", *(r["command"] for r in rows), "```", ""]
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    Path(output).write_text("\n".join(parts))
-    return output
-
-
-def _data_counts(runs_dir: str) -> str:
-    path = Path(runs_dir, "data", "summary.json")
-    if not path.exists():
-        return "unknown"
-    counts = json.loads(path.read_text())["counts"]
-    return ", ".join(f"{k} {', '.join(f'{n:,} {what}' for what, n in v.items())}" for k, v in counts.items())
-
-
 # ----- CLI ---------------------------------------------------------------------------------------------------
+
+
 def _names(values: list[str] | None) -> list[str]:
     """Run names from a repeatable NAME[,NAME] option."""
     return [n.strip() for item in values or [] for n in item.split(",") if n.strip()]
+
+
+def _print_rows(rows: list[dict]) -> None:
+    for row in rows:
+        m = row["metrics"]
+        print(f"{row['run']:<34} NDCG@5 {fmt_metric(m.get('ndcg@5'))}  "
+              f"pairwise {fmt_metric(m.get('pairwise_accuracy'))}  RMSE {fmt_metric(m.get('rmse'))}")
 
 
 def _run(args: argparse.Namespace) -> int:
     runner = Runner(args.profile, args.data, args.output, fmt=args.format, teacher_model=args.teacher_model,
                     student_model=args.student_model)
     only = _names(args.only)
-    for row in runner.run(only or None, force=args.force):
-        m = row["metrics"]
-        print(f"{row['run']:<34} NDCG@5 {_num(m.get('ndcg@5'))}  pairwise {_num(m.get('pairwise_accuracy'))}  "
-              f"RMSE {_num(m.get('rmse'))}")
+    _print_rows(runner.run(only or None, force=args.force))
     return 0
 
 
@@ -1381,10 +817,7 @@ def _rescore(args: argparse.Namespace) -> int:
     only = _names(args.only)
     rows = rescore(args.runs, args.test, args.name, fmt=args.format, max_queries=args.max_queries, seed=args.seed,
                    only=only or None, force=args.force)
-    for row in rows:
-        m = row["metrics"]
-        print(f"{row['run']:<34} NDCG@5 {_num(m.get('ndcg@5'))}  pairwise {_num(m.get('pairwise_accuracy'))}  "
-              f"RMSE {_num(m.get('rmse'))}")
+    _print_rows(rows)
     return 0
 
 
@@ -1449,4 +882,3 @@ def register(subparsers) -> argparse.ArgumentParser:
     rst.add_argument("--runs", required=True, help="runs folder holding the same test split (data/test.parquet)")
     rst.set_defaults(handler=_restore)
     return exp
-

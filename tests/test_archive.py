@@ -14,7 +14,9 @@ from kdrank_testing import load_benchmark
 from components import schema
 from pipelines import cli
 from pipelines.archive import ArchiveError, archive_runs, restore_runs
-from pipelines.experiments import Runner, read_results, write_report
+from pipelines.experiment_report import write_report
+from pipelines.experiments import Runner
+from pipelines.runs_folder import read_results
 
 
 def _report(runs: Path, out: Path) -> str:

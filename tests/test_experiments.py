@@ -15,11 +15,14 @@ from kdrank_testing import load_benchmark, make_labelled, write_homedepot_csv
 from components import schema
 from components.data import read_table
 from components.evaluate import evaluate_checkpoint
+from components.flow import get_profile
 from components.label import label_pairs
 from components.scoring import PairScorer
 from components.teacher import TeacherConfig, train_teacher
-from pipelines import cli, experiments
-from pipelines.experiments import Runner, plan, read_results
+from pipelines import cli, experiment_report, experiments
+from pipelines.experiment_plan import plan
+from pipelines.experiments import Runner
+from pipelines.runs_folder import read_results
 
 
 def test_every_planned_run_has_a_row_with_metrics_and_its_command(finished):
@@ -243,7 +246,7 @@ def test_a_distilled_teacher_entry_can_blend_the_human_grades_into_the_training_
     assert meta["training"]["settings"]["config"]["learning_rate"] == 3e-4  # `/lr3e-4`
     row = {r["run"]: r for r in read_results(runs)}[blend.name]
     assert (row["labels"], row["human_weight"], row["train_pairs"]) == ("teacher-soft-lr1e-3", 0.25, len(train))
-    assert "| teacher-soft-lr1e-3 + 25% human grades | 0x |" in experiments.results_table([row])
+    assert "| teacher-soft-lr1e-3 + 25% human grades | 0x |" in experiment_report.results_table([row])
 
     # at an augmented size only the training pairs, which come first, take the grades
     two, = folder.glob("distill-teacher-soft-2x-*.parquet")
@@ -360,7 +363,7 @@ def test_the_born_again_control_distils_the_human_label_students_scores_of_its_p
     assert np.allclose(mine[schema.TEACHER_SCORE].iloc[:len(train)], expected, atol=1e-5)
     assert not np.allclose(mine[schema.TEACHER_SCORE], llm[schema.TEACHER_SCORE], atol=1e-3)
     assert mine[schema.TEACHER_SCORE].notna().all()
-    assert not experiments.scaling_points([row, two])[0]  # neither is a point of the teacher's scaling curve
+    assert not experiment_report.scaling_points([row, two])[0]  # neither is a point of the teacher's scaling curve
     # the same control from the other seed's human-label student: its own scores, the first seed's student
     other = by_run["student-margin-0x-bornagain-from-seed14"]
     assert (other["labels"], other["seed"]) == ("student-human-seed14", 13)
@@ -654,10 +657,10 @@ def test_report_writes_table_and_scaling_plot(finished, tmp_path):
 
 def test_report_names_the_runs_that_resumed(finished):
     runner, rows, root = finished
-    assert experiments.resumed_note(rows) == ""  # nothing in the finished plan was cut short
+    assert experiment_report.resumed_note(rows) == ""  # nothing in the finished plan was cut short
     cut = [{**rows[0], "run": "teacher-x", "resumed_at_batch": [85]},
            {**rows[1], "run": "student-y", "resumed_at_step": [3, 40]}]
-    note = experiments.resumed_note([*rows, *cut])
+    note = experiment_report.resumed_note([*rows, *cut])
     assert note.startswith("Training cut short and resumed")
     assert "teacher-x at batch 85; student-y at step 3, 40." in note
 
@@ -731,7 +734,7 @@ def test_list_prints_the_plan(capsys):
     assert cli.main(["experiment", "list", "--profile", "reduced"]) == 0
     out = capsys.readouterr().out
     assert "student-margin-8x" in out and "teacher-hard" in out and "ensemble" not in out
-    full = {e.name: e for e in experiments.plan("full")}
+    full = {e.name: e for e in plan("full")}
     assert list(full)[-45:] == [
         "teacher-soft-batch256-seed14", "teacher-soft-batch256-seed15", "teacher-ensemble-batch256",
         "student-margin-16x-ensemble-batch256", "teacher-soft-verbaliser-seed14", "teacher-soft-verbaliser-seed15",
@@ -763,7 +766,7 @@ def test_list_prints_the_plan(capsys):
         "student-margin-0x-soft-verbaliser-teacherseed15-lr4e-4-seed14"]
     base = full["student-margin-0x-soft-verbaliser-teacherseed15-seed14"]
     # the learning-rate runs: the 0x run's labels and settings, the rate doubled and halved around the profile's
-    assert experiments.get_profile("full").student["learning_rate"] == 1e-4
+    assert get_profile("full").student["learning_rate"] == 1e-4
     for rate, value in (("2e-4", 2e-4), ("5e-5", 5e-5), ("4e-4", 4e-4)):
         run = full[f"student-margin-0x-soft-verbaliser-teacherseed15-lr{rate}-seed14"]
         assert run.settings == {**base.settings, "learning_rate": value} and (run.labels, run.augmented) == (
@@ -777,7 +780,7 @@ def test_list_prints_the_plan(capsys):
     again = full["student-margin-0x-soft-verbaliser-teacherseed15-steps480-seed14"]
     assert again.settings == {**base.settings, "min_steps": 480} and (again.labels, again.augmented) == (
         base.labels, base.augmented)
-    assert experiments.get_profile("full").student["min_steps"] == 480
+    assert get_profile("full").student["min_steps"] == 480
     assert full["teacher-ensemble-mixed3"].settings["members"] == [
         "teacher-soft", "teacher-soft-verbaliser", "teacher-soft-verbaliser-seed15"]
     two = full["student-margin-2x-soft-verbaliser-teacherseed15"]
@@ -795,13 +798,13 @@ def test_list_prints_the_plan(capsys):
     assert full["teacher-ensemble-verbaliser"].settings["members"] == [
         "teacher-soft-verbaliser", "teacher-soft-verbaliser-seed14", "teacher-soft-verbaliser-seed15"]
     assert full["teacher-soft-verbaliser-seed14"].settings == {"head_init": "verbaliser", "seed": 14}
-    ablation = next(e for e in experiments.plan("full") if e.name == "teacher-soft-verbaliser")
+    ablation = next(e for e in plan("full") if e.name == "teacher-soft-verbaliser")
     assert ablation.settings == {"head_init": "verbaliser"} and "head_init=verbaliser" in ablation.description
 
 
 def test_seed_spread_summarises_repeated_runs(finished):
     runner, rows, root = finished
-    text = experiments.seed_spread(rows)
+    text = experiment_report.seed_spread(rows)
     assert "| student-human | 13, 14 |" in text and "| student-margin-0x | 13, 14 |" in text
     assert "student-margin-1x |" not in text  # not repeated in the test plan
 
@@ -810,7 +813,7 @@ def test_seed_spread_groups_a_run_with_its_own_seeds_only():
     def row(run, seed, accuracy):
         return {"run": run, "seed": seed, "metrics": {"ndcg@5": 0.8, "pairwise_accuracy": accuracy}}
 
-    text = experiments.seed_spread([
+    text = experiment_report.seed_spread([
         row("teacher-x", 13, 0.60), row("teacher-x-seed14", 14, 0.62), row("teacher-x-seed15", 15, 0.61),
         row("student-x", 13, 0.60), row("student-x-from-seed14", 13, 0.70),  # another teacher, the same seed
         row("student-x-teacherseed15", 13, 0.70), row("student-x-seed14", 14, 0.62)])
@@ -907,7 +910,7 @@ def test_a_bad_teacher_ablation_is_named(monkeypatch):
 
 
 def test_scaling_points_take_the_plans_run_per_size_and_the_pipelines_student_where_it_has_none():
-    from pipelines.experiments import scaling_points
+    from pipelines.experiment_report import scaling_points
 
     def row(run, augmented, labels="teacher-soft", loss="margin_mse", kind="student"):
         return {"run": run, "kind": kind, "labels": labels, "loss": loss, "augmented": augmented}

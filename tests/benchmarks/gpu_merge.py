@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from components import schema
-from pipelines.experiments import append_result, read_results
+from pipelines.runs_folder import append_result, read_results
 
 KEY = [schema.QUERY_ID, schema.PRODUCT_ID]
 

@@ -1,0 +1,259 @@
+"""`kdrank experiment report`: a runs folder's rows as a Markdown table, paired differences, seed spread and
+the scaling-curve PNG (the margin-MSE students against augmented size, the teacher and the human-label student
+as lines)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from components.flow import PROFILES
+from pipelines.experiment_plan import fmt_multiple, plan
+from pipelines.runs_folder import RESULTS, read_results, rescore_dir
+
+METRICS = (("ndcg@5", "NDCG@5"), ("ndcg@10", "NDCG@10"), ("pairwise_accuracy", "pairwise acc."),
+           ("spearman", "Spearman"), ("rmse", "RMSE"))
+
+
+def results_table(rows: list[dict]) -> str:
+    head = ["run", "model", "labels", "augmented", "loss", *(label for _, label in METRICS),
+            "pairwise 95% CI", "train pairs", "train time", "test scoring pairs/s", "hardware"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        m = r["metrics"]
+        labels = r["labels"] if r["kind"] != "baseline" else "none"
+        if r.get("human_weight"):
+            labels += f" + {r['human_weight']:.0%} human grades"
+        cells = [r["run"], r["model"], labels,
+                 "" if r["augmented"] is None else f"{fmt_multiple(r['augmented'])}x", r["loss"] or "",
+                 *(fmt_metric(m.get(key)) for key, _ in METRICS), _interval(r.get("ci", {}).get("pairwise_accuracy")),
+                 f"{r['train_pairs']:,}" if r["train_pairs"] else "",
+                 f"{r['train_seconds']:.0f} s" if r["train_seconds"] else "",
+                 f"{r['eval_pairs_per_s']:,.0f}" if r.get("eval_pairs_per_s") else "", r["hardware"]]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def seed_spread(rows: list[dict]) -> str:
+    """Mean and range of NDCG@5 and pairwise accuracy over the seeds of each repeated run ('' if none)."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:  # only the row's own seed is stripped: "-from-seed14" or a teacher's seed keeps its group apart
+        groups.setdefault(r["run"].removesuffix(f"-seed{r['seed']}"), []).append(r)
+    lines = []
+    for base, members in groups.items():
+        if len(members) < 2:
+            continue
+        cells = [base, ", ".join(str(m["seed"]) for m in members)]
+        for key in ("ndcg@5", "pairwise_accuracy"):
+            values = [m["metrics"][key] for m in members]
+            cells.append(f"{sum(values) / len(values):.3f} ({min(values):.3f}-{max(values):.3f})")
+        lines.append("| " + " | ".join(cells) + " |")
+    if not lines:
+        return ""
+    return "\n".join(["| run | seeds | NDCG@5 | pairwise acc. |", "|---|---|---|---|", *lines])
+
+
+def resumed_note(rows: list[dict]) -> str:
+    """Which runs' training was cut short and resumed (components.resume), and where ('' if none).
+
+    A reader of the table should know: the model is the one an uninterrupted run makes (the resume is
+    bit-identical), and its train time is the sum of the parts, without the lost work since the last save.
+    """
+    cut = []
+    for r in rows:
+        for key, unit in (("resumed_at_batch", "batch"), ("resumed_at_step", "step")):
+            if r.get(key):
+                cut.append(f"{r['run']} at {unit} {', '.join(str(n) for n in r[key])}")
+    if not cut:
+        return ""
+    return ("Training cut short and resumed from its saved state (the same model; train time is the sum of "
+            "the parts): " + "; ".join(cut) + ".")
+
+
+def _interval(bounds) -> str:
+    return f"{bounds[0]:.3f}-{bounds[1]:.3f}" if bounds else ""
+
+
+def stored_scores(rows: list[dict], eval_dir: str | Path) -> dict:
+    """Each run's stored per-pair test scores (eval_dir/RUN/scores.parquet), read once, for those that have them."""
+    import pandas as pd
+
+    paths = {r["run"]: Path(eval_dir, r["run"], "scores.parquet") for r in rows}
+    return {run: pd.read_parquet(path) for run, path in paths.items() if path.exists()}
+
+
+def with_intervals(rows: list[dict], scores: dict) -> list[dict]:
+    """Rows with `ci`: query-bootstrap 95% intervals from each run's stored test scores (when present)."""
+    from components.evaluate import SCORE, query_bootstrap
+
+    return [{**r, "ci": query_bootstrap(scores[r["run"]], SCORE) if r["run"] in scores else {}} for r in rows]
+
+
+PAIRED_REFERENCES = ("teacher-soft", "student-human")
+
+
+def paired_table(rows: list[dict], scores: dict, references=PAIRED_REFERENCES) -> str:
+    """Each run's pairwise-accuracy difference from the reference runs, with paired 95% intervals.
+
+    Paired over the same resampled test queries (`components.evaluate.paired_bootstrap`): the question
+    "is the student ahead of its teacher" needs this, as two unpaired intervals overlap far more. '' when
+    no reference has stored scores; `scores` is `stored_scores` of the rows.
+    """
+    from components.evaluate import SCORE, paired_bootstrap
+
+    refs = [name for name in references if name in scores]
+    if not refs:
+        return ""
+    head = ["run", *(f"pairwise acc. minus {name} (95% CI)" for name in refs)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        if r["run"] not in scores:
+            continue
+        cells = [r["run"]]
+        for name in refs:
+            if name == r["run"]:
+                cells.append("")
+                continue
+            d = paired_bootstrap(scores[r["run"]], scores[name], SCORE)
+            low, high = d["pairwise_accuracy_ci"]
+            cells.append(f"{d['pairwise_accuracy']:+.3f} ({low:+.3f} to {high:+.3f})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def fmt_metric(value) -> str:
+    """A metric to three decimals, n/a where there is none."""
+    return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.3f}"
+
+
+def scaling_points(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(one margin-MSE student on teacher-soft labels per augmented size, their other-seed repeats).
+
+    A size's point is the plan's `student-margin-Nx` run where there is one, else another margin-MSE run
+    on the same labels at that size (the pipeline's distilled student, say, merged by gpu_merge.py).
+    Repeats are the `...-seedN` runs at sizes the curve has. Students whose targets mix in the human grades
+    (`human_weight`) are not points of the curve.
+    """
+    def eligible(r: dict) -> bool:
+        return (r.get("kind") == "student" and r.get("loss") == "margin_mse" and r.get("labels") == "teacher-soft"
+                and r.get("augmented") is not None and not r.get("human_weight"))
+
+    def planned(r: dict) -> bool:
+        return r["run"].startswith("student-margin-")
+
+    points: dict[float, dict] = {}
+    for r in rows:
+        if eligible(r) and "-seed" not in r["run"]:
+            held = points.get(r["augmented"])
+            if held is None or (planned(r) and not planned(held)):
+                points[r["augmented"]] = r
+    curve = [points[m] for m in sorted(points)]
+    repeats = [r for r in rows if eligible(r) and "-seed" in r["run"] and r["augmented"] in points]
+    return curve, repeats
+
+
+def scaling_plot(rows: list[dict], path: str, title: str) -> str:
+    """NDCG@5 and pairwise accuracy of the margin-MSE students against augmented size, with references."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_run = {r["run"]: r for r in rows}
+    curve, repeats = scaling_points(rows)
+    if not curve:
+        raise ValueError("no margin-MSE student runs to plot yet")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, (key, label) in zip(axes, (("ndcg@5", "NDCG@5"), ("pairwise_accuracy", "pairwise accuracy")),
+                                strict=True):
+        xs = list(range(len(curve)))  # evenly spaced sizes: 0x, 2x, 4x, ... read better than a log axis
+        ys = [r["metrics"][key] for r in curve]
+        at = {r["augmented"]: x for x, r in enumerate(curve)}
+        if repeats:
+            ax.plot([at[r["augmented"]] for r in repeats], [r["metrics"][key] for r in repeats], "o",
+                    mfc="none", color="tab:blue", label="same run, other seed")
+        bounds = [r.get("ci", {}).get(key) for r in curve]
+        if all(bounds):  # query-bootstrap 95% intervals
+            yerr = [[y - b[0] for y, b in zip(ys, bounds, strict=True)],
+                    [b[1] - y for y, b in zip(ys, bounds, strict=True)]]
+            ax.errorbar(xs, ys, yerr=yerr, fmt="o-", capsize=4, color="tab:blue",
+                        label="student, margin MSE (95% CI)")
+        else:
+            ax.plot(xs, ys, "o-", color="tab:blue", label="student, margin MSE")
+        refs = (("teacher-soft", "teacher (soft targets)", "tab:red"),
+                ("student-human", "student on human labels", "tab:green"),
+                ("baseline-bm25", "BM25", "tab:gray"))
+        for run, name, color in refs:
+            if run in by_run:
+                ax.axhline(by_run[run]["metrics"][key], linestyle="--", color=color, label=name)
+        ax.set_xticks(xs, [f"{fmt_multiple(r['augmented'])}x" + ("" if r["run"].startswith("student-margin-")
+                                                          else f"\n({r['run']})") for r in curve])
+        ax.set_xlabel("augmented pairs (multiple of the labelled training pairs)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(runs_dir: str, output: str, plot: str | None = None, test_set: str | None = None,
+                 references: list[str] | None = None) -> str:
+    """The results table (and scaling plot) of a runs folder, or of its rows rescored on test set NAME.
+
+    Paired differences are taken against `references` (default: teacher-soft and student-human, where
+    they have per-pair scores); a named reference without per-pair scores is an error.
+    """
+    source = rescore_dir(runs_dir, test_set) if test_set else Path(runs_dir)
+    rows = read_results(source)
+    if not rows:
+        hint = f"`kdrank experiment rescore --name {test_set}`" if test_set else "`kdrank experiment run`"
+        raise FileNotFoundError(f"no {RESULTS} in {source}: run {hint} first")
+    profile = rows[0]["profile"]
+    order = {e.name: i for i, e in enumerate(plan(profile))} if profile in PROFILES else {}
+    rows = sorted(rows, key=lambda r: order.get(r["run"], len(order)))  # plan order, whatever order they ran in
+    scores = stored_scores(rows, source / "eval")
+    missing = [name for name in references or [] if name not in scores]
+    if missing:
+        raise ValueError(f"--reference {', '.join(missing)}: no per-pair test scores in {source / 'eval'} "
+                         f"(runs with scores: {', '.join(sorted(scores)) or 'none'})")
+    rows = with_intervals(rows, scores)
+    generated = (f"kdrank experiment report --runs {runs_dir}" + (f" --test-set {test_set}" if test_set else "")
+                 + (f" --reference {','.join(references)}" if references else ""))
+    if test_set:
+        info = json.loads((source / "test.json").read_text())
+        summary = (f"Profile `{profile}` models, scored on test set `{test_set}`: {info['pairs']:,} pairs over "
+                   f"{info['queries']:,} queries of {info['source']} ({info['dropped_training_queries']} "
+                   f"queries that the runs trained on dropped). Training data: {_data_counts(runs_dir)}.")
+    else:
+        summary = f"Profile `{profile}`, data summary: {_data_counts(runs_dir)}."
+    parts = [f"<!-- generated by: {generated} -->", summary, "", results_table(rows), ""]
+    if resumed := resumed_note(rows):
+        parts += [resumed, ""]
+    if paired := paired_table(rows, scores, references or PAIRED_REFERENCES):
+        parts += ["Paired differences (the same test queries resampled for both runs; an interval that excludes 0 "
+                  "is a difference this test set can see):", "", paired, ""]
+    if spread := seed_spread(rows):
+        parts += ["Seed spread (runs repeated with other seeds; mean and min-max):", "", spread, ""]
+    if plot:
+        where = f"test set {test_set}" if test_set else "test queries"
+        scaling_plot(rows, plot, f"kdrank {profile} profile: distilled student vs augmented size ({where})")
+        parts += [f"![scaling curve]({os.path.relpath(plot, Path(output).parent)})", ""]
+    parts += ["Commands:", "", "```", *(r["command"] for r in rows), "```", ""]
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    Path(output).write_text("\n".join(parts))
+    return output
+
+
+def _data_counts(runs_dir: str) -> str:
+    path = Path(runs_dir, "data", "summary.json")
+    if not path.exists():
+        return "unknown"
+    counts = json.loads(path.read_text())["counts"]
+    return ", ".join(f"{k} {', '.join(f'{n:,} {what}' for what, n in v.items())}" for k, v in counts.items())
