@@ -15,7 +15,6 @@ from kdrank_testing import load_benchmark, make_labelled, write_homedepot_csv
 from components import schema
 from components.data import read_table
 from components.evaluate import evaluate_checkpoint
-from components.flow import get_profile
 from components.label import label_pairs
 from components.scoring import PairScorer
 from components.teacher import TeacherConfig, train_teacher
@@ -144,24 +143,6 @@ def test_a_mixed_ensemble_averages_teachers_of_different_recipes_and_each_can_te
     assert own["metrics"] != by_run["student-margin-2x"]["metrics"]
 
 
-def test_a_distilled_teacher_entry_can_name_its_size(monkeypatch):
-    from components import flow
-
-    spec = {**flow.PROFILES["test"].experiments,
-            "distil_teachers": ["teacher-soft-lr1e-3", "teacher-soft-lr1e-3@0", "teacher-soft-lr1e-3@0/seed14"]}
-    monkeypatch.setitem(flow.PROFILES, "test", dataclasses.replace(flow.PROFILES["test"], experiments=spec))
-    runs = {e.name: e for e in plan("test")}
-    top, zero = runs["student-margin-2x-soft-lr1e-3"], runs["student-margin-0x-soft-lr1e-3"]
-    assert (top.labels, top.augmented, zero.labels, zero.augmented) == ("teacher-soft-lr1e-3", 2.0,
-                                                                        "teacher-soft-lr1e-3", 0.0)
-    assert list(runs).index("student-margin-0x-soft-lr1e-3") > list(runs).index("teacher-soft-lr1e-3")
-    # `/seedN`: the same run with another seed, named as the plan's other extra seeds are
-    again = runs["student-margin-0x-soft-lr1e-3-seed14"]
-    assert (again.labels, again.augmented, again.seed, again.settings) == ("teacher-soft-lr1e-3", 0.0, 14,
-                                                                           {"seed": 14})
-    assert (zero.seed, zero.settings) == (13, {})
-
-
 def test_a_distilled_teacher_entry_can_name_an_ensemble_at_0x(finished, tmp_path, monkeypatch, tiny_teacher_dir,
                                                                tiny_student_dir):
     """`teacher-ensemble-TAG@0`: a student of the mean of its members' labels of the training pairs, with no
@@ -273,62 +254,6 @@ def test_a_blend_refuses_a_set_that_does_not_start_with_the_training_pairs(finis
         again.blended_set(str(zero), 1.0)
 
 
-@pytest.mark.parametrize(("spec", "message"), [
-    ({"mixed_ensembles": {"mixed": ["teacher-soft", "teacher-soft-lr1e-4"]}},
-     r"mixed ensemble 'mixed' names \['teacher-soft-lr1e-4'\], which are not soft teacher runs"),
-    ({"mixed_ensembles": {"mixed": ["teacher-soft", "teacher-hard"]}}, r"names \['teacher-hard'\]"),
-    ({"mixed_ensembles": {"mixed": ["teacher-soft"]}}, r"at least two distinct teacher runs"),
-    ({"mixed_ensembles": {"mixed": ["teacher-soft", "teacher-soft"]}}, r"at least two distinct teacher runs"),
-    ({"mixed_ensembles": {"lr1e-3": ["teacher-soft", "teacher-soft-seed14"]}},
-     r"names \['student-margin-2x-ensemble-lr1e-3', 'teacher-ensemble-lr1e-3'\] twice"),
-    ({"distil_teachers": ["teacher-soft"]}, r"distil_teachers names 'teacher-soft', which is not a soft teacher run"),
-    ({"distil_teachers": ["teacher-soft-lr1e-4"]}, r"distil_teachers names 'teacher-soft-lr1e-4'"),
-    ({"distil_teachers": ["teacher-soft-lr1e-3@3"]}, r"entry 'teacher-soft-lr1e-3@3' names size '3', which is not"),
-    ({"distil_teachers": ["teacher-soft-lr1e-3@x"]}, r"names size 'x'"),
-    ({"distil_teachers": ["teacher-soft-lr1e-3@0/14"]}, r"has the part '/14'; a seed is written '/seedN'"),
-    ({"distil_teachers": ["teacher-soft-lr1e-3@0/seed"]}, r"has the part '/seed'"),
-    ({"distil_teachers": ["teacher-soft-lr1e-3@0/human0"]},
-     r"has the part '/human0'; .* '/humanP' with P from 1 to 99"),
-    ({"distil_teachers": ["teacher-soft-lr1e-3@0/human100"]}, r"has the part '/human100'"),
-    ({"distil_teachers": ["teacher-soft-lr1e-3@0/human0.5"]}, r"has the part '/human0.5'"),
-    ({"distil_teachers": ["teacher-soft-lr1e-3@0/seed14/seed15"]}, r"'teacher-soft-lr1e-3@0/seed14/seed15' names a "
-                                                                   r"seed twice"),
-    ({"distil_teachers": ["teacher-soft-lr1e-3@0/human50/human20"]}, r"names a share of the human grades twice"),
-    ({"distil_teachers": ["teacher-soft-lr1e-3@0/steps0"]}, r"has the part '/steps0'; .* '/stepsN'"),
-    ({"distil_teachers": ["teacher-soft-lr1e-3@0/steps"]}, r"has the part '/steps'"),
-    ({"distil_teachers": ["teacher-soft-lr1e-3@0/steps9/steps10"]}, r"names a least number of steps twice"),
-    ({"distil_teachers": ["teacher-soft-lr1e-3@0/lr1"]}, r"has the part '/lr1'; .* '/lrX' with X a number between 0 "
-                                                         r"and 1"),
-    ({"distil_teachers": ["teacher-soft-lr1e-3@0/lr0"]}, r"has the part '/lr0'"),
-    ({"distil_teachers": ["teacher-soft-lr1e-3@0/lr"]}, r"has the part '/lr'"),
-    ({"distil_teachers": ["teacher-soft-lr1e-3@0/lrinf"]}, r"has the part '/lrinf'"),
-    ({"distil_teachers": ["teacher-soft-lr1e-3@0/lre-4"]}, r"has the part '/lre-4'"),
-    ({"distil_teachers": ["teacher-soft-lr1e-3@0/lr1e-4/lr2e-4"]}, r"names a learning rate twice"),
-    ({"distil_teachers": ["teacher-soft-lr1e-3@0/human50", "teacher-soft-lr1e-3@0/human50"]},
-     r"names \['student-margin-0x-soft-lr1e-3-human50'\] twice"),
-    ({"distil_teachers": ["teacher-ensemble-mixed@1"]},
-     r"'teacher-ensemble-mixed@1' distils the ensemble 'teacher-ensemble-mixed' at 1x; an ensemble distils at 0x "
-     r"or at the largest size \(2x\)"),
-    ({"distil_teachers": ["teacher-ensemble-mixed"]}, r"names \['student-margin-2x-ensemble-mixed'\] twice"),
-])
-def test_mixed_ensembles_and_distilled_teachers_must_name_soft_teacher_runs_of_the_plan(monkeypatch, spec, message):
-    from components import flow
-
-    spec = {**flow.PROFILES["test"].experiments, **spec}
-    monkeypatch.setitem(flow.PROFILES, "test", dataclasses.replace(flow.PROFILES["test"], experiments=spec))
-    with pytest.raises(ValueError, match=message):
-        plan("test")
-
-
-def test_an_ensemble_recipe_must_be_a_teacher_ablation(monkeypatch):
-    from components import flow
-
-    spec = {**flow.PROFILES["test"].experiments, "ensemble_recipes": ["lr1e-3", "batch512"]}
-    monkeypatch.setitem(flow.PROFILES, "test", dataclasses.replace(flow.PROFILES["test"], experiments=spec))
-    with pytest.raises(ValueError, match=r"ensemble_recipes \['batch512'\] are not teacher_ablations \(\['lr1e-3'\]\)"):
-        plan("test")
-
-
 def test_the_born_again_control_distils_the_human_label_students_scores_of_its_pairs(finished):
     runner, rows, root = finished
     by_run = {r["run"]: r for r in rows}
@@ -379,45 +304,6 @@ def test_the_born_again_control_distils_the_human_label_students_scores_of_its_p
     four = next(e for e in plan("full") if e.name == "student-margin-4x-bornagain-seed14")
     assert (four.labels, four.augmented, four.seed, four.loss) == ("student-human", 4.0, 14, "margin_mse")
     assert not [e.name for e in plan("reduced") if "bornagain" in e.name]
-
-
-@pytest.mark.parametrize("value", [[0, 3], "2", [None]])
-def test_born_again_sizes_must_be_the_profiles_multiples(monkeypatch, value):
-    from components import flow
-
-    spec = {**flow.PROFILES["test"].experiments, "born_again": value}
-    monkeypatch.setitem(flow.PROFILES, "test", dataclasses.replace(flow.PROFILES["test"], experiments=spec))
-    with pytest.raises(ValueError, match=r"profile 'test': born_again is true or a list of the profile's multiples"):
-        plan("test")
-
-
-@pytest.mark.parametrize("value, runs", [
-    (None, ["student-margin-0x-bornagain-seed14"]),  # the default: the 0x control with every seed
-    ([], []),
-    ([2], ["student-margin-2x-bornagain-seed14"]),
-    ([0, 2], ["student-margin-0x-bornagain-seed14", "student-margin-2x-bornagain-seed14"]),
-])
-def test_born_again_seed_multiples_choose_the_sizes_repeated_with_other_seeds(monkeypatch, value, runs):
-    from components import flow
-
-    spec = {**flow.PROFILES["test"].experiments}
-    if value is not None:
-        spec["born_again_seed_multiples"] = value
-    monkeypatch.setitem(flow.PROFILES, "test", dataclasses.replace(flow.PROFILES["test"], experiments=spec))
-    names = [e.name for e in plan("test") if "bornagain" in e.name]
-    assert names == ["student-margin-0x-bornagain", "student-margin-2x-bornagain", *runs,
-                     "student-margin-0x-bornagain-from-seed14"]
-
-
-@pytest.mark.parametrize("value", [[1], [4], "2", [None]])
-def test_born_again_seed_multiples_must_be_born_again_sizes(monkeypatch, value):
-    from components import flow
-
-    spec = {**flow.PROFILES["test"].experiments, "born_again_seed_multiples": value}
-    monkeypatch.setitem(flow.PROFILES, "test", dataclasses.replace(flow.PROFILES["test"], experiments=spec))
-    with pytest.raises(ValueError, match=r"profile 'test': born_again_seed_multiples is a list of its born_again "
-                                         r"sizes \['0', '2'\]"):
-        plan("test")
 
 
 def test_rerun_skips_finished_runs(finished):
@@ -734,72 +620,6 @@ def test_list_prints_the_plan(capsys):
     assert cli.main(["experiment", "list", "--profile", "reduced"]) == 0
     out = capsys.readouterr().out
     assert "student-margin-8x" in out and "teacher-hard" in out and "ensemble" not in out
-    full = {e.name: e for e in plan("full")}
-    assert list(full)[-45:] == [
-        "teacher-soft-batch256-seed14", "teacher-soft-batch256-seed15", "teacher-ensemble-batch256",
-        "student-margin-16x-ensemble-batch256", "teacher-soft-verbaliser-seed14", "teacher-soft-verbaliser-seed15",
-        "teacher-ensemble-verbaliser", "student-margin-16x-ensemble-verbaliser", "teacher-ensemble-mixed256",
-        "student-margin-16x-ensemble-mixed256", "teacher-ensemble-mixed3", "student-margin-16x-ensemble-mixed3",
-        "student-margin-16x-soft-batch256", "student-margin-16x-soft-batch256-verbaliser",
-        "student-margin-16x-soft-batch256-epochs3", "student-margin-16x-soft-verbaliser",
-        "student-margin-0x-soft-verbaliser", "student-margin-0x-soft-verbaliser-seed14",
-        "student-margin-0x-soft-verbaliser-teacherseed15", "student-margin-2x-soft-verbaliser-teacherseed15",
-        "student-margin-0x-soft-verbaliser-teacherseed15-seed14",
-        "student-margin-2x-soft-verbaliser-teacherseed15-seed14", "student-margin-4x-soft-verbaliser-teacherseed15",
-        "student-margin-4x-soft-verbaliser-teacherseed15-seed14", "student-margin-8x-soft-verbaliser-teacherseed15",
-        "student-margin-8x-soft-verbaliser-teacherseed15-seed14", "student-margin-0x-ensemble-mixed3",
-        "student-margin-0x-ensemble-mixed3-seed14", "student-margin-0x-ensemble-mixed3-human50",
-        "student-margin-0x-ensemble-mixed3-human50-seed14", "student-margin-0x-ensemble-mixed3-steps814",
-        "student-margin-0x-soft-verbaliser-teacherseed15-steps1456",
-        "student-margin-0x-soft-verbaliser-teacherseed15-steps1456-seed14",
-        "student-margin-0x-soft-verbaliser-teacherseed15-steps480",
-        "student-margin-0x-soft-verbaliser-teacherseed15-steps480-seed14",
-        "student-margin-0x-soft-verbaliser-teacherseed15-human30",
-        "student-margin-0x-soft-verbaliser-teacherseed15-human30-seed14",
-        "student-margin-0x-soft-verbaliser-teacherseed15-human10",
-        "student-margin-0x-soft-verbaliser-teacherseed15-human10-seed14",
-        "student-margin-0x-soft-verbaliser-teacherseed15-lr2e-4",
-        "student-margin-0x-soft-verbaliser-teacherseed15-lr5e-5",
-        "student-margin-0x-soft-verbaliser-teacherseed15-lr2e-4-seed14",
-        "student-margin-0x-soft-verbaliser-teacherseed15-lr5e-5-seed14",
-        "student-margin-0x-soft-verbaliser-teacherseed15-lr4e-4",
-        "student-margin-0x-soft-verbaliser-teacherseed15-lr4e-4-seed14"]
-    base = full["student-margin-0x-soft-verbaliser-teacherseed15-seed14"]
-    # the learning-rate runs: the 0x run's labels and settings, the rate doubled and halved around the profile's
-    assert get_profile("full").student["learning_rate"] == 1e-4
-    for rate, value in (("2e-4", 2e-4), ("5e-5", 5e-5), ("4e-4", 4e-4)):
-        run = full[f"student-margin-0x-soft-verbaliser-teacherseed15-lr{rate}-seed14"]
-        assert run.settings == {**base.settings, "learning_rate": value} and (run.labels, run.augmented) == (
-            base.labels, base.augmented)
-    assert full["student-margin-0x-ensemble-mixed3-human50-seed14"].human_weight == 0.5
-    assert full["student-margin-0x-soft-verbaliser-teacherseed15-human30-seed14"].human_weight == 0.3
-    assert full["student-margin-0x-ensemble-mixed3-steps814"].settings == {"min_steps": 814}
-    assert full["student-margin-0x-soft-verbaliser-teacherseed15-steps1456-seed14"].settings == {
-        "min_steps": 1456, "seed": 14}
-    # the 0x recipe again under its own name (480 is the profile's min_steps): the same settings as the 0x run's
-    again = full["student-margin-0x-soft-verbaliser-teacherseed15-steps480-seed14"]
-    assert again.settings == {**base.settings, "min_steps": 480} and (again.labels, again.augmented) == (
-        base.labels, base.augmented)
-    assert get_profile("full").student["min_steps"] == 480
-    assert full["teacher-ensemble-mixed3"].settings["members"] == [
-        "teacher-soft", "teacher-soft-verbaliser", "teacher-soft-verbaliser-seed15"]
-    two = full["student-margin-2x-soft-verbaliser-teacherseed15"]
-    assert (two.labels, two.augmented, two.own_pairs) == ("teacher-soft-verbaliser-seed15", 2.0, True)
-    assert (full["student-margin-0x-soft-verbaliser"].labels, full["student-margin-0x-soft-verbaliser"].augmented) \
-        == ("teacher-soft-verbaliser", 0.0)
-    # the mixed ensemble's members: three batch-256 recipes, each a planned teacher run of its own
-    members = full["teacher-ensemble-mixed256"].settings["members"]
-    assert [full[m].settings for m in members] == [
-        {"batch_size": 256, "learning_rate": 1e-4},
-        {"batch_size": 256, "learning_rate": 1e-4, "head_init": "verbaliser"},
-        {"batch_size": 256, "learning_rate": 1e-4, "epochs": 3.0}]
-    assert full["student-margin-16x-soft-batch256-epochs3"].labels == "teacher-soft-batch256-epochs3"
-    # the verbaliser recipe's ensemble: its members are the CPU-trained teacher-soft-verbaliser and two more seeds
-    assert full["teacher-ensemble-verbaliser"].settings["members"] == [
-        "teacher-soft-verbaliser", "teacher-soft-verbaliser-seed14", "teacher-soft-verbaliser-seed15"]
-    assert full["teacher-soft-verbaliser-seed14"].settings == {"head_init": "verbaliser", "seed": 14}
-    ablation = next(e for e in plan("full") if e.name == "teacher-soft-verbaliser")
-    assert ablation.settings == {"head_init": "verbaliser"} and "head_init=verbaliser" in ablation.description
 
 
 def test_seed_spread_summarises_repeated_runs(finished):
@@ -807,18 +627,6 @@ def test_seed_spread_summarises_repeated_runs(finished):
     text = experiment_report.seed_spread(rows)
     assert "| student-human | 13, 14 |" in text and "| student-margin-0x | 13, 14 |" in text
     assert "student-margin-1x |" not in text  # not repeated in the test plan
-
-
-def test_seed_spread_groups_a_run_with_its_own_seeds_only():
-    def row(run, seed, accuracy):
-        return {"run": run, "seed": seed, "metrics": {"ndcg@5": 0.8, "pairwise_accuracy": accuracy}}
-
-    text = experiment_report.seed_spread([
-        row("teacher-x", 13, 0.60), row("teacher-x-seed14", 14, 0.62), row("teacher-x-seed15", 15, 0.61),
-        row("student-x", 13, 0.60), row("student-x-from-seed14", 13, 0.70),  # another teacher, the same seed
-        row("student-x-teacherseed15", 13, 0.70), row("student-x-seed14", 14, 0.62)])
-    assert text.splitlines()[2:] == ["| teacher-x | 13, 14, 15 | 0.800 (0.800-0.800) | 0.610 (0.600-0.620) |",
-                                     "| student-x | 13, 14 | 0.800 (0.800-0.800) | 0.610 (0.600-0.620) |"]
 
 
 def test_a_retrained_teacher_labels_into_a_new_folder(tmp_path, tiny_teacher_dir, tiny_student_dir):
@@ -895,36 +703,6 @@ def test_rescore_samples_queries_and_refuses_mixed_settings(finished, tmp_path):
                             only=["student-margin-9x"])
     with pytest.raises(ValueError, match="must be letters"):
         experiments.rescore(str(runs), held_out, "../x", fmt="homedepot")
-
-
-def test_a_bad_teacher_ablation_is_named(monkeypatch):
-    import dataclasses
-
-    from components import flow
-
-    test = flow.PROFILES["test"]
-    bad = dataclasses.replace(test, experiments={**test.experiments, "teacher_ablations": {"a b": {"epochs": 2}}})
-    monkeypatch.setitem(flow.PROFILES, "test", bad)
-    with pytest.raises(ValueError, match="teacher_ablations needs NAME .* got 'a b'"):
-        plan("test")
-
-
-def test_scaling_points_take_the_plans_run_per_size_and_the_pipelines_student_where_it_has_none():
-    from pipelines.experiment_report import scaling_points
-
-    def row(run, augmented, labels="teacher-soft", loss="margin_mse", kind="student"):
-        return {"run": run, "kind": kind, "labels": labels, "loss": loss, "augmented": augmented}
-
-    rows = [row("teacher-soft", None, labels="human", loss="soft_ce", kind="teacher"),
-            row("pipeline-student", 8.0), row("student-margin-0x", 0.0), row("student-margin-0x-seed14", 0.0),
-            row("student-margin-16x-seed14", 16.0), row("student-pointwise-16x", 16.0, loss="pointwise_mse"),
-            row("student-margin-16x-ensemble", 16.0, labels="teacher-ensemble"), row("pipeline-again", 0.0),
-            {**row("student-margin-2x-human50", 2.0), "human_weight": 0.5}]  # its targets are not the teacher's
-    curve, repeats = scaling_points(rows)
-    assert [r["run"] for r in curve] == ["student-margin-0x", "pipeline-student"]
-    assert [r["run"] for r in repeats] == ["student-margin-0x-seed14"]  # no 16x point for its repeat to join
-    curve, _ = scaling_points([*rows, row("student-margin-8x", 8.0)])
-    assert [r["run"] for r in curve] == ["student-margin-0x", "student-margin-8x"]
 
 
 def _val_record(path: Path, losses: list[float]) -> None:

@@ -1,0 +1,34 @@
+"""The report of `kdrank experiment` (pipelines/experiment_report.py) on hand-made rows: what the seed spread
+groups and which runs the scaling curve takes. The whole report on real runs is in test_experiments.py."""
+
+from __future__ import annotations
+
+from pipelines.experiment_report import scaling_points, seed_spread
+
+
+def test_seed_spread_groups_a_run_with_its_own_seeds_only():
+    def row(run, seed, accuracy):
+        return {"run": run, "seed": seed, "metrics": {"ndcg@5": 0.8, "pairwise_accuracy": accuracy}}
+
+    text = seed_spread([
+        row("teacher-x", 13, 0.60), row("teacher-x-seed14", 14, 0.62), row("teacher-x-seed15", 15, 0.61),
+        row("student-x", 13, 0.60), row("student-x-from-seed14", 13, 0.70),  # another teacher, the same seed
+        row("student-x-teacherseed15", 13, 0.70), row("student-x-seed14", 14, 0.62)])
+    assert text.splitlines()[2:] == ["| teacher-x | 13, 14, 15 | 0.800 (0.800-0.800) | 0.610 (0.600-0.620) |",
+                                     "| student-x | 13, 14 | 0.800 (0.800-0.800) | 0.610 (0.600-0.620) |"]
+
+
+def test_scaling_points_take_the_plans_run_per_size_and_the_pipelines_student_where_it_has_none():
+    def row(run, augmented, labels="teacher-soft", loss="margin_mse", kind="student"):
+        return {"run": run, "kind": kind, "labels": labels, "loss": loss, "augmented": augmented}
+
+    rows = [row("teacher-soft", None, labels="human", loss="soft_ce", kind="teacher"),
+            row("pipeline-student", 8.0), row("student-margin-0x", 0.0), row("student-margin-0x-seed14", 0.0),
+            row("student-margin-16x-seed14", 16.0), row("student-pointwise-16x", 16.0, loss="pointwise_mse"),
+            row("student-margin-16x-ensemble", 16.0, labels="teacher-ensemble"), row("pipeline-again", 0.0),
+            {**row("student-margin-2x-human50", 2.0), "human_weight": 0.5}]  # its targets are not the teacher's
+    curve, repeats = scaling_points(rows)
+    assert [r["run"] for r in curve] == ["student-margin-0x", "pipeline-student"]
+    assert [r["run"] for r in repeats] == ["student-margin-0x-seed14"]  # no 16x point for its repeat to join
+    curve, _ = scaling_points([*rows, row("student-margin-8x", 8.0)])
+    assert [r["run"] for r in curve] == ["student-margin-0x", "student-margin-8x"]
