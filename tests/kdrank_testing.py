@@ -190,3 +190,14 @@ def load_benchmark(name: str):
     sys.modules[name] = module  # dataclasses look their module up while the script runs
     spec.loader.exec_module(module)
     return module
+
+
+def patch_test_plan(monkeypatch, **settings) -> None:
+    """The `test` profile with these `experiments` settings added or replaced, for the calling test only."""
+    import dataclasses
+
+    from components import flow
+
+    test = flow.PROFILES["test"]
+    monkeypatch.setitem(flow.PROFILES, "test",
+                        dataclasses.replace(test, experiments={**test.experiments, **settings}))

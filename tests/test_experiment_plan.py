@@ -3,23 +3,15 @@ that name a profile setting that makes no plan. No data, no models: every test h
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
+from kdrank_testing import patch_test_plan
 
 from components import flow
 from pipelines.experiment_plan import plan
 
 
-def _test_plan_with(monkeypatch, **settings) -> None:
-    """The `test` profile's plan with these `experiments` settings added or replaced, for this test only."""
-    test = flow.PROFILES["test"]
-    monkeypatch.setitem(flow.PROFILES, "test",
-                        dataclasses.replace(test, experiments={**test.experiments, **settings}))
-
-
 def test_a_distilled_teacher_entry_can_name_its_size(monkeypatch):
-    _test_plan_with(monkeypatch, distil_teachers=["teacher-soft-lr1e-3", "teacher-soft-lr1e-3@0",
+    patch_test_plan(monkeypatch, distil_teachers=["teacher-soft-lr1e-3", "teacher-soft-lr1e-3@0",
                                                   "teacher-soft-lr1e-3@0/seed14"])
     runs = {e.name: e for e in plan("test")}
     top, zero = runs["student-margin-2x-soft-lr1e-3"], runs["student-margin-0x-soft-lr1e-3"]
@@ -72,20 +64,20 @@ def test_a_distilled_teacher_entry_can_name_its_size(monkeypatch):
     ({"distil_teachers": ["teacher-ensemble-mixed"]}, r"names \['student-margin-2x-ensemble-mixed'\] twice"),
 ])
 def test_mixed_ensembles_and_distilled_teachers_must_name_soft_teacher_runs_of_the_plan(monkeypatch, spec, message):
-    _test_plan_with(monkeypatch, **spec)
+    patch_test_plan(monkeypatch, **spec)
     with pytest.raises(ValueError, match=message):
         plan("test")
 
 
 def test_an_ensemble_recipe_must_be_a_teacher_ablation(monkeypatch):
-    _test_plan_with(monkeypatch, ensemble_recipes=["lr1e-3", "batch512"])
+    patch_test_plan(monkeypatch, ensemble_recipes=["lr1e-3", "batch512"])
     with pytest.raises(ValueError, match=r"ensemble_recipes \['batch512'\] are not teacher_ablations \(\['lr1e-3'\]\)"):
         plan("test")
 
 
 @pytest.mark.parametrize("value", [[0, 3], "2", [None]])
 def test_born_again_sizes_must_be_the_profiles_multiples(monkeypatch, value):
-    _test_plan_with(monkeypatch, born_again=value)
+    patch_test_plan(monkeypatch, born_again=value)
     with pytest.raises(ValueError, match=r"profile 'test': born_again is true or a list of the profile's multiples"):
         plan("test")
 
@@ -97,7 +89,7 @@ def test_born_again_sizes_must_be_the_profiles_multiples(monkeypatch, value):
     ([0, 2], ["student-margin-0x-bornagain-seed14", "student-margin-2x-bornagain-seed14"]),
 ])
 def test_born_again_seed_multiples_choose_the_sizes_repeated_with_other_seeds(monkeypatch, value, runs):
-    _test_plan_with(monkeypatch, **({} if value is None else {"born_again_seed_multiples": value}))
+    patch_test_plan(monkeypatch, **({} if value is None else {"born_again_seed_multiples": value}))
     names = [e.name for e in plan("test") if "bornagain" in e.name]
     assert names == ["student-margin-0x-bornagain", "student-margin-2x-bornagain", *runs,
                      "student-margin-0x-bornagain-from-seed14"]
@@ -105,14 +97,14 @@ def test_born_again_seed_multiples_choose_the_sizes_repeated_with_other_seeds(mo
 
 @pytest.mark.parametrize("value", [[1], [4], "2", [None]])
 def test_born_again_seed_multiples_must_be_born_again_sizes(monkeypatch, value):
-    _test_plan_with(monkeypatch, born_again_seed_multiples=value)
+    patch_test_plan(monkeypatch, born_again_seed_multiples=value)
     with pytest.raises(ValueError, match=r"profile 'test': born_again_seed_multiples is a list of its born_again "
                                          r"sizes \['0', '2'\]"):
         plan("test")
 
 
 def test_a_bad_teacher_ablation_is_named(monkeypatch):
-    _test_plan_with(monkeypatch, teacher_ablations={"a b": {"epochs": 2}})
+    patch_test_plan(monkeypatch, teacher_ablations={"a b": {"epochs": 2}})
     with pytest.raises(ValueError, match="teacher_ablations needs NAME .* got 'a b'"):
         plan("test")
 

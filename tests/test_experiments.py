@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from kdrank_testing import load_benchmark, make_labelled, write_homedepot_csv
+from kdrank_testing import load_benchmark, make_labelled, patch_test_plan, write_homedepot_csv
 
 from components import schema
 from components.data import read_table
@@ -147,12 +147,9 @@ def test_a_distilled_teacher_entry_can_name_an_ensemble_at_0x(finished, tmp_path
                                                                tiny_student_dir):
     """`teacher-ensemble-TAG@0`: a student of the mean of its members' labels of the training pairs, with no
     teacher trained again."""
-    from components import flow
 
     runner, rows, root = finished
-    spec = {**flow.PROFILES["test"].experiments,
-            "distil_teachers": ["teacher-ensemble-mixed@0", "teacher-ensemble-mixed@0/seed14"]}
-    monkeypatch.setitem(flow.PROFILES, "test", dataclasses.replace(flow.PROFILES["test"], experiments=spec))
+    patch_test_plan(monkeypatch, distil_teachers=["teacher-ensemble-mixed@0", "teacher-ensemble-mixed@0/seed14"])
     planned = {e.name: e for e in plan("test")}
     zero, again = planned["student-margin-0x-ensemble-mixed"], planned["student-margin-0x-ensemble-mixed-seed14"]
     assert (zero.labels, zero.augmented, zero.own_pairs, zero.seed) == ("teacher-ensemble-mixed", 0.0, False, 13)
@@ -188,13 +185,10 @@ def test_a_distilled_teacher_entry_can_blend_the_human_grades_into_the_training_
         finished, tmp_path, monkeypatch, tiny_teacher_dir, tiny_student_dir):
     """`/humanP`: the training pairs' targets are (1 - P%) x the teacher's expected grade + P% x the human grade;
     the student learns exactly those, and no teacher is trained again."""
-    from components import flow
 
     runner, rows, root = finished
-    spec = {**flow.PROFILES["test"].experiments,
-            "distil_teachers": ["teacher-soft-lr1e-3@0/lr3e-4/human25/steps40",
-                                "teacher-ensemble-mixed@0/seed14/human50"]}
-    monkeypatch.setitem(flow.PROFILES, "test", dataclasses.replace(flow.PROFILES["test"], experiments=spec))
+    patch_test_plan(monkeypatch, distil_teachers=["teacher-soft-lr1e-3@0/lr3e-4/human25/steps40",
+                                                  "teacher-ensemble-mixed@0/seed14/human50"])
     planned = {e.name: e for e in plan("test")}
     blend = planned["student-margin-0x-soft-lr1e-3-human25-steps40-lr3e-4"]
     mixed = planned["student-margin-0x-ensemble-mixed-human50-seed14"]
@@ -383,11 +377,8 @@ def test_a_0x_run_labels_the_training_pairs_alone(tmp_path, tiny_teacher_dir, ti
 
 def test_a_distilled_teacher_entry_below_the_largest_size_labels_its_own_pairs(tmp_path, tiny_teacher_dir,
                                                                                tiny_student_dir, monkeypatch):
-    from components import flow
-
-    spec = {**flow.PROFILES["test"].experiments,
-            "distil_teachers": ["teacher-soft-seed14", "teacher-soft-seed14@1", "teacher-soft-seed14@0/seed15"]}
-    monkeypatch.setitem(flow.PROFILES, "test", dataclasses.replace(flow.PROFILES["test"], experiments=spec))
+    patch_test_plan(monkeypatch, distil_teachers=["teacher-soft-seed14", "teacher-soft-seed14@1",
+                                                  "teacher-soft-seed14@0/seed15"])
     planned = {e.name: e for e in plan("test")}
     # a teacher's seed is "-teacherseedN" in its students' names; "-seedN" stays the student's own seed
     assert [n for n in planned if "teacherseed" in n] == [
@@ -450,11 +441,9 @@ def test_a_distilled_teacher_entry_below_the_largest_size_labels_its_own_pairs(t
 def test_a_distilled_teacher_entry_reuses_its_largest_smaller_own_set(tmp_path, tiny_teacher_dir, tiny_student_dir,
                                                                        monkeypatch):
     """After TEACHER@0 and TEACHER@1, TEACHER@2 labels only the pairs after the 1x set's (not after the 0x set's)."""
-    from components import flow
 
-    spec = {**flow.PROFILES["test"].experiments, "multiples": [0, 1, 2, 3],
-            "distil_teachers": ["teacher-soft-seed14@0", "teacher-soft-seed14@1", "teacher-soft-seed14@2"]}
-    monkeypatch.setitem(flow.PROFILES, "test", dataclasses.replace(flow.PROFILES["test"], experiments=spec))
+    patch_test_plan(monkeypatch, multiples=[0, 1, 2, 3],
+                    distil_teachers=["teacher-soft-seed14@0", "teacher-soft-seed14@1", "teacher-soft-seed14@2"])
     data = write_homedepot_csv(tmp_path / "train.csv", n_queries=20)
     runner = Runner("test", data, str(tmp_path / "runs"), fmt="homedepot", teacher_model=tiny_teacher_dir,
                     student_model=tiny_student_dir)
@@ -630,8 +619,6 @@ def test_seed_spread_summarises_repeated_runs(finished):
 
 
 def test_a_retrained_teacher_labels_into_a_new_folder(tmp_path, tiny_teacher_dir, tiny_student_dir):
-    import dataclasses
-
     data = write_homedepot_csv(tmp_path / "train.csv", n_queries=16)
     runner = Runner("test", data, str(tmp_path / "runs"), fmt="homedepot", teacher_model=tiny_teacher_dir,
                     student_model=tiny_student_dir)
