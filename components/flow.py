@@ -25,8 +25,10 @@ class Profile:
     # `kdrank experiment` plan: multiples (augmented sizes of the scaling curve), seeds, ensemble_size,
     # teacher_ablations (NAME -> teacher settings), ensemble_recipes (ablations also run as an ensemble),
     # mixed_ensembles (NAME -> teacher runs of different recipes, composed as one ensemble), distil_teachers
-    # (teacher runs other than teacher-soft whose labels also teach a largest-size student; TEACHER@M: size M;
-    # TEACHER@M/seedN: that run again with student seed N, named ...-seedN)
+    # (teacher runs or ensembles whose labels also teach a student of their own, at the largest size;
+    # TEACHER@M: size M; parts /seedN, /humanP, /stepsN, /lrX: that run with student seed N, P% human grades in
+    # its targets, at least N steps, learning rate X; teacher-soft's are variants of the scaling curve's runs,
+    # named as them: see pipelines/experiment_plan.py, _distilled_from)
     experiments: dict = field(default_factory=dict)
 
     def with_models(self, teacher_base: str | None, student_base: str | None) -> Profile:

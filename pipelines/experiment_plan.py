@@ -12,8 +12,8 @@ optionally a teacher ensemble with its own largest distillation run, extra seeds
 The ensemble is composed from single teacher runs (teacher-soft and the next seeds), so its members can be
 made, and their labels archived, in different sessions (see `Runner._ensemble` in pipelines/experiments.py).
 `mixed_ensembles` composes one from teacher runs of different recipes (named), and `distil_teachers` gives a
-teacher run other than teacher-soft a student of its own (`_distilled_from`: `TEACHER@M` for size M, and the
-parts /seedN, /humanP, /stepsN and /lrX).
+teacher run or an ensemble a student of its own (`_distilled_from`: `TEACHER@M` for size M, and the parts
+/seedN, /humanP, /stepsN and /lrX; for teacher-soft, the scaling curve's teacher, a variant of a curve run).
 
 Nothing here trains or reads data: `plan` only names and configures the runs, and rejects a profile whose
 settings do not make a plan, naming the setting.
@@ -146,7 +146,8 @@ def plan(profile_name: str) -> list[Experiment]:
         runs.append(_distilled_from(profile_name, teacher, runs, multiples))
     if repeated := sorted({r.name for r in runs if [x.name for x in runs].count(r.name) > 1}):
         raise ValueError(f"profile '{profile_name}': the plan names {repeated} twice; rename a teacher ablation "
-                         "or a mixed ensemble")
+                         "or a mixed ensemble, or drop the distil_teachers entry that repeats a planned run (a bare "
+                         "'teacher-soft@M' is the scaling curve's own student-margin-Mx)")
     return runs
 
 
@@ -177,7 +178,7 @@ def _mixed_ensemble(profile_name: str, tag: str, members, runs: list[Experiment]
 
 
 def _distilled_from(profile_name: str, entry: str, runs: list[Experiment], multiples: list[float]) -> Experiment:
-    """A distillation run again from another soft teacher of the plan (a teacher ablation or a seed), at the
+    """A distillation run again from a soft teacher of the plan (a teacher ablation or a seed), at the
     largest size, or at size M for an entry `TEACHER@M` (one of the profile's multiples), with the student's
     default seed, or seed N for an entry ending in `/seedN`: e.g. `student-margin-16x-soft-batch256` from
     `teacher-soft-batch256`, `student-margin-0x-soft-verbaliser` from `teacher-soft-verbaliser@0` and its second
@@ -194,7 +195,11 @@ def _distilled_from(profile_name: str, entry: str, runs: list[Experiment], multi
     `/stepsN` trains the student for at least N steps (its `min_steps`), e.g. a 0x student for as many steps
     as a larger set's one epoch takes: is a larger set's gain its pairs, or its steps? The parts may come in
     any order, each at most once. A part `/lrX` sets the student's learning rate to X (e.g. `/lr2e-4`): is
-    the profile's rate the student's best? The run's name takes them as -humanP, -stepsN, -lrX, -seedN."""
+    the profile's rate the student's best? The run's name takes them as -humanP, -stepsN, -lrX, -seedN.
+    `teacher-soft`, the scaling curve's own teacher, may be named too, for a variant of a curve run: its
+    students take the curve's names, so `teacher-soft@16/lr2e-4` gives `student-margin-16x-lr2e-4` (the 16x
+    run at another learning rate, from the same labels) and `teacher-soft@8/seed14` the 8x run's second seed,
+    `student-margin-8x-seed14`, where the profile does not plan it already."""
     body, *parts = str(entry).split("/")
     teacher, at, size = body.partition("@")
     options: dict[str, tuple[str, int | float]] = {}  # kind -> (X as written, its value)
@@ -220,23 +225,28 @@ def _distilled_from(profile_name: str, entry: str, runs: list[Experiment], multi
     if multiple not in multiples:
         raise ValueError(f"profile '{profile_name}': distil_teachers entry '{entry}' names size '{size}', which is "
                          f"not one of the profile's multiples {[fmt_multiple(m) for m in multiples]}")
-    known = [t for t in _soft_teachers(runs) if t != "teacher-soft"]
+    known = _soft_teachers(runs)
     ensembles = [r.name for r in runs if r.kind == "ensemble"]
     if teacher not in known + ensembles:
         raise ValueError(f"profile '{profile_name}': distil_teachers names '{teacher}', which is not a soft teacher "
-                         f"run of the plan other than teacher-soft (the scaling curve's own) or an ensemble: "
-                         f"{known + ensembles}")
+                         f"run of the plan or an ensemble: {known + ensembles}")
     if teacher in ensembles and 0 < multiple < max(multiples):
         # an ensemble's labels are composed from its members' labels of the same set (Runner._ensemble_labelled),
         # and a member labels a size between only as the largest set's first rows: all of it, for every member
         raise ValueError(f"profile '{profile_name}': distil_teachers entry '{entry}' distils the ensemble "
                          f"'{teacher}' at {fmt_multiple(multiple)}x; an ensemble distils at 0x or at the largest size "
                          f"({fmt_multiple(max(multiples))}x), whose labels its members make")
-    # a teacher seed is named "-teacherseedN" in the student's name, so that "-seedN" stays the student's own
-    stem = re.sub(r"-seed(\d+)$", r"-teacherseed\1", teacher.removeprefix("teacher-"))
-    run = Experiment(f"student-margin-{fmt_multiple(multiple)}x-{stem}", "student",
-                     f"margin MSE on {teacher}'s labels, {fmt_multiple(multiple)}x augmented", labels=teacher,
-                     augmented=multiple, loss="margin_mse", own_pairs=bool(at) and 0 < multiple < max(multiples))
+    if teacher == "teacher-soft":
+        # the scaling curve's teacher: the entry is a variant of the curve's own run at that size (the same
+        # labels, seed and settings but for the parts), named as it: `teacher-soft@16/lr2e-4` makes
+        # `student-margin-16x-lr2e-4`, and a bare `teacher-soft@M` is `student-margin-Mx` itself
+        run = next(r for r in runs if r.name == f"student-margin-{fmt_multiple(multiple)}x")
+    else:
+        # a teacher seed is named "-teacherseedN" in the student's name, so that "-seedN" stays the student's own
+        stem = re.sub(r"-seed(\d+)$", r"-teacherseed\1", teacher.removeprefix("teacher-"))
+        run = Experiment(f"student-margin-{fmt_multiple(multiple)}x-{stem}", "student",
+                         f"margin MSE on {teacher}'s labels, {fmt_multiple(multiple)}x augmented", labels=teacher,
+                         augmented=multiple, loss="margin_mse", own_pairs=bool(at) and 0 < multiple < max(multiples))
     if "human" in options:
         share = options["human"][1]
         run = replace(run, name=f"{run.name}-human{share}", human_weight=share / 100,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 from components.flow import PROFILES
@@ -133,24 +134,29 @@ def scaling_points(rows: list[dict]) -> tuple[list[dict], list[dict]]:
 
     A size's point is the plan's `student-margin-Nx` run where there is one, else another margin-MSE run
     on the same labels at that size (the pipeline's distilled student, say, merged by gpu_merge.py).
-    Repeats are the `...-seedN` runs at sizes the curve has. Students whose targets mix in the human grades
-    (`human_weight`) are not points of the curve.
+    Repeats are the `student-margin-Nx-seedN` runs (or another run's `...-seedN`) at sizes the curve has.
+    Not on the curve: students whose targets mix in the human grades (`human_weight`), and a curve run's
+    variants from a `distil_teachers` entry (`student-margin-16x-lr2e-4`, `-steps1456`: another recipe).
     """
     def eligible(r: dict) -> bool:
         return (r.get("kind") == "student" and r.get("loss") == "margin_mse" and r.get("labels") == "teacher-soft"
                 and r.get("augmented") is not None and not r.get("human_weight"))
 
     def planned(r: dict) -> bool:
-        return r["run"].startswith("student-margin-")
+        return r["run"] == f"student-margin-{fmt_multiple(r['augmented'])}x"
 
+    def variant(r: dict) -> bool:
+        return r["run"].startswith("student-margin-") and not planned({**r, "run": re.sub(r"-seed\d+$", "", r["run"])})
+
+    candidates = [r for r in rows if eligible(r) and not variant(r)]
     points: dict[float, dict] = {}
-    for r in rows:
-        if eligible(r) and "-seed" not in r["run"]:
+    for r in candidates:
+        if "-seed" not in r["run"]:
             held = points.get(r["augmented"])
             if held is None or (planned(r) and not planned(held)):
                 points[r["augmented"]] = r
     curve = [points[m] for m in sorted(points)]
-    repeats = [r for r in rows if eligible(r) and "-seed" in r["run"] and r["augmented"] in points]
+    repeats = [r for r in candidates if "-seed" in r["run"] and r["augmented"] in points]
     return curve, repeats
 
 

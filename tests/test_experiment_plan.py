@@ -33,7 +33,11 @@ def test_a_distilled_teacher_entry_can_name_its_size(monkeypatch):
     ({"mixed_ensembles": {"mixed": ["teacher-soft", "teacher-soft"]}}, r"at least two distinct teacher runs"),
     ({"mixed_ensembles": {"lr1e-3": ["teacher-soft", "teacher-soft-seed14"]}},
      r"names \['student-margin-2x-ensemble-lr1e-3', 'teacher-ensemble-lr1e-3'\] twice"),
-    ({"distil_teachers": ["teacher-soft"]}, r"distil_teachers names 'teacher-soft', which is not a soft teacher run"),
+    ({"distil_teachers": ["teacher-hard"]}, r"distil_teachers names 'teacher-hard', which is not a soft teacher run"),
+    # teacher-soft's bare entry, or a seed the profile plans already, is a run of the scaling curve
+    ({"distil_teachers": ["teacher-soft"]}, r"names \['student-margin-2x'\] twice; .* \(a bare 'teacher-soft@M' is "
+                                            r"the scaling curve's own student-margin-Mx\)"),
+    ({"distil_teachers": ["teacher-soft@0/seed14"]}, r"names \['student-margin-0x-seed14'\] twice"),
     ({"distil_teachers": ["teacher-soft-lr1e-4"]}, r"distil_teachers names 'teacher-soft-lr1e-4'"),
     ({"distil_teachers": ["teacher-soft-lr1e-3@3"]}, r"entry 'teacher-soft-lr1e-3@3' names size '3', which is not"),
     ({"distil_teachers": ["teacher-soft-lr1e-3@x"]}, r"names size 'x'"),
@@ -176,3 +180,28 @@ def test_the_full_plan_ends_in_the_cpu_sessions_runs_each_with_the_settings_it_n
     assert full["teacher-soft-verbaliser-seed14"].settings == {"head_init": "verbaliser", "seed": 14}
     ablation = next(e for e in plan("full") if e.name == "teacher-soft-verbaliser")
     assert ablation.settings == {"head_init": "verbaliser"} and "head_init=verbaliser" in ablation.description
+
+
+def test_a_teacher_soft_entry_is_a_variant_of_a_scaling_curve_run_named_as_it():
+    """`teacher-soft@M/...`: the curve's run at M from the same labels, with the parts' changes, named
+    student-margin-Mx plus the parts (no teacher stem), so that a GPU session can add, say, the 16x run at
+    another learning rate from the archived teacher-soft labels."""
+    from pytest import MonkeyPatch
+
+    with MonkeyPatch.context() as monkeypatch:
+        patch_test_plan(monkeypatch, distil_teachers=["teacher-soft@2/lr3e-4", "teacher-soft@1/seed14",
+                                                      "teacher-soft@0/steps9/seed14"])
+        runs = {e.name: e for e in plan("test")}
+    curve = runs["student-margin-2x"]
+    rate, seed, steps = (runs["student-margin-2x-lr3e-4"], runs["student-margin-1x-seed14"],
+                         runs["student-margin-0x-steps9-seed14"])
+    assert (rate.labels, rate.augmented, rate.loss, rate.own_pairs, rate.seed) == (
+        curve.labels, curve.augmented, curve.loss, curve.own_pairs, curve.seed)
+    assert rate.settings == {**curve.settings, "learning_rate": 3e-4}
+    assert "learning rate 3e-4" in rate.description and rate.description.startswith(curve.description)
+    # another seed of a curve run the profile repeats only at other sizes: as its planned repeats are made
+    assert (seed.labels, seed.augmented, seed.seed, seed.settings, seed.own_pairs) == ("teacher-soft", 1.0, 14,
+                                                                                       {"seed": 14}, False)
+    assert steps.settings == {"min_steps": 9, "seed": 14} and steps.labels == "teacher-soft"
+    assert list(runs).index("student-margin-2x-lr3e-4") > list(runs).index("teacher-soft")
+

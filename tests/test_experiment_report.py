@@ -26,7 +26,10 @@ def test_scaling_points_take_the_plans_run_per_size_and_the_pipelines_student_wh
             row("pipeline-student", 8.0), row("student-margin-0x", 0.0), row("student-margin-0x-seed14", 0.0),
             row("student-margin-16x-seed14", 16.0), row("student-pointwise-16x", 16.0, loss="pointwise_mse"),
             row("student-margin-16x-ensemble", 16.0, labels="teacher-ensemble"), row("pipeline-again", 0.0),
-            {**row("student-margin-2x-human50", 2.0), "human_weight": 0.5}]  # its targets are not the teacher's
+            {**row("student-margin-2x-human50", 2.0), "human_weight": 0.5},  # its targets are not the teacher's
+            # a curve run's variants from `teacher-soft@M/...` entries: another recipe, neither points nor repeats
+            row("student-margin-8x-lr2e-4", 8.0), row("student-margin-0x-lr2e-4-seed14", 0.0),
+            row("student-margin-4x-steps900", 4.0)]
     curve, repeats = scaling_points(rows)
     assert [r["run"] for r in curve] == ["student-margin-0x", "pipeline-student"]
     assert [r["run"] for r in repeats] == ["student-margin-0x-seed14"]  # no 16x point for its repeat to join

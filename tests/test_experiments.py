@@ -233,6 +233,35 @@ def test_a_distilled_teacher_entry_can_blend_the_human_grades_into_the_training_
     assert len(mixed_two) == len(plain_two) > n
 
 
+def test_a_teacher_soft_entry_trains_the_curve_runs_recipe_from_its_labels_and_stays_off_the_curve(
+        finished, tmp_path, monkeypatch, tiny_teacher_dir, tiny_student_dir):
+    """`teacher-soft@2/lr3e-4`: the 2x curve run's very training set and settings, at learning rate 3e-4, with
+    no teacher trained or labelling done again; the report's scaling curve keeps the plan's 2x run."""
+    runner, rows, root = finished
+    patch_test_plan(monkeypatch, distil_teachers=["teacher-soft@2/lr3e-4"])
+    runs = tmp_path / "runs"
+    shutil.copytree(root / "runs", runs)
+    teacher = (runs / "models" / "teacher-soft" / "kdrank.json").stat().st_mtime_ns
+    made = sorted(p.name for p in (runs / "data").iterdir())
+    again = Runner("test", str(root / "train.csv"), str(runs), fmt="homedepot", teacher_model=tiny_teacher_dir,
+                   student_model=tiny_student_dir)
+    again.run(["student-margin-2x-lr3e-4"])
+    assert (runs / "models" / "teacher-soft" / "kdrank.json").stat().st_mtime_ns == teacher
+    assert sorted(p.name for p in (runs / "data").iterdir()) == made  # nothing labelled or written again
+    curve, variant = (json.loads((runs / "models" / name / "kdrank.json").read_text())["training"]["settings"]
+                      for name in ("student-margin-2x", "student-margin-2x-lr3e-4"))
+    assert Path(variant["train"]).name == Path(curve["train"]).name  # the same set, made in the copied folder
+    assert variant["train_table"] == curve["train_table"]
+    assert variant["config"] == {**curve["config"], "learning_rate": 3e-4}
+    assert curve["config"]["learning_rate"] != 3e-4
+    new = read_results(runs)
+    row = {r["run"]: r for r in new}["student-margin-2x-lr3e-4"]
+    assert (row["labels"], row["augmented"], row["loss"]) == ("teacher-soft", 2.0, "margin_mse")
+    points, repeats = experiment_report.scaling_points(new)
+    assert [r["run"] for r in points] == ["student-margin-0x", "student-margin-1x", "student-margin-2x"]
+    assert "student-margin-2x-lr3e-4" not in [r["run"] for r in repeats]
+
+
 def test_a_blend_refuses_a_set_that_does_not_start_with_the_training_pairs(finished, tmp_path):
     runner, rows, root = finished
     runs = tmp_path / "runs"
