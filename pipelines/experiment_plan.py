@@ -27,8 +27,6 @@ from dataclasses import dataclass, field, replace
 from components.flow import PROFILES, get_profile
 
 BASELINES = ("random", "bm25", "biencoder")
-
-
 BORN_AGAIN = "bornagain"  # suffix of the run distilled from a student teacher instead of the LLM
 
 
@@ -50,15 +48,11 @@ def _learning_rate(text: str) -> float | None:
 
 # the parts a `distil_teachers` entry may end in, `/KINDX`: kind -> (parser of X, what it names); X is written
 # into the run's name as it stands (`/lr2e-4` -> `-lr2e-4`)
-
-
 ENTRY_PARTS = {"seed": (_whole(0, 2**31 - 1), "a seed"), "human": (_whole(1, 99), "a share of the human grades"),
                "steps": (_whole(1, 10**7), "a least number of steps"), "lr": (_learning_rate, "a learning rate")}
 
 
 @dataclass(frozen=True)
-
-
 class Experiment:
     name: str
     kind: str  # baseline | teacher | ensemble | student

@@ -142,11 +142,14 @@ def scaling_points(rows: list[dict]) -> tuple[list[dict], list[dict]]:
         return (r.get("kind") == "student" and r.get("loss") == "margin_mse" and r.get("labels") == "teacher-soft"
                 and r.get("augmented") is not None and not r.get("human_weight"))
 
+    def curve_name(r: dict) -> str:  # the plan's name of the curve run at r's size
+        return f"student-margin-{fmt_multiple(r['augmented'])}x"
+
     def planned(r: dict) -> bool:
-        return r["run"] == f"student-margin-{fmt_multiple(r['augmented'])}x"
+        return r["run"] == curve_name(r)
 
     def variant(r: dict) -> bool:
-        return r["run"].startswith("student-margin-") and not planned({**r, "run": re.sub(r"-seed\d+$", "", r["run"])})
+        return r["run"].startswith("student-margin-") and re.sub(r"-seed\d+$", "", r["run"]) != curve_name(r)
 
     candidates = [r for r in rows if eligible(r) and not variant(r)]
     points: dict[float, dict] = {}

@@ -6,13 +6,14 @@ own so that a conftest.py in a sub-folder can never shadow it.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from components import pairs, schema
+from components import flow, pairs, schema
 from components.checkpoint import CheckpointInfo, write_info
 
 WORDS = [
@@ -194,10 +195,6 @@ def load_benchmark(name: str):
 
 def patch_test_plan(monkeypatch, **settings) -> None:
     """The `test` profile with these `experiments` settings added or replaced, for the calling test only."""
-    import dataclasses
-
-    from components import flow
-
     test = flow.PROFILES["test"]
     monkeypatch.setitem(flow.PROFILES, "test",
                         dataclasses.replace(test, experiments={**test.experiments, **settings}))

@@ -182,16 +182,13 @@ def test_the_full_plan_ends_in_the_cpu_sessions_runs_each_with_the_settings_it_n
     assert ablation.settings == {"head_init": "verbaliser"} and "head_init=verbaliser" in ablation.description
 
 
-def test_a_teacher_soft_entry_is_a_variant_of_a_scaling_curve_run_named_as_it():
+def test_a_teacher_soft_entry_is_a_variant_of_a_scaling_curve_run_named_as_it(monkeypatch):
     """`teacher-soft@M/...`: the curve's run at M from the same labels, with the parts' changes, named
     student-margin-Mx plus the parts (no teacher stem), so that a GPU session can add, say, the 16x run at
     another learning rate from the archived teacher-soft labels."""
-    from pytest import MonkeyPatch
-
-    with MonkeyPatch.context() as monkeypatch:
-        patch_test_plan(monkeypatch, distil_teachers=["teacher-soft@2/lr3e-4", "teacher-soft@1/seed14",
-                                                      "teacher-soft@0/steps9/seed14"])
-        runs = {e.name: e for e in plan("test")}
+    patch_test_plan(monkeypatch, distil_teachers=["teacher-soft@2/lr3e-4", "teacher-soft@1/seed14",
+                                                  "teacher-soft@0/steps9/seed14"])
+    runs = {e.name: e for e in plan("test")}
     curve = runs["student-margin-2x"]
     rate, seed, steps = (runs["student-margin-2x-lr3e-4"], runs["student-margin-1x-seed14"],
                          runs["student-margin-0x-steps9-seed14"])
