@@ -72,7 +72,8 @@ PROFILES: dict[str, Profile] = {
         # training, ~150 validation and ~1,000 test pairs; the catalogue is every product in the file.
         # The teacher's head starts from the LM's rows for "Low"/"Medium"/"High" (head_init='verbaliser'):
         # with a random head the 135M teacher stayed at chance on these 1,374 pairs for 1 to 3 epochs
-        # (tests/benchmarks/probe_teacher.py, docs/results.md); from the verbaliser it learns in 2 epochs.
+        # (tests/benchmarks/probe_teacher.py, docs/results/reduced-probes.md); from the verbaliser it learns in
+        # 2 epochs.
         prepare={"max_queries": 420, "val_fraction": 0.06, "test_fraction": 0.38},
         teacher={"epochs": 2.0, "batch_size": 16, "max_length": 96, "learning_rate": 5e-5,
                  "head_init": "verbaliser"},
@@ -100,7 +101,7 @@ PROFILES: dict[str, Profile] = {
         student={"epochs": 1.0, "batch_size": 128, "max_length": 64, "learning_rate": 1e-4, "min_steps": 480},
         evaluate={"batch_size": 512},
         # teacher-soft-verbaliser: the reduced profile's head (the LM's rows for " Low"/" Medium"/" High")
-        # against the reference recipe's random head, at full data (docs/results.md, teacher probes).
+        # against the reference recipe's random head, at full data (docs/results/reduced-probes.md).
         # teacher-soft-batch256: on one H200 the GPU was busy 21% of a batch-64 teacher step (the host's
         # kernel launches set its time). Measured: 155 ms per step against 144 ms, 3.7x the pairs/s, the
         # same test ranking (0.608 against 0.609 pairwise; lr 1e-4 for the 4x fewer, larger steps).

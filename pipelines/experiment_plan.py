@@ -111,7 +111,7 @@ def plan(profile_name: str) -> list[Experiment]:
                 # architecture (the first seed's human-label student), so what the LLM adds shows; at an
                 # augmented size its scores of the new pairs are the labels. Every size with the first seed,
                 # the sizes of `born_again_seed_multiples` (default 0x) with the other seeds too.
-                runs.append(_born_again(tag, "student-human", seed, size))
+                runs.append(_born_again("student-human", tag, seed, size))
         if not tag or top in repeat:
             runs.append(Experiment(f"student-pointwise-{fmt_multiple(top)}x{tag}", "student",
                                    f"pointwise MSE on teacher scores, {fmt_multiple(top)}x augmented",
@@ -120,7 +120,7 @@ def plan(profile_name: str) -> list[Experiment]:
     if 0.0 in born_again and len(seeds) > 1:
         # the same control from the other seed's human-label student (another teacher of the same recipe and
         # accuracy within a seed's spread): does the born-again student's level follow its teacher's?
-        runs.append(_born_again(f"-from-seed{seeds[1]}", f"student-human-seed{seeds[1]}", seeds[0]))
+        runs.append(_born_again(f"student-human-seed{seeds[1]}", "", seeds[0]))
     if (size := int(spec.get("ensemble_size", 1))) > 1:
         # The ensemble is composed from single teachers, each its own run: teacher-soft and the same recipe
         # with the next seeds (exactly the members `ensemble_size` would train). Each member is trained, scored
@@ -236,9 +236,7 @@ def _distilled_from(profile_name: str, entry: str, runs: list[Experiment], multi
         # `student-margin-16x-lr2e-4`, and a bare `teacher-soft@M` is `student-margin-Mx` itself
         run = next(r for r in runs if r.name == f"student-margin-{fmt_multiple(multiple)}x")
     else:
-        # a teacher seed is named "-teacherseedN" in the student's name, so that "-seedN" stays the student's own
-        stem = re.sub(r"-seed(\d+)$", r"-teacherseed\1", teacher.removeprefix("teacher-"))
-        run = Experiment(f"student-margin-{fmt_multiple(multiple)}x-{stem}", "student",
+        run = Experiment(distilled_run_name(teacher, multiple), "student",
                          f"margin MSE on {teacher}'s labels, {fmt_multiple(multiple)}x augmented", labels=teacher,
                          augmented=multiple, loss="margin_mse", own_pairs=bool(at) and 0 < multiple < max(multiples))
     if "human" in options:
@@ -308,11 +306,27 @@ def _sizes_among(value, allowed: list[float], what: str) -> list[float]:
     return sorted(set(sizes))
 
 
-def _born_again(suffix: str, teacher: str, seed: int, multiple: float = 0.0) -> Experiment:
-    """The run's recipe at `multiple`, margin MSE on a human-label student's scores of its pairs (no LLM)."""
-    return Experiment(f"student-margin-{fmt_multiple(multiple)}x-{BORN_AGAIN}{suffix}", "student",
+def _born_again(teacher: str, tag: str, seed: int, multiple: float = 0.0) -> Experiment:
+    """The run's recipe at `multiple`, margin MSE on a human-label student's scores of its pairs (no LLM);
+    `tag` is the student's own seed's suffix ('-seed14'), empty for the first seed."""
+    return Experiment(f"{distilled_run_name(teacher, multiple)}{tag}", "student",
                       f"margin MSE on {teacher}'s scores, {fmt_multiple(multiple)}x (born-again control)",
                       labels=teacher, augmented=multiple, loss="margin_mse", seed=seed, settings={"seed": seed})
+
+
+def distilled_run_name(teacher: str, multiple: float) -> str:
+    """The plan's name of the margin-MSE run on `teacher`'s labels at `multiple` (the student's first seed, no
+    entry parts): `student-margin-Mx` from teacher-soft (the scaling curve), `student-margin-Mx-bornagain` from
+    student-human and `...-bornagain-from-seedN` from student-human-seedN (the born-again controls), and
+    `student-margin-Mx-STEM` from any other teacher or ensemble, STEM its name without "teacher-" and its seed
+    written "-teacherseedN", so that "-seedN" stays the student's own
+    (`student-margin-2x-soft-verbaliser-teacherseed15` from teacher-soft-verbaliser-seed15)."""
+    base = f"student-margin-{fmt_multiple(multiple)}x"
+    if teacher == "teacher-soft":
+        return base
+    if teacher == "student-human" or teacher.startswith("student-human-seed"):
+        return f"{base}-{BORN_AGAIN}" + teacher.removeprefix("student-human").replace("-seed", "-from-seed")
+    return f"{base}-" + re.sub(r"-seed(\d+)$", r"-teacherseed\1", teacher.removeprefix("teacher-"))
 
 
 def fmt_multiple(multiple: float) -> str:

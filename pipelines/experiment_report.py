@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from components.flow import PROFILES
-from pipelines.experiment_plan import fmt_multiple, plan
+from pipelines.experiment_plan import distilled_run_name, fmt_multiple, plan
 from pipelines.runs_folder import RESULTS, read_results, rescore_dir
 
 METRICS = (("ndcg@5", "NDCG@5"), ("ndcg@10", "NDCG@10"), ("pairwise_accuracy", "pairwise acc."),
@@ -129,83 +129,119 @@ def fmt_metric(value) -> str:
     return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.3f}"
 
 
-def scaling_points(rows: list[dict]) -> tuple[list[dict], list[dict]]:
-    """(one margin-MSE student on teacher-soft labels per augmented size, their other-seed repeats).
+# a run's own seed, as its name ends: "-seed14", not the teacher's "-from-seed14" of a born-again control
+OWN_SEED = re.compile(r"(?<!-from)-seed\d+$")
 
-    A size's point is the plan's `student-margin-Nx` run where there is one, else another margin-MSE run
+
+def scaling_points(rows: list[dict], teacher: str = "teacher-soft") -> tuple[list[dict], list[dict]]:
+    """(one margin-MSE student on `teacher`'s labels per augmented size, their other-seed repeats).
+
+    A size's point is the plan's run there (`student-margin-Nx` from teacher-soft, the scaling curve;
+    `experiment_plan.distilled_run_name` for another teacher) where there is one, else another margin-MSE run
     on the same labels at that size (the pipeline's distilled student, say, merged by gpu_merge.py).
-    Repeats are the `student-margin-Nx-seedN` runs (or another run's `...-seedN`) at sizes the curve has.
+    Repeats are the plan run's `-seedN` runs (or another run's `...-seedN`) at sizes the curve has.
     Not on the curve: students whose targets mix in the human grades (`human_weight`), and a curve run's
     variants from a `distil_teachers` entry (`student-margin-16x-lr2e-4`, `-steps1456`: another recipe).
     """
     def eligible(r: dict) -> bool:
-        return (r.get("kind") == "student" and r.get("loss") == "margin_mse" and r.get("labels") == "teacher-soft"
+        return (r.get("kind") == "student" and r.get("loss") == "margin_mse" and r.get("labels") == teacher
                 and r.get("augmented") is not None and not r.get("human_weight"))
 
     def curve_name(r: dict) -> str:  # the plan's name of the curve run at r's size
-        return f"student-margin-{fmt_multiple(r['augmented'])}x"
+        return distilled_run_name(teacher, r["augmented"])
 
     def planned(r: dict) -> bool:
         return r["run"] == curve_name(r)
 
     def variant(r: dict) -> bool:
-        return r["run"].startswith("student-margin-") and re.sub(r"-seed\d+$", "", r["run"]) != curve_name(r)
+        return r["run"].startswith("student-margin-") and OWN_SEED.sub("", r["run"]) != curve_name(r)
 
     candidates = [r for r in rows if eligible(r) and not variant(r)]
     points: dict[float, dict] = {}
     for r in candidates:
-        if "-seed" not in r["run"]:
+        if not OWN_SEED.search(r["run"]):
             held = points.get(r["augmented"])
             if held is None or (planned(r) and not planned(held)):
                 points[r["augmented"]] = r
     curve = [points[m] for m in sorted(points)]
-    repeats = [r for r in candidates if "-seed" in r["run"] and r["augmented"] in points]
+    repeats = [r for r in candidates if OWN_SEED.search(r["run"]) and r["augmented"] in points]
     return curve, repeats
 
 
-def scaling_plot(rows: list[dict], path: str, title: str) -> str:
-    """NDCG@5 and pairwise accuracy of the margin-MSE students against augmented size, with references."""
+# a curve's colour and its teacher's: the first curve keeps the plot's original blue and red
+CURVE_COLOURS = (("tab:blue", "tab:red"), ("tab:purple", "tab:purple"), ("tab:orange", "tab:orange"),
+                 ("tab:brown", "tab:brown"), ("tab:olive", "tab:olive"), ("tab:cyan", "tab:cyan"))
+
+
+def scaling_plot(rows: list[dict], path: str, title: str, teachers: list[str] | None = None) -> str:
+    """NDCG@5 and pairwise accuracy of the margin-MSE students against augmented size, one curve per teacher
+    (default: teacher-soft's, the scaling curve), each teacher's own row a dashed line in its curve's colour,
+    and the human-label student and BM25 as lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    teachers = list(teachers or ["teacher-soft"])
+    if len(teachers) > len(CURVE_COLOURS) or len(set(teachers)) != len(teachers):
+        raise ValueError(f"--curve names {len(CURVE_COLOURS)} distinct teachers at most, got {teachers}")
     by_run = {r["run"]: r for r in rows}
-    curve, repeats = scaling_points(rows)
-    if not curve:
-        raise ValueError("no margin-MSE student runs to plot yet")
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    curves = {t: scaling_points(rows, t) for t in teachers}
+    if empty := [t for t, (curve, _) in curves.items() if not curve]:
+        having = sorted({r["labels"] for r in rows if r.get("kind") == "student" and r.get("loss") == "margin_mse"
+                         and r.get("augmented") is not None and scaling_points(rows, r["labels"])[0]})
+        raise ValueError(f"no margin-MSE student runs on the labels of {', '.join(empty)} to plot (teachers with "
+                         f"a curve in these rows: {', '.join(having) or 'none'})")
+    sizes = sorted({r["augmented"] for curve, _ in curves.values() for r in curve})
+    at = {m: x for x, m in enumerate(sizes)}  # evenly spaced sizes: 0x, 2x, 4x, ... read better than a log axis
+    one = len(teachers) == 1
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2 if one else 4.8))
     for ax, (key, label) in zip(axes, (("ndcg@5", "NDCG@5"), ("pairwise_accuracy", "pairwise accuracy")),
                                 strict=True):
-        xs = list(range(len(curve)))  # evenly spaced sizes: 0x, 2x, 4x, ... read better than a log axis
-        ys = [r["metrics"][key] for r in curve]
-        at = {r["augmented"]: x for x, r in enumerate(curve)}
-        if repeats:
-            ax.plot([at[r["augmented"]] for r in repeats], [r["metrics"][key] for r in repeats], "o",
-                    mfc="none", color="tab:blue", label="same run, other seed")
-        bounds = [r.get("ci", {}).get(key) for r in curve]
-        if all(bounds):  # query-bootstrap 95% intervals
-            yerr = [[y - b[0] for y, b in zip(ys, bounds, strict=True)],
-                    [b[1] - y for y, b in zip(ys, bounds, strict=True)]]
-            ax.errorbar(xs, ys, yerr=yerr, fmt="o-", capsize=4, color="tab:blue",
-                        label="student, margin MSE (95% CI)")
-        else:
-            ax.plot(xs, ys, "o-", color="tab:blue", label="student, margin MSE")
-        refs = (("teacher-soft", "teacher (soft targets)", "tab:red"),
-                ("student-human", "student on human labels", "tab:green"),
-                ("baseline-bm25", "BM25", "tab:gray"))
+        for i, ((teacher, (curve, repeats)), (colour, line)) in enumerate(zip(curves.items(), CURVE_COLOURS,
+                                                                               strict=False)):
+            named = "student, margin MSE" if one else f"margin MSE from {teacher}"
+            dx = 0.07 * (i - (len(curves) - 1) / 2)  # curves side by side at a shared size, so both bars show
+            xs = [at[r["augmented"]] + dx for r in curve]
+            ys = [r["metrics"][key] for r in curve]
+            bounds = [r.get("ci", {}).get(key) for r in curve]
+            if all(bounds):  # query-bootstrap 95% intervals
+                yerr = [[y - b[0] for y, b in zip(ys, bounds, strict=True)],
+                        [b[1] - y for y, b in zip(ys, bounds, strict=True)]]
+                ax.errorbar(xs, ys, yerr=yerr, fmt="o-", capsize=4, color=colour, label=f"{named} (95% CI)")
+            else:
+                ax.plot(xs, ys, "o-", color=colour, label=named)
+            if repeats:
+                ax.plot([at[r["augmented"]] + dx for r in repeats], [r["metrics"][key] for r in repeats], "o",
+                        mfc="none", color=colour, label="same run, other seed" if one else f"{named}, other seed")
+            if teacher in by_run and teacher != "student-human":  # a born-again curve's teacher is a line below
+                ax.axhline(by_run[teacher]["metrics"][key], linestyle="--", color=line,
+                           label="teacher (soft targets)" if one and teacher == "teacher-soft" else
+                           f"teacher: {teacher}")
+        refs = (("student-human", "student on human labels", "tab:green"), ("baseline-bm25", "BM25", "tab:gray"))
         for run, name, color in refs:
             if run in by_run:
                 ax.axhline(by_run[run]["metrics"][key], linestyle="--", color=color, label=name)
-        ax.set_xticks(xs, [f"{fmt_multiple(r['augmented'])}x" + ("" if r["run"].startswith("student-margin-")
-                                                          else f"\n({r['run']})") for r in curve])
+        # a size whose only point is not the plan's run says which run it is (the pipeline's student, say)
+        others = {r["augmented"]: r["run"] for curve, _ in curves.values() for r in curve
+                  if not r["run"].startswith("student-margin-")}
+        ax.set_xticks(list(range(len(sizes))),
+                      [f"{fmt_multiple(m)}x" + (f"\n({others[m]})" if m in others else "") for m in sizes])
         ax.set_xlabel("augmented pairs (multiple of the labelled training pairs)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8)
+    if not one:  # each curve's entries together (matplotlib lists error bars after lines), references last
+        order = {}
+        for i, teacher in enumerate(teachers):
+            named = f"margin MSE from {teacher}"
+            order |= {f"{named} (95% CI)": (i, 0), named: (i, 0), f"{named}, other seed": (i, 1),
+                      f"teacher: {teacher}": (i, 2)}
+        handles, labels = zip(*sorted(zip(handles, labels, strict=True),
+                                      key=lambda entry: order.get(entry[1], (len(teachers), 0))), strict=True)
+    fig.legend(handles, labels, loc="lower center", ncol=4 if one else 3, fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.tight_layout(rect=(0, 0.07 if one else 0.16, 1, 1))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -213,12 +249,16 @@ def scaling_plot(rows: list[dict], path: str, title: str) -> str:
 
 
 def write_report(runs_dir: str, output: str, plot: str | None = None, test_set: str | None = None,
-                 references: list[str] | None = None) -> str:
+                 references: list[str] | None = None, curves: list[str] | None = None) -> str:
     """The results table (and scaling plot) of a runs folder, or of its rows rescored on test set NAME.
 
     Paired differences are taken against `references` (default: teacher-soft and student-human, where
-    they have per-pair scores); a named reference without per-pair scores is an error.
+    they have per-pair scores); a named reference without per-pair scores is an error. The plot draws the
+    scaling curve of each teacher in `curves` (default: teacher-soft's); a teacher without one is an error,
+    raised before anything is written.
     """
+    if curves and not plot:
+        raise ValueError("--curve draws curves on the scaling plot; give --plot PNG too")
     source = rescore_dir(runs_dir, test_set) if test_set else Path(runs_dir)
     rows = read_results(source)
     if not rows:
@@ -234,7 +274,8 @@ def write_report(runs_dir: str, output: str, plot: str | None = None, test_set: 
                          f"(runs with scores: {', '.join(sorted(scores)) or 'none'})")
     rows = with_intervals(rows, scores)
     generated = (f"kdrank experiment report --runs {runs_dir}" + (f" --test-set {test_set}" if test_set else "")
-                 + (f" --reference {','.join(references)}" if references else ""))
+                 + (f" --reference {','.join(references)}" if references else "")
+                 + (f" --curve {','.join(curves)}" if curves else ""))
     if test_set:
         info = json.loads((source / "test.json").read_text())
         summary = (f"Profile `{profile}` models, scored on test set `{test_set}`: {info['pairs']:,} pairs over "
@@ -252,7 +293,8 @@ def write_report(runs_dir: str, output: str, plot: str | None = None, test_set: 
         parts += ["Seed spread (runs repeated with other seeds; mean and min-max):", "", spread, ""]
     if plot:
         where = f"test set {test_set}" if test_set else "test queries"
-        scaling_plot(rows, plot, f"kdrank {profile} profile: distilled student vs augmented size ({where})")
+        scaling_plot(rows, plot, f"kdrank {profile} profile: distilled student vs augmented size ({where})",
+                     curves)
         parts += [f"![scaling curve]({os.path.relpath(plot, Path(output).parent)})", ""]
     parts += ["Commands:", "", "```", *(r["command"] for r in rows), "```", ""]
     Path(output).parent.mkdir(parents=True, exist_ok=True)

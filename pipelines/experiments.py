@@ -788,7 +788,8 @@ def _list(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     references = _names(args.reference)
-    print(write_report(args.runs, args.output, args.plot, args.test_set, references or None))
+    print(write_report(args.runs, args.output, args.plot, args.test_set, references or None,
+                       _names(args.curve) or None))
     return 0
 
 
@@ -858,6 +859,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     rep.add_argument("--test-set", metavar="NAME", help="report the rows rescored on test set NAME (see rescore)")
     rep.add_argument("--reference", action="append", metavar="RUN[,RUN]",
                      help="paired differences against these runs (default: teacher-soft, student-human)")
+    rep.add_argument("--curve", action="append", metavar="TEACHER[,TEACHER]",
+                     help="with --plot: draw the scaling curve of the students distilled from each of these teachers "
+                          "(default: teacher-soft), e.g. teacher-soft,teacher-soft-verbaliser-seed15")
     rep.set_defaults(handler=_report)
 
     res = sub.add_parser("rescore", help="score finished runs again on a larger held-out test set (resumable)")

@@ -7,7 +7,7 @@ import pytest
 from kdrank_testing import patch_test_plan
 
 from components import flow
-from pipelines.experiment_plan import plan
+from pipelines.experiment_plan import distilled_run_name, plan
 
 
 def test_a_distilled_teacher_entry_can_name_its_size(monkeypatch):
@@ -202,3 +202,19 @@ def test_a_teacher_soft_entry_is_a_variant_of_a_scaling_curve_run_named_as_it(mo
     assert steps.settings == {"min_steps": 9, "seed": 14} and steps.labels == "teacher-soft"
     assert list(runs).index("student-margin-2x-lr3e-4") > list(runs).index("teacher-soft")
 
+
+
+@pytest.mark.parametrize("profile", ["test", "reduced", "full"])
+def test_distilled_run_name_is_the_name_the_plan_gives_each_teachers_margin_run(profile):
+    # the report finds a teacher's scaling curve by these names, so they must be the plan's, for every teacher
+    named = 0
+    for e in plan(profile):
+        plain = not (e.human_weight or {"min_steps", "learning_rate"} & set(e.settings))
+        if e.kind == "student" and e.loss == "margin_mse" and e.augmented is not None and plain:
+            seed = f"-seed{e.seed}" if e.name.endswith(f"-seed{e.seed}") and "-from-seed" not in e.name else ""
+            assert distilled_run_name(e.labels, e.augmented) + seed == e.name
+            named += 1
+    assert named >= 3
+    assert (distilled_run_name("teacher-soft-verbaliser-seed15", 2.0)
+            == "student-margin-2x-soft-verbaliser-teacherseed15")
+    assert distilled_run_name("student-human-seed14", 0.0) == "student-margin-0x-bornagain-from-seed14"

@@ -35,3 +35,30 @@ def test_scaling_points_take_the_plans_run_per_size_and_the_pipelines_student_wh
     assert [r["run"] for r in repeats] == ["student-margin-0x-seed14"]  # no 16x point for its repeat to join
     curve, _ = scaling_points([*rows, row("student-margin-8x", 8.0)])
     assert [r["run"] for r in curve] == ["student-margin-0x", "student-margin-8x"]
+
+
+def test_scaling_points_of_another_teacher_take_its_plan_runs_and_leave_its_variants_off():
+    def row(run, augmented, labels="teacher-soft-verbaliser-seed15", **extra):
+        return {"run": run, "kind": "student", "labels": labels, "loss": "margin_mse", "augmented": augmented,
+                **extra}
+
+    stem = "soft-verbaliser-teacherseed15"
+    rows = [row("student-margin-0x", 0.0, labels="teacher-soft"),  # the scaling curve's, another teacher
+            *(row(f"student-margin-{m}x-{stem}", float(m)) for m in (8, 0, 2)),
+            row(f"student-margin-2x-{stem}-seed14", 2.0), row(f"student-margin-4x-{stem}-seed14", 4.0),
+            row(f"student-margin-0x-{stem}-steps1456", 0.0), row(f"student-margin-0x-{stem}-lr2e-4-seed14", 0.0),
+            row(f"student-margin-0x-{stem}-human30", 0.0, human_weight=0.3),
+            row("student-margin-0x-bornagain", 0.0, labels="student-human"),
+            row("student-margin-0x-bornagain-seed14", 0.0, labels="student-human"),
+            row("student-margin-0x-bornagain-from-seed14", 0.0, labels="student-human-seed14")]
+    curve, repeats = scaling_points(rows, "teacher-soft-verbaliser-seed15")
+    assert [r["run"] for r in curve] == [f"student-margin-{m}x-{stem}" for m in (0, 2, 8)]
+    assert [r["run"] for r in repeats] == [f"student-margin-2x-{stem}-seed14"]  # no 4x point for the other
+    assert [r["run"] for r in scaling_points(rows)[0]] == ["student-margin-0x"]
+    curve, repeats = scaling_points(rows, "student-human")
+    assert ([r["run"] for r in curve], [r["run"] for r in repeats]) == (["student-margin-0x-bornagain"],
+                                                                        ["student-margin-0x-bornagain-seed14"])
+    # "-from-seed14" names the teacher's seed, not the student's: the point of that teacher's own curve
+    curve, repeats = scaling_points(rows, "student-human-seed14")
+    assert ([r["run"] for r in curve], repeats) == (["student-margin-0x-bornagain-from-seed14"], [])
+    assert scaling_points(rows, "teacher-nope") == ([], [])

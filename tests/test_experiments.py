@@ -559,6 +559,28 @@ def test_report_writes_table_and_scaling_plot(finished, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
+def test_report_draws_a_curve_per_named_teacher_and_refuses_one_without_a_curve(finished, tmp_path, capsys):
+    runner, rows, root = finished
+    runs = str(root / "runs")
+    one, two = tmp_path / "one.png", tmp_path / "two.png"
+    assert cli.main(["experiment", "report", "--runs", runs, "--output", str(tmp_path / "one.md"),
+                     "--plot", str(one)]) == 0
+    assert cli.main(["experiment", "report", "--runs", runs, "--output", str(tmp_path / "two.md"),
+                     "--plot", str(two), "--curve", "teacher-soft,student-human"]) == 0  # with the born-again curve
+    assert two.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and two.read_bytes() != one.read_bytes()
+    assert "--curve teacher-soft,student-human -->" in (tmp_path / "two.md").read_text().splitlines()[0]
+    capsys.readouterr()
+    bad_md, bad_png = tmp_path / "bad.md", tmp_path / "bad.png"
+    assert cli.main(["experiment", "report", "--runs", runs, "--output", str(bad_md), "--plot", str(bad_png),
+                     "--curve", "teacher-soft,teacher-hard"]) == 2  # a teacher no student was distilled from
+    err = capsys.readouterr().err
+    assert "no margin-MSE student runs on the labels of teacher-hard to plot" in err
+    assert "teachers with a curve in these rows: " in err and "student-human, " in err and "teacher-soft" in err
+    assert cli.main(["experiment", "report", "--runs", runs, "--output", str(bad_md), "--curve", "teacher-soft"]) == 2
+    assert "give --plot PNG too" in capsys.readouterr().err
+    assert not bad_md.exists() and not bad_png.exists()
+
+
 def test_report_names_the_runs_that_resumed(finished):
     runner, rows, root = finished
     assert experiment_report.resumed_note(rows) == ""  # nothing in the finished plan was cut short

@@ -14,7 +14,7 @@ calls (a carried path stays on the machine while it is warm; name only the new g
           needs (two while the checkout is small);
   .gpu/k: the wheels `kdrank run` adds (kfp and the Google clients and cryptography it imports,
           ~9 MiB), for the `check` and `pipeline` steps only.
-All for Python 3.12, as that machine has. Then run tests/benchmarks/gpu_run.sh there (docs/results.md).
+All for Python 3.12, as that machine has. Then run tests/benchmarks/gpu_run.sh there (docs/results/next-gpu-session.md).
 """
 
 from __future__ import annotations

@@ -20,9 +20,9 @@ product) cannot be seen this way: it takes the label of the pair at its place. `
 the whole method gets right on two sets whose ids are both known (this CPU's fp32 and bf16 sets), with a
 pseudo-teacher as far from the proxy as the real teacher is.
 
-Measured on the full profile (docs/results.md, "Moving archived labels onto this CPU's pairs"): with the
-0x student as the proxy, 75.6% of the augmented rows get their own pair's grade and 23.8% another pair's,
-too many for a distillation row; no run was made from moved labels.
+Measured on the full profile (docs/results/full-experiments.md, "Moving archived labels onto this CPU's
+pairs"): with the 0x student as the proxy, 75.6% of the augmented rows get their own pair's grade and 23.8%
+another pair's, too many for a distillation row; no run was made from moved labels.
 
     PYTHONPATH=. python tests/benchmarks/label_transfer.py transfer --labels LABELS_DIR \
         --pairs runs/x/data/augmented-16x.parquet --proxy SCORED.parquet --output OUT

@@ -7,7 +7,8 @@ scores a probe set: validation queries of the *full* split that the reduced subs
 the reduced test queries stay untouched. It also scores reference models on the same probe set
 (BM25, the zero-shot bi-encoder, and any checkpoints given with --checkpoint).
 
-The three probes of docs/results.md (each about 30 minutes on 2 CPU cores; results in docs/results/probes/):
+The three probes of docs/results/reduced-probes.md (each about 30 minutes on 2 CPU cores; results in
+docs/results/probes/):
 
     PYTHONPATH=. python tests/benchmarks/probe_teacher.py --epochs 4 --output runs/probe/teacher-e4.json \
         --checkpoint teacher-soft-1ep=runs/results-reduced/models/teacher-soft \
