@@ -168,9 +168,8 @@ def scaling_points(rows: list[dict], teacher: str = "teacher-soft") -> tuple[lis
     return curve, repeats
 
 
-# a curve's colour and its teacher's: the first curve keeps the plot's original blue and red
-CURVE_COLOURS = (("tab:blue", "tab:red"), ("tab:purple", "tab:purple"), ("tab:orange", "tab:orange"),
-                 ("tab:brown", "tab:brown"), ("tab:olive", "tab:olive"), ("tab:cyan", "tab:cyan"))
+# the curves' colours; each teacher's line takes its curve's, but a single curve keeps the plot's red teacher
+CURVE_COLOURS = ("tab:blue", "tab:orange", "tab:purple", "tab:brown", "tab:olive", "tab:cyan")
 
 
 def scaling_plot(rows: list[dict], path: str, title: str, teachers: list[str] | None = None) -> str:
@@ -198,8 +197,7 @@ def scaling_plot(rows: list[dict], path: str, title: str, teachers: list[str] | 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2 if one else 4.8))
     for ax, (key, label) in zip(axes, (("ndcg@5", "NDCG@5"), ("pairwise_accuracy", "pairwise accuracy")),
                                 strict=True):
-        for i, ((teacher, (curve, repeats)), (colour, line)) in enumerate(zip(curves.items(), CURVE_COLOURS,
-                                                                               strict=False)):
+        for i, ((teacher, (curve, repeats)), colour) in enumerate(zip(curves.items(), CURVE_COLOURS, strict=False)):
             named = "student, margin MSE" if one else f"margin MSE from {teacher}"
             dx = 0.07 * (i - (len(curves) - 1) / 2)  # curves side by side at a shared size, so both bars show
             xs = [at[r["augmented"]] + dx for r in curve]
@@ -215,10 +213,12 @@ def scaling_plot(rows: list[dict], path: str, title: str, teachers: list[str] | 
                 ax.plot([at[r["augmented"]] + dx for r in repeats], [r["metrics"][key] for r in repeats], "o",
                         mfc="none", color=colour, label="same run, other seed" if one else f"{named}, other seed")
             if teacher in by_run and teacher != "student-human":  # a born-again curve's teacher is a line below
-                ax.axhline(by_run[teacher]["metrics"][key], linestyle="--", color=line,
+                ax.axhline(by_run[teacher]["metrics"][key], linestyle="--", color="tab:red" if one else colour,
                            label="teacher (soft targets)" if one and teacher == "teacher-soft" else
                            f"teacher: {teacher}")
-        refs = (("student-human", "student on human labels", "tab:green"), ("baseline-bm25", "BM25", "tab:gray"))
+        refs = (("student-human", "student on human labels" + (" (the born-again curve's teacher)"
+                                                               if "student-human" in teachers else ""), "tab:green"),
+                ("baseline-bm25", "BM25", "tab:gray"))
         for run, name, color in refs:
             if run in by_run:
                 ax.axhline(by_run[run]["metrics"][key], linestyle="--", color=color, label=name)
