@@ -183,7 +183,8 @@ def scaling_plot(rows: list[dict], path: str, title: str, teachers: list[str] | 
 
     teachers = list(teachers or ["teacher-soft"])
     if len(teachers) > len(CURVE_COLOURS) or len(set(teachers)) != len(teachers):
-        raise ValueError(f"--curve names {len(CURVE_COLOURS)} distinct teachers at most, got {teachers}")
+        raise ValueError(f"the plot draws the curves of {len(CURVE_COLOURS)} distinct teachers at most (--curve), "
+                         f"got {teachers}")
     by_run = {r["run"]: r for r in rows}
     curves = {t: scaling_points(rows, t) for t in teachers}
     if empty := [t for t, (curve, _) in curves.items() if not curve]:
@@ -222,7 +223,7 @@ def scaling_plot(rows: list[dict], path: str, title: str, teachers: list[str] | 
         for run, name, color in refs:
             if run in by_run:
                 ax.axhline(by_run[run]["metrics"][key], linestyle="--", color=color, label=name)
-        # a size whose only point is not the plan's run says which run it is (the pipeline's student, say)
+        # a point that is not the plan's run names that run under its size (the pipeline's student, say)
         others = {r["augmented"]: r["run"] for curve, _ in curves.values() for r in curve
                   if not r["run"].startswith("student-margin-")}
         ax.set_xticks(list(range(len(sizes))),

@@ -578,6 +578,9 @@ def test_report_draws_a_curve_per_named_teacher_and_refuses_one_without_a_curve(
     assert "teachers with a curve in these rows: " in err and "student-human, " in err and "teacher-soft" in err
     assert cli.main(["experiment", "report", "--runs", runs, "--output", str(bad_md), "--curve", "teacher-soft"]) == 2
     assert "give --plot PNG too" in capsys.readouterr().err
+    assert cli.main(["experiment", "report", "--runs", runs, "--output", str(bad_md), "--plot", str(bad_png),
+                     "--curve", "teacher-soft", "--curve", "teacher-soft"]) == 2
+    assert "distinct teachers at most (--curve), got ['teacher-soft', 'teacher-soft']" in capsys.readouterr().err
     assert not bad_md.exists() and not bad_png.exists()
 
 
