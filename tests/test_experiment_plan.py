@@ -203,7 +203,6 @@ def test_a_teacher_soft_entry_is_a_variant_of_a_scaling_curve_run_named_as_it(mo
     assert list(runs).index("student-margin-2x-lr3e-4") > list(runs).index("teacher-soft")
 
 
-
 @pytest.mark.parametrize("profile", ["test", "reduced", "full"])
 def test_distilled_run_name_is_the_name_the_plan_gives_each_teachers_margin_run(profile):
     # the report finds a teacher's scaling curve by these names, so they must be the plan's, for every teacher
