@@ -172,6 +172,13 @@ def scaling_points(rows: list[dict], teacher: str = "teacher-soft") -> tuple[lis
 CURVE_COLOURS = ("tab:blue", "tab:orange", "tab:purple", "tab:brown", "tab:olive", "tab:cyan")
 
 
+def segment_styles(slots: list[int]) -> list[str]:
+    """The line joining each point of a curve to the next, given the points' places on the size axis: solid
+    between neighbouring sizes, dotted across sizes the curve has no point at (another curve's), so that no
+    stretch of line reads as a measurement where there is none."""
+    return ["-" if b - a == 1 else ":" for a, b in zip(slots, slots[1:], strict=False)]
+
+
 def scaling_plot(rows: list[dict], path: str, title: str, teachers: list[str] | None = None) -> str:
     """NDCG@5 and pairwise accuracy of the margin-MSE students against augmented size, one curve per teacher
     (default: teacher-soft's, the scaling curve), each teacher's own row a dashed line in its curve's colour,
@@ -207,9 +214,11 @@ def scaling_plot(rows: list[dict], path: str, title: str, teachers: list[str] | 
             if all(bounds):  # query-bootstrap 95% intervals
                 yerr = [[y - b[0] for y, b in zip(ys, bounds, strict=True)],
                         [b[1] - y for y, b in zip(ys, bounds, strict=True)]]
-                ax.errorbar(xs, ys, yerr=yerr, fmt="o-", capsize=4, color=colour, label=f"{named} (95% CI)")
+                ax.errorbar(xs, ys, yerr=yerr, fmt="o", capsize=4, color=colour, label=f"{named} (95% CI)")
             else:
-                ax.plot(xs, ys, "o-", color=colour, label=named)
+                ax.plot(xs, ys, "o", color=colour, label=named)
+            for k, style in enumerate(segment_styles([at[r["augmented"]] for r in curve]), start=1):
+                ax.plot(xs[k - 1:k + 1], ys[k - 1:k + 1], color=colour, linestyle=style)
             if repeats:
                 ax.plot([at[r["augmented"]] + dx for r in repeats], [r["metrics"][key] for r in repeats], "o",
                         mfc="none", color=colour, label="same run, other seed" if one else f"{named}, other seed")

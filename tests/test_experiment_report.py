@@ -3,7 +3,7 @@ groups and which runs the scaling curve takes. The whole report on real runs is 
 
 from __future__ import annotations
 
-from pipelines.experiment_report import scaling_points, seed_spread
+from pipelines.experiment_report import scaling_points, seed_spread, segment_styles
 
 
 def test_seed_spread_groups_a_run_with_its_own_seeds_only():
@@ -62,3 +62,10 @@ def test_scaling_points_of_another_teacher_take_its_plan_runs_and_leave_its_vari
     curve, repeats = scaling_points(rows, "student-human-seed14")
     assert ([r["run"] for r in curve], repeats) == (["student-margin-0x-bornagain-from-seed14"], [])
     assert scaling_points(rows, "teacher-nope") == ([], [])
+
+
+def test_a_curve_is_dotted_across_sizes_it_has_no_point_at():
+    assert segment_styles([0, 1, 2]) == ["-", "-"]
+    assert segment_styles([0, 4]) == [":"]  # teacher-soft's 0x and 16x on an axis with 2x, 4x and 8x between
+    assert segment_styles([0, 1, 3]) == ["-", ":"]
+    assert segment_styles([2]) == []
