@@ -202,30 +202,38 @@ def scaling_plot(rows: list[dict], path: str, title: str, teachers: list[str] | 
     sizes = sorted({r["augmented"] for curve, _ in curves.values() for r in curve})
     at = {m: x for x, m in enumerate(sizes)}  # evenly spaced sizes: 0x, 2x, 4x, ... read better than a log axis
     one = len(teachers) == 1
+    order: dict[str, tuple[int, int]] = {}  # legend entry -> (its curve, its place there); references after
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2 if one else 4.8))
     for ax, (key, label) in zip(axes, (("ndcg@5", "NDCG@5"), ("pairwise_accuracy", "pairwise accuracy")),
                                 strict=True):
         for i, ((teacher, (curve, repeats)), colour) in enumerate(zip(curves.items(), CURVE_COLOURS, strict=False)):
             named = "student, margin MSE" if one else f"margin MSE from {teacher}"
             dx = 0.07 * (i - (len(curves) - 1) / 2)  # curves side by side at a shared size, so both bars show
-            xs = [at[r["augmented"]] + dx for r in curve]
+            slots = [at[r["augmented"]] for r in curve]
+            xs = [slot + dx for slot in slots]
             ys = [r["metrics"][key] for r in curve]
             bounds = [r.get("ci", {}).get(key) for r in curve]
             if all(bounds):  # query-bootstrap 95% intervals
                 yerr = [[y - b[0] for y, b in zip(ys, bounds, strict=True)],
                         [b[1] - y for y, b in zip(ys, bounds, strict=True)]]
-                ax.errorbar(xs, ys, yerr=yerr, fmt="o", capsize=4, color=colour, label=f"{named} (95% CI)")
+                name = f"{named} (95% CI)"
+                ax.errorbar(xs, ys, yerr=yerr, fmt="o", capsize=4, color=colour, label=name)
             else:
-                ax.plot(xs, ys, "o", color=colour, label=named)
-            for k, style in enumerate(segment_styles([at[r["augmented"]] for r in curve]), start=1):
+                name = named
+                ax.plot(xs, ys, "o", color=colour, label=name)
+            order[name] = (i, 0)
+            for k, style in enumerate(segment_styles(slots), start=1):
                 ax.plot(xs[k - 1:k + 1], ys[k - 1:k + 1], color=colour, linestyle=style)
             if repeats:
+                name = "same run, other seed" if one else f"{named}, other seed"
                 ax.plot([at[r["augmented"]] + dx for r in repeats], [r["metrics"][key] for r in repeats], "o",
-                        mfc="none", color=colour, label="same run, other seed" if one else f"{named}, other seed")
+                        mfc="none", color=colour, label=name)
+                order[name] = (i, 1)
             if teacher in by_run and teacher != "student-human":  # a born-again curve's teacher is a line below
+                name = "teacher (soft targets)" if one and teacher == "teacher-soft" else f"teacher: {teacher}"
                 ax.axhline(by_run[teacher]["metrics"][key], linestyle="--", color="tab:red" if one else colour,
-                           label="teacher (soft targets)" if one and teacher == "teacher-soft" else
-                           f"teacher: {teacher}")
+                           label=name)
+                order[name] = (i, 2)
         refs = (("student-human", "student on human labels" + (" (the born-again curve's teacher)"
                                                                if "student-human" in teachers else ""), "tab:green"),
                 ("baseline-bm25", "BM25", "tab:gray"))
@@ -242,11 +250,6 @@ def scaling_plot(rows: list[dict], path: str, title: str, teachers: list[str] | 
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
     if not one:  # each curve's entries together (matplotlib lists error bars after lines), references last
-        order = {}
-        for i, teacher in enumerate(teachers):
-            named = f"margin MSE from {teacher}"
-            order |= {f"{named} (95% CI)": (i, 0), named: (i, 0), f"{named}, other seed": (i, 1),
-                      f"teacher: {teacher}": (i, 2)}
         handles, labels = zip(*sorted(zip(handles, labels, strict=True),
                                       key=lambda entry: order.get(entry[1], (len(teachers), 0))), strict=True)
     fig.legend(handles, labels, loc="lower center", ncol=4 if one else 3, fontsize=8)
