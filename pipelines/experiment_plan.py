@@ -26,6 +26,8 @@ from dataclasses import dataclass, field, replace
 
 from components.flow import PROFILES, get_profile
 
+# The baselines components.evaluate scores (its BASELINES; a test keeps the two equal). Copied, not imported:
+# evaluate pulls in pandas and scipy, about a second, and the plan is read by commands that need neither.
 BASELINES = ("random", "bm25", "biencoder")
 BORN_AGAIN = "bornagain"  # suffix of the run distilled from a student teacher instead of the LLM
 

@@ -7,6 +7,7 @@ import pytest
 from kdrank_testing import patch_test_plan
 
 from components import flow
+from pipelines import experiment_plan
 from pipelines.experiment_plan import distilled_run_name, plan
 
 
@@ -217,3 +218,11 @@ def test_distilled_run_name_is_the_name_the_plan_gives_each_teachers_margin_run(
     assert (distilled_run_name("teacher-soft-verbaliser-seed15", 2.0)
             == "student-margin-2x-soft-verbaliser-teacherseed15")
     assert distilled_run_name("student-human-seed14", 0.0) == "student-margin-0x-bornagain-from-seed14"
+
+
+def test_the_plan_makes_a_run_for_each_baseline_evaluate_scores():
+    from components import evaluate
+
+    assert experiment_plan.BASELINES == evaluate.BASELINES
+    baselines = [run.name for run in plan("test") if run.kind == "baseline"]
+    assert baselines == [f"baseline-{kind}" for kind in evaluate.BASELINES]
