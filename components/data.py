@@ -7,7 +7,9 @@ raises `DataError` naming the file, row and column; outputs are written whole or
 
 from __future__ import annotations
 
+import csv
 import gzip
+import hashlib
 import io
 import json
 import logging
@@ -48,6 +50,7 @@ ESCI = ColumnMapping(
     scale=GradeScale(0.0, 3.0, 4), grade_map={"E": 3.0, "S": 2.0, "C": 1.0, "I": 0.0},
 )
 KDRANK = ColumnMapping(grade_dist=schema.GRADE_DIST)
+HOMEDEPOT_COLUMNS = {HOMEDEPOT.query, HOMEDEPOT.product_text, HOMEDEPOT.grade}  # a CSV with these is one
 PRESETS = {"homedepot": HOMEDEPOT, "esci": ESCI}
 
 
@@ -68,55 +71,115 @@ def _decode(raw: bytes, encoding: str, path: str) -> str:
         line = raw.count(b"\n", 0, err.start)  # 0-based line; the header is line 0
         raise DataError(
             f"bytes {raw[err.start:err.end]!r} at offset {err.start} are not valid {encoding} "
-            f"(line {line + 1} of the file; pass the right encoding, e.g. latin-1)",
+            f"(line {line + 1} of the file); a Home Depot file is latin-1: pass --format homedepot, and from "
+            f"Python any other encoding with a ColumnMapping(encoding=...)",
             path=path, row=line,
         ) from err
 
 
-def read_raw(uri: str, fmt: str | None = None, encoding: str = "utf-8") -> pd.DataFrame:
-    """A source table as read, before any mapping; text columns stay strings."""
+def _is_homedepot_header(raw: bytes) -> bool:
+    """Whether a CSV's first line names the Home Depot columns (read as latin-1, which decodes any byte)."""
+    header = next(csv.reader([raw.split(b"\n", 1)[0].decode("latin-1").lstrip("\ufeff")]), [])
+    return {name.strip() for name in header} >= HOMEDEPOT_COLUMNS
+
+
+def _read_json_records(text: str, path: str) -> pd.DataFrame:
+    """JSONL (one object per line) or a JSON array of objects; values stay as parsed (ids keep their digits)."""
+    if text.lstrip().startswith("["):
+        try:
+            records = json.loads(text)
+        except ValueError as err:
+            raise DataError(f"unreadable JSON array: {err}", path=path) from err
+        where = "item {}"
+    else:
+        records, where = [], "line {}"
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except ValueError as err:
+                raise DataError(f"unreadable JSON: {err}", path=path, row=number) from err
+    for position, record in enumerate(records, start=1):
+        if not isinstance(record, dict):
+            raise DataError(f"{where.format(position)} is a {type(record).__name__}, not an object with named fields",
+                            path=path, row=position)
+    # object columns: a null id beside whole-number ids would otherwise turn every id into a float ('100001.0')
+    return pd.DataFrame(records, dtype=object) if records else pd.DataFrame()
+
+
+def read_raw(uri: str, fmt: str | None = None, encoding: str | None = "utf-8") -> pd.DataFrame:
+    """A source table as read, before any mapping; text columns stay strings.
+
+    `encoding=None` lets a CSV's header decide: latin-1 for the Home Depot columns, else utf-8.
+    """
     fmt = fmt or infer_format(uri)
     if fmt in PRESETS:
         fmt = "csv" if fmt == "homedepot" else infer_format(uri)
     if fmt == "parquet":
         return read_table(uri)
+    if fmt not in ("csv", "jsonl"):
+        raise DataError(f"unknown format '{fmt}'; expected one of {FORMATS}", path=uri)
     raw = storage.read_bytes(uri)
     if str(uri).lower().endswith(".gz"):
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError) as err:
             raise DataError(f"not a readable gzip file: {err}", path=uri) from err
+    if encoding is None:
+        encoding = HOMEDEPOT.encoding if fmt == "csv" and _is_homedepot_header(raw) else "utf-8"
     text = _decode(raw, encoding, uri)
+    if fmt == "jsonl":
+        return _read_json_records(text, uri)
     try:
-        if fmt == "csv":
-            return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
-        if fmt == "jsonl":
-            return pd.read_json(io.StringIO(text), lines=True, dtype=False)
+        return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     except (ValueError, pd.errors.ParserError) as err:
         raise DataError(f"unreadable {fmt}: {err}", path=uri) from err
-    raise DataError(f"unknown format '{fmt}'; expected one of {FORMATS}", path=uri)
+
+
+def _parquet_shards(uri: str) -> list[str] | None:
+    """Every *.parquet under a directory or gs:// prefix, in name order (None: `uri` is one file).
+
+    Hidden names are left out, folders too: a writer's temporary folder is not a shard."""
+    if storage.is_gcs(uri):
+        if uri.endswith(".parquet"):
+            return None
+        names = [n for n in storage.list_files(uri)
+                 if n.endswith(".parquet") and not any(part.startswith(".") for part in n.split("/"))]
+        shards = [storage.join(uri, n) for n in names]
+    else:
+        path = Path(uri)
+        if not path.is_dir():
+            if not path.exists():
+                raise FileNotFoundError(f"no such file: {uri}")
+            return None
+        shards = [str(p) for p in sorted(path.rglob("*.parquet"))
+                  if not any(part.startswith(".") for part in p.relative_to(path).parts)]
+    if not shards:
+        raise FileNotFoundError(f"no Parquet files under {uri}")
+    return shards
 
 
 def read_table(uri: str) -> pd.DataFrame:
     """One Parquet file, or every *.parquet under a directory or gs:// prefix (shards, in name order)."""
     uri = str(uri)
+    shards = _parquet_shards(uri)
+    if shards is None:
+        return pd.read_parquet(io.BytesIO(storage.read_bytes(uri)) if storage.is_gcs(uri) else uri)
     if storage.is_gcs(uri):
-        if uri.endswith(".parquet"):
-            return pd.read_parquet(io.BytesIO(storage.read_bytes(uri)))
-        names = [n for n in storage.list_files(uri) if n.endswith(".parquet")]
-        if not names:
-            raise FileNotFoundError(f"no Parquet files under {uri}")
-        return pd.concat([pd.read_parquet(io.BytesIO(storage.read_bytes(storage.join(uri, n))))
-                          for n in names], ignore_index=True)
-    path = Path(uri)
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*.parquet") if not p.name.startswith("."))
-        if not files:
-            raise FileNotFoundError(f"no Parquet files under {uri}")
-        return pd.concat([pd.read_parquet(p) for p in files], ignore_index=True)
-    if not path.exists():
-        raise FileNotFoundError(f"no such file: {uri}")
-    return pd.read_parquet(path)
+        return pd.concat([pd.read_parquet(io.BytesIO(storage.read_bytes(s))) for s in shards], ignore_index=True)
+    return pd.concat([pd.read_parquet(s) for s in shards], ignore_index=True)
+
+
+def source_digest(uri: str) -> str:
+    """sha256 of a source's bytes: one file, or every Parquet shard of a directory or prefix with its name."""
+    uri = str(uri)
+    folder = not Path(uri.rstrip("/")).suffix if storage.is_gcs(uri) else Path(uri).is_dir()
+    digest = hashlib.sha256()
+    for shard in _parquet_shards(uri) if folder else [uri]:
+        digest.update(shard.removeprefix(uri).encode() + b"\0")
+        digest.update(storage.read_bytes(shard))
+    return digest.hexdigest()
 
 
 def write_table(frame: pd.DataFrame, uri: str) -> str:
@@ -154,6 +217,9 @@ def normalize(raw: pd.DataFrame, mapping: ColumnMapping, *, path: str, fmt: str 
         null = raw[col].isna().to_numpy()
         for pos in np.flatnonzero(null | (values.to_numpy() == "") | (values.to_numpy() == "nan") & null):
             problems.append((int(pos), col, "empty value"))
+        if raw[col].dtype == object:  # JSON may hold a list or an object where a text belongs
+            for pos in np.flatnonzero(raw[col].map(lambda v: isinstance(v, list | dict)).to_numpy()):
+                problems.append((int(pos), col, f"a {type(raw[col].iat[pos]).__name__}, not a text value"))
 
     grade_raw = raw[mapping.grade]
     if mapping.grade_map is not None:
@@ -209,7 +275,7 @@ def _parse_dists(column: pd.Series, k: int, name: str) -> tuple[np.ndarray, list
     for pos, value in enumerate(column.to_numpy()):
         try:
             vec = np.asarray(json.loads(value) if isinstance(value, str) else value, dtype=np.float64)
-            if vec.shape != (k,) or (vec < 0).any() or vec.sum() <= 0:
+            if vec.shape != (k,) or not np.isfinite(vec).all() or (vec < 0).any() or vec.sum() <= 0:
                 raise ValueError
             out[pos] = vec / vec.sum()
         except (ValueError, TypeError):
@@ -241,9 +307,9 @@ def read_pairs(uri: str, fmt: str | None = None, mapping: ColumnMapping | None =
     if fmt not in FORMATS:
         raise DataError(f"unknown format '{fmt}'; expected one of {FORMATS}", path=uri)
     mapping = mapping or PRESETS.get(fmt)
-    raw = read_raw(uri, fmt, mapping.encoding if mapping else "utf-8")
+    raw = read_raw(uri, fmt, mapping.encoding if mapping else None)
     if mapping is None:
-        mapping = HOMEDEPOT if {"search_term", "product_title", "relevance"} <= set(raw.columns) else KDRANK
+        mapping = HOMEDEPOT if set(raw.columns) >= HOMEDEPOT_COLUMNS else KDRANK
         if mapping is HOMEDEPOT:
             log.info("%s: recognised the Home Depot format", uri)
     return normalize(raw, mapping, path=uri, fmt=fmt, on_invalid=on_invalid)
@@ -285,18 +351,22 @@ class PrepareConfig:
 def prepare_data(input_uri: str, output_dir: str, config: PrepareConfig | None = None) -> dict[str, str]:
     """Read, validate and split a labelled source; write train/val/test/catalogue Parquet + summary.
 
-    Returns the paths. A rerun with the same input and config finds the summary and does nothing.
+    Returns the paths. A rerun with the same input (its bytes, not only its name) and config finds the
+    summary and does nothing. The summary is written last and removed before anything else is rewritten,
+    so a run stopped half-way leaves no summary, and the next run prepares everything again.
     """
     config = config or PrepareConfig()
     paths = {name: storage.join(output_dir, f"{name}.parquet") for name in ("train", "val", "test", "catalogue")}
     summary_path = storage.join(output_dir, "summary.json")
-    settings = {"input": str(input_uri), **asdict(config)}
+    settings = {"input": str(input_uri), "input_sha256": source_digest(input_uri), **asdict(config)}
     if storage.exists(summary_path):
         done = json.loads(storage.read_text(summary_path))
         if done.get("settings") == settings and all(storage.exists(p) for p in paths.values()):
             log.info("data already prepared in %s", output_dir)
             return paths
     frame = read_pairs(input_uri, config.fmt, on_invalid=config.on_invalid)
+    if storage.exists(summary_path):  # the tables below are replaced one by one: no summary until all are
+        storage.remove(summary_path)
     catalogue = catalogue_of(frame)  # every product in the source, also when only some queries are kept
     if config.max_queries:
         keep = sorted(frame[schema.QUERY_ID].unique(), key=lambda q: schema.query_id(f"sub:{q}"))

@@ -54,8 +54,17 @@ def test_gzip_compressed_csv_reads_as_the_plain_file(tmp_path):
 
 
 def test_homedepot_detected_from_header(tmp_path):
-    path = write(tmp_path, "train.csv", HOMEDEPOT_CSV, "latin-1")
-    assert len(data.read_pairs(path)) == 5
+    # the Kaggle file is latin-1: recognised by its header, it is read as latin-1 without --format
+    path = write(tmp_path, "train.csv", HOMEDEPOT_CSV.replace("Chrome", "Chrome\xae"), "latin-1")
+    frame = data.read_pairs(path)
+    pd.testing.assert_frame_equal(frame, data.read_pairs(path, "homedepot"))
+    assert "Chrome®" in frame[schema.PRODUCT_TEXT][2]
+
+
+def test_a_non_utf8_csv_without_a_known_header_says_what_to_pass(tmp_path):
+    text = "query,product_id,product_text,grade\ndrill,1,Drill \xae,2\n"
+    with pytest.raises(DataError, match=r"row 1: bytes b'\\xae' .* not valid utf-8 .*pass --format homedepot"):
+        data.read_pairs(write(tmp_path, "pairs.csv", text, "latin-1"))
 
 
 def test_esci_labels_mapped_by_columns(tmp_path):
@@ -97,6 +106,46 @@ def test_bad_input_names_file_row_and_column(tmp_path, text, match):
     with pytest.raises(DataError, match=match) as err:
         data.read_pairs(path, "homedepot")
     assert "bad.csv" in str(err.value)
+
+
+@pytest.mark.parametrize("dist", [[float("nan"), 0.5, 0.5], [float("inf"), 1.0, 0.0]])
+def test_a_distribution_with_nan_or_inf_is_refused(tmp_path, dist):
+    frame = pd.DataFrame({"query": ["drill", "drill"], "product_id": ["a", "b"], "product_text": ["Drill", "Bit"],
+                          "grade": [1.0, 1.0], "grade_dist": [[0.0, 1.0, 0.0], dist]})
+    path = str(tmp_path / "pairs.parquet")
+    frame.to_parquet(path)
+    with pytest.raises(DataError, match=r"row 2, column 'grade_dist': not a distribution over 3 grades"):
+        data.read_pairs(path)
+
+
+def test_jsonl_ids_keep_their_digits_beside_a_null_and_bad_lines_are_named(tmp_path):
+    rows = [{"query": "drill", "product_id": 100001, "product_text": "Drill", "grade": 2},
+            {"query": "drill", "product_id": None, "product_text": "Bit", "grade": 1},
+            {"query": "drill", "product_id": 100003, "product_text": "Saw", "grade": 0}]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    frame = data.read_pairs(str(path), on_invalid="drop")
+    assert frame[schema.PRODUCT_ID].tolist() == ["100001", "100003"]
+    with pytest.raises(DataError, match=r"row 2, column 'product_id': empty value"):
+        data.read_pairs(str(path))
+    path.write_text(json.dumps(rows[0]) + "\n{not json\n")
+    with pytest.raises(DataError, match=r"pairs.jsonl, row 2: unreadable JSON"):
+        data.read_pairs(str(path))
+    path.write_text(json.dumps(rows[0]) + "\n" + json.dumps({**rows[2], "query": ["drill"]}))
+    with pytest.raises(DataError, match=r"row 2, column 'query': a list, not a text value"):
+        data.read_pairs(str(path))
+
+
+def test_a_json_array_of_objects_reads_as_jsonl(tmp_path):
+    rows = [{"query": "drill", "product_id": "a", "product_text": "Drill", "grade": 2},
+            {"query": "drill", "product_id": "b", "product_text": "Bit", "grade": 1}]
+    array, lines = tmp_path / "pairs.json", tmp_path / "pairs.jsonl"
+    array.write_text(json.dumps(rows))
+    lines.write_text("\n".join(json.dumps(r) for r in rows))
+    pd.testing.assert_frame_equal(data.read_pairs(str(array)), data.read_pairs(str(lines)))
+    array.write_text(json.dumps([rows[0], 3]))
+    with pytest.raises(DataError, match=r"pairs.json, row 2: item 2 is a int, not an object"):
+        data.read_pairs(str(array))
 
 
 def test_undecodable_bytes_named(tmp_path):
@@ -152,6 +201,45 @@ def test_prepare_data_writes_splits_and_skips_rerun(tmp_path):
     data.prepare_data(path, str(out), data.PrepareConfig(fmt="homedepot"))
     assert (out / "train.parquet").stat().st_mtime_ns == mtime
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+
+
+def test_prepare_data_reruns_when_the_input_changes_under_the_same_name(tmp_path):
+    path = write(tmp_path, "hd.csv", HOMEDEPOT_CSV)
+    out = str(tmp_path / "prepared")
+    data.prepare_data(path, out, data.PrepareConfig(test_fraction=0.0, val_fraction=0.0))
+    write(tmp_path, "hd.csv", HOMEDEPOT_CSV.replace("microwave,1", "microwave oven,1"))
+    paths = data.prepare_data(path, out, data.PrepareConfig(test_fraction=0.0, val_fraction=0.0))
+    assert "microwave oven" in pd.read_parquet(paths["train"])[schema.QUERY].tolist()
+
+
+def test_a_prepare_stopped_half_way_leaves_no_summary_and_the_next_run_redoes_every_table(tmp_path, monkeypatch):
+    rows = [f"{i},{1000 + i % 37},Product {i % 37} title,query {i % 50},{1 + (i % 5) / 2}" for i in range(300)]
+    path = write(tmp_path, "hd.csv", "id,product_uid,product_title,search_term,relevance\n" + "\n".join(rows))
+    out = tmp_path / "prepared"
+    data.prepare_data(path, str(out), data.PrepareConfig(seed=13))
+    real_write, calls = data.write_table, []
+
+    def write_then_fail(frame, uri):
+        calls.append(uri)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return real_write(frame, uri)
+
+    monkeypatch.setattr(data, "write_table", write_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        data.prepare_data(path, str(out), data.PrepareConfig(seed=14))  # train written with seed 14, then stopped
+    assert not (out / "summary.json").exists()
+    monkeypatch.setattr(data, "write_table", real_write)
+    paths = data.prepare_data(path, str(out), data.PrepareConfig(seed=13))
+    parts = {k: set(pd.read_parquet(paths[k])[schema.QUERY_ID]) for k in ("train", "val", "test")}
+    assert not (parts["train"] & parts["val"]) and not (parts["train"] & parts["test"])
+
+
+def test_read_table_leaves_out_a_writers_hidden_temporary_folder(tmp_path, tiny_labelled):
+    folder = tmp_path / "shards"
+    data.write_table(tiny_labelled.iloc[:30], str(folder / "shard-0.parquet"))
+    data.write_table(tiny_labelled.iloc[30:], str(folder / ".shard-1.parquet.tmp123" / "part.parquet"))
+    assert len(data.read_table(str(folder))) == 30
 
 
 def test_read_table_from_gcs_shards(gcs_emulator, tiny_labelled):
