@@ -376,6 +376,10 @@ def augment_pairs(labelled_uri: str, catalogue_uri: str, output_uri: str,
     """
     config = config or AugmentConfig()
     config.validate()
+    if config.title_queries > 0:
+        log.warning("title_queries=%s: queries made from titles are not checked against the validation and test "
+                    "queries, which augmentation does not see; one may repeat a held-out query (docs/data.md)",
+                    config.title_queries)
     start = time.perf_counter()
     labelled, catalogue = read_inputs(labelled_uri, catalogue_uri)
     encoder_path = (models.resolve_model(config.encoder, "student", cache_dir=config.cache_dir)
