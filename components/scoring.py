@@ -8,6 +8,8 @@ input order) exists only as the benchmark's baseline.
 from __future__ import annotations
 
 import contextlib
+import gzip
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,6 +46,29 @@ def load_classifier(path: str | Path, *, role: str, num_labels: int | None = Non
     return tokenizer, model
 
 
+def token_limit(tokenizer, model) -> tuple[int | None, str]:
+    """The most tokens per pair `model` takes, and where that comes from: its position embeddings, and
+    the tokenizer's model_max_length where that is a real number (transformers' "unset" is 1e30)."""
+    found = {"max_position_embeddings": getattr(model.config, "max_position_embeddings", None),
+             "tokenizer model_max_length": getattr(tokenizer, "model_max_length", None)}
+    found = {k: v for k, v in found.items() if isinstance(v, int) and 0 < v <= 1_000_000}
+    if not found:
+        return None, "no limit known"
+    return min(found.values()), ", ".join(f"{k} {v}" for k, v in found.items())
+
+
+def check_max_length(max_length: int, tokenizer=None, model=None, *, option: str = "max_length",
+                     source: str = "the model") -> int:
+    """`max_length` if at least 1 and within what `model` and `tokenizer` support, else a ValueError."""
+    if max_length < 1:
+        raise ValueError(f"{option} must be >= 1, got {max_length}")
+    if model is not None:
+        limit, why = token_limit(tokenizer, model)
+        if limit is not None and max_length > limit:
+            raise ValueError(f"{option} {max_length} is more than {source} supports: at most {limit} tokens ({why})")
+    return max_length
+
+
 def prepare_decoder_tokenizer(tokenizer, model) -> None:
     """Decoder LLMs often ship without a pad token; classification needs one to find the last token."""
     if tokenizer.pad_token is None:
@@ -61,14 +86,20 @@ class PairScorer:
         self.info: CheckpointInfo = read_info(local)
         self.role = self.info.role
         self.num_grades = self.info.num_grades
-        self.max_length = max_length or self.info.max_length
+        self.max_length = self.info.max_length if max_length is None else max_length
         self.device = pick_device(device)
         member_dirs = [Path(local, m) for m in self.info.members] or [Path(local)]
         self.members = []
-        for member in member_dirs:
-            tokenizer, model = load_classifier(member, role=self.role)
-            model.to(self.device).eval()
-            self.members.append((tokenizer, model))
+        try:
+            check_max_length(self.max_length)
+            for member in member_dirs:
+                tokenizer, model = load_classifier(member, role=self.role)
+                check_max_length(self.max_length, tokenizer, model, source=str(member))
+                model.to(self.device).eval()
+                self.members.append((tokenizer, model))
+        except BaseException:
+            self._stack.close()
+            raise
         if not storage.is_gcs(model_dir):
             self._stack.close()
 
@@ -84,6 +115,10 @@ class PairScorer:
     def score(self, queries: Sequence[str], products: Sequence[str], *, batch_size: int = 64,
               naive: bool = False, progress: bool = True, desc: str | None = None) -> Scores:
         queries, products = list(queries), list(products)
+        if len(queries) != len(products):
+            raise ValueError(f"{len(queries)} queries but {len(products)} products")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         n = len(queries)
         tables = None
         if naive:
@@ -122,15 +157,34 @@ class PairScorer:
         return Scores(score=results[0][:, 0].astype(np.float64))
 
 
+def _with_json_lists(frame):
+    """`frame` with list cells (teacher_probs, grade_dist) as JSON text, as read_pairs parses them in CSV."""
+    def is_list(value) -> bool:
+        return isinstance(value, list | tuple | np.ndarray)
+
+    frame = frame.copy()
+    for column in frame.columns:
+        if frame[column].dtype == object and frame[column].map(is_list).any():
+            frame[column] = [json.dumps(np.asarray(v).tolist()) if is_list(v) else v for v in frame[column]]
+    return frame
+
+
 def score_file(model_dir: str, input_uri: str, output_uri: str, *, fmt: str | None = None,
                batch_size: int = 64, device: str | None = None) -> str:
     """Score every (query, product_text) row of a pairs file; write it back with score columns.
 
-    Teachers add `teacher_probs` and `teacher_score`; students add `student_score` (raw) and
-    `student_grade` (on the grade scale). Output format follows the output name's extension.
+    Teachers add `teacher_probs` (JSON lists in CSV) and `teacher_score`; students add `student_score`
+    (raw) and `student_grade` (on the grade scale). The output format follows the output name's
+    extension (.csv, .jsonl, .parquet; CSV and JSONL gzip-compressed when it ends in .gz), checked
+    before anything is scored. An empty query or product text is an error naming its row.
     """
     from components import data, schema
 
+    out_fmt = data.infer_format(output_uri)
+    gzipped = str(output_uri).lower().endswith(".gz")
+    if gzipped and out_fmt == "parquet":
+        raise schema.DataError("gzip applies to CSV and JSONL output; Parquet is compressed already",
+                               path=output_uri)
     mapping = data.PRESETS.get(fmt or "")
     frame = data.read_raw(input_uri, fmt, mapping.encoding if mapping else "utf-8")
     if mapping is not None:
@@ -139,6 +193,14 @@ def score_file(model_dir: str, input_uri: str, output_uri: str, *, fmt: str | No
     schema.require_columns(frame, [schema.QUERY, schema.PRODUCT_TEXT], path=input_uri)
     if frame.empty:
         raise schema.DataError("no rows to score", path=input_uri)
+    for column in (schema.QUERY, schema.PRODUCT_TEXT):
+        values = frame[column]
+        blank = (values.isna() | (values.astype(str).str.strip() == "")).to_numpy()
+        if blank.any():
+            positions = np.flatnonzero(blank)
+            more = f" ({len(positions) - 1} more rows like it)" if len(positions) > 1 else ""
+            raise schema.DataError(f"empty {column}; every row needs one to be scored{more}", path=input_uri,
+                                   row=int(positions[0]) + 1, column=column)
     scorer = PairScorer(model_dir, device=device)
     result = scorer.score(frame[schema.QUERY].astype(str).tolist(),
                           frame[schema.PRODUCT_TEXT].astype(str).tolist(), batch_size=batch_size)
@@ -148,12 +210,14 @@ def score_file(model_dir: str, input_uri: str, output_uri: str, *, fmt: str | No
     else:
         frame[schema.STUDENT_SCORE] = result.score
         frame["student_grade"] = scorer.to_grade(result.score)
-    out_fmt = data.infer_format(output_uri)
     if out_fmt == "parquet":
         data.write_table(frame, output_uri)
-    elif out_fmt == "csv":
-        storage.write_text(output_uri, frame.to_csv(index=False))
     else:
-        storage.write_text(output_uri, frame.to_json(orient="records", lines=True, force_ascii=False))
+        if out_fmt == "csv":
+            text = _with_json_lists(frame).to_csv(index=False)
+        else:
+            text = frame.to_json(orient="records", lines=True, force_ascii=False)
+        raw = text.encode("utf-8")
+        storage.write_bytes(output_uri, gzip.compress(raw) if gzipped else raw)
     log.info("scored %d pairs with %s -> %s", len(frame), model_dir, output_uri)
     return output_uri

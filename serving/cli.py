@@ -14,8 +14,6 @@ def _export(args: argparse.Namespace) -> int:
     from serving.export import export_student
 
     opts = ServingOptions(max_batch_size=args.max_batch_size, max_queue_delay_us=args.queue_delay_us,
-                          preferred_batch_sizes=tuple(s for s in (128, 256, 512) if s <= args.max_batch_size)
-                          or (args.max_batch_size,),
                           cpu_instances=args.cpu_instances, cpu_threads=args.cpu_threads,
                           gpu_instances=args.gpu_instances, trt_precision=args.trt_precision,
                           max_text_chars=args.max_text_chars)
@@ -72,22 +70,23 @@ def _read_products(path: str) -> list[str]:
 
 
 def _rerank(args: argparse.Namespace) -> int:
-    import contextlib
-
     from serving.client import RerankClient
     from serving.requestlog import RequestLogger
 
     products = _read_products(args.products)
-    with contextlib.ExitStack() as stack:
-        logger = stack.enter_context(RequestLogger(args.log, fmt=args.log_format)) if args.log else None
-        client = stack.enter_context(RerankClient(args.url, protocol=args.protocol, model=args.model,
-                                                  timeout_s=args.timeout, logger=logger))
+    # the whole request is written once, after the ranking is printed: a sink that fails loses no result
+    logger = RequestLogger(args.log, fmt=args.log_format, flush_rows=len(products) + 1) if args.log else None
+    with RerankClient(args.url, protocol=args.protocol, model=args.model, timeout_s=args.timeout,
+                      logger=logger) as client:
         ranked = client.rerank(args.query, products)
     if args.json:
         print(json.dumps([{"product": p, "score": s} for p, s in ranked], ensure_ascii=False))
     else:
         for product, score in ranked:
             print(f"{score:.6f}\t{product}")
+    sys.stdout.flush()
+    if logger is not None:
+        logger.close()  # RequestLogError names the sink
     return 0
 
 
@@ -147,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                         datefmt="%H:%M:%S")
     try:
         return int(args.handler(args) or 0)
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
+    except (OSError, ValueError, RuntimeError) as err:  # OSError: FileExistsError, unreachable sinks, ...
         print(f"kdrank {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

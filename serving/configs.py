@@ -11,13 +11,15 @@ from dataclasses import dataclass
 
 from serving import layout
 
+DEFAULT_PREFERRED_BATCH_SIZES = (128, 256, 512)
+
 
 @dataclass
 class ServingOptions:
     """Batching and placement settings written into the configs (not the model itself)."""
 
     max_batch_size: int = 512  # rows (pairs) per batch; also the most candidates one request may carry
-    preferred_batch_sizes: tuple[int, ...] = (128, 256, 512)
+    preferred_batch_sizes: tuple[int, ...] | None = None  # None: those of 128, 256, 512 not above the max
     max_queue_delay_us: int = 2000  # how long the batcher may hold a request to grow the batch
     cpu_instances: int = 2  # local flavour: ONNX Runtime processes (each with cpu_threads threads)
     cpu_threads: int = 0  # local flavour: ONNX Runtime intra-op threads; 0 = all cores
@@ -33,6 +35,10 @@ class ServingOptions:
     def __post_init__(self):
         if self.max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+        if self.preferred_batch_sizes is None:
+            self.preferred_batch_sizes = tuple(s for s in DEFAULT_PREFERRED_BATCH_SIZES
+                                               if s <= self.max_batch_size) or (self.max_batch_size,)
+        self.preferred_batch_sizes = tuple(self.preferred_batch_sizes)
         bad = [s for s in self.preferred_batch_sizes if not 1 <= s <= self.max_batch_size]
         if bad:
             raise ValueError(f"preferred_batch_sizes {bad} outside 1..max_batch_size={self.max_batch_size}")

@@ -162,9 +162,11 @@ def export_student(model_dir: str, output: str, *, model_name: str = layout.DEFA
     """
     import torch
 
-    from components.scoring import load_classifier
+    from components.scoring import check_max_length, load_classifier
 
     opts = options or ServingOptions()
+    if max_length is not None:
+        check_max_length(max_length, option="max_length (--max-length)")
     unknown = [f for f in flavours if f not in layout.FLAVOURS]
     if unknown or not flavours:
         raise ValueError(f"flavours must be a non-empty subset of {layout.FLAVOURS}, got {list(flavours)}")
@@ -181,8 +183,9 @@ def export_student(model_dir: str, output: str, *, model_name: str = layout.DEFA
         info = checkpoint.read_info(local)
         if info.role != pairs.STUDENT:
             raise ValueError(f"{model_dir} is a {info.role} checkpoint; only students are served")
-        max_length = max_length or info.max_length
+        max_length = info.max_length if max_length is None else max_length
         tokenizer, model = load_classifier(local, role=pairs.STUDENT, dtype=torch.float32)
+        check_max_length(max_length, tokenizer, model, option="max_length (--max-length)", source=str(model_dir))
         model.eval()
         if model.config.num_labels != 1:
             raise ValueError(f"{model_dir}: a student has one output (num_labels=1), "

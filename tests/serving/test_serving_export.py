@@ -152,3 +152,27 @@ def test_export_refuses_what_it_cannot_serve(tiny_teacher_dir, tiny_student_dir,
     with pytest.raises(ValueError, match="preferred_batch_sizes"):
         ServingOptions(max_batch_size=64, preferred_batch_sizes=(128,))
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("max_length", [0, -5, 513, 100_000])
+def test_max_length_outside_what_the_model_supports_is_refused_before_writing(tiny_student_dir, tmp_path,
+                                                                              max_length):
+    out = tmp_path / "out"
+    expected = "must be >= 1" if max_length < 1 else "at most 512 tokens .*max_position_embeddings 512"
+    with pytest.raises(ValueError, match=rf"max_length \(--max-length\).*{expected}"):
+        export_student(tiny_student_dir, str(out), max_length=max_length)
+    assert not out.exists()
+
+
+def test_export_cli_reports_errors_without_a_traceback(student_dir, exported_repo, tmp_path, capsys):
+    assert cli.main(["export", "--model", student_dir, "--output", exported_repo[0], "--version", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "kdrank export: error:" in err and "already holds version 1" in err and "Traceback" not in err
+    code = cli.main(["export", "--model", student_dir, "--output", str(tmp_path / "out"), "--max-length", "4096"])
+    assert code == 2 and "--max-length" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_default_preferred_batch_sizes_follow_max_batch_size():
+    assert ServingOptions(max_batch_size=64).preferred_batch_sizes == (64,)
+    assert ServingOptions(max_batch_size=300).preferred_batch_sizes == (128, 256)
+    assert ServingOptions().preferred_batch_sizes == (128, 256, 512)

@@ -74,3 +74,73 @@ def test_bad_sinks_are_refused(tmp_path):
         RequestLogger(str(tmp_path), fmt="csv")
     with pytest.raises(ValueError, match="3 products but 2 scores"):
         RequestLogger(str(tmp_path)).log("q", PRODUCTS, [1.0, 2.0], model_name="m", model_version="1")
+
+
+def test_only_a_jsonl_name_is_an_append_file(tmp_path):
+    sink = tmp_path / "logs.v2"  # a dot in the last part does not make it a file
+    with RequestLogger(str(sink), fmt="parquet") as logger:
+        ids = _log_two_requests(logger)
+    assert not logger.append_file and sink.is_dir() and logger.files[0].endswith(".parquet")
+    _check(read_request_log(str(sink)), ids)
+    with pytest.raises(ValueError, match="not 'parquet'"):
+        RequestLogger(str(tmp_path / "requests.jsonl"), fmt="parquet")
+
+
+def test_gcs_sink_with_a_dot_is_a_prefix_never_a_local_path(gcs_emulator, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = f"gs://{gcs_emulator}/serving/request.logs"
+    with RequestLogger(uri) as logger:
+        ids = _log_two_requests(logger)
+    assert not logger.append_file and not any(tmp_path.iterdir())  # nothing under ./gs:
+    assert [f.endswith(".jsonl") for f in storage.list_files(uri)] == [True]
+    _check(read_request_log(uri), ids)
+
+
+def test_failed_flush_keeps_the_rows_and_names_the_sink(tmp_path):
+    from serving.requestlog import RequestLogError
+
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the sink's parent directory should be")
+    sink = blocker / "log"
+    logger = RequestLogger(str(sink))
+    ids = _log_two_requests(logger)
+    with pytest.raises(RequestLogError, match=f"request log {sink}: could not write 4 rows"):
+        logger.flush()
+    with pytest.raises(OSError, match=str(sink)):  # and again: nothing was dropped
+        logger.close()
+    blocker.unlink()
+    written = logger.flush()
+    assert written and Path(written).parent == sink and logger.flush() is None
+    _check(read_request_log(str(sink)), ids)
+
+
+def test_a_failed_automatic_flush_does_not_fail_the_request(tmp_path, caplog):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a directory")
+    logger = RequestLogger(str(blocker / "log"), flush_rows=3)
+    ids = _log_two_requests(logger)  # the 3rd row triggers a flush that fails: warned, rows kept
+    assert "could not write 3 rows" in caplog.text and not logger.files
+    blocker.unlink()
+    logger.close()
+    _check(read_request_log(str(blocker / "log")), ids)
+
+
+def test_product_ids_must_match_the_products(tmp_path):
+    logger = RequestLogger(str(tmp_path))
+    for ids in (["p1"], ["p1", "p2", "p3", "p4"]):
+        with pytest.raises(ValueError, match=f"3 products but {len(ids)} product_ids"):
+            logger.log("q", PRODUCTS, SCORES, model_name="m", model_version="1", product_ids=ids)
+    assert logger.flush() is None
+
+
+def test_ranks_follow_the_client_order_ties_and_nan_included(tmp_path):
+    import numpy as np
+
+    scores = np.array([1.0, np.nan, 2.0, 1.0, np.nan, -3.0], dtype=np.float32)
+    products = [f"p{i}" for i in range(len(scores))]
+    with RequestLogger(str(tmp_path / "requests.jsonl")) as logger:
+        logger.log("q", products, scores, model_name="m", model_version="1")
+    frame = read_request_log(str(tmp_path / "requests.jsonl"))
+    client_order = np.argsort(-scores, kind="stable")  # serving/client.py: best first, ties in input order
+    assert list(frame.sort_values("rank")["product_text"]) == [products[i] for i in client_order]
+    assert sorted(frame["rank"]) == list(range(1, len(scores) + 1))

@@ -172,6 +172,29 @@ def test_rerank_cli_prints_ranking_and_logs_requests(triton_server, reference_sc
     assert logged["request_id"].nunique() == 1 and (logged["latency_ms"] > 0).all()
 
 
+def test_rerank_cli_prints_the_ranking_when_the_log_sink_fails(triton_server, tmp_path, capsys):
+    products = ["led bulb 60 w", "oak table", "lamp shade white"]
+    product_file = tmp_path / "products.txt"
+    product_file.write_text("\n".join(products) + "\n", encoding="utf-8")
+    (tmp_path / "blocker").write_text("a file, not a directory")
+    sink = tmp_path / "blocker" / "log"
+    argv = ["rerank", "--query", "lamp", "--products", str(product_file), "--url", triton_server.grpc_url,
+            "--log", str(sink), "--json"]
+    assert cli.main(argv) == 2
+    out, err = capsys.readouterr()
+    assert sorted(r["product"] for r in json.loads(out)) == sorted(products)  # the result is not lost
+    assert f"kdrank rerank: error: request log {sink}: could not write 3 rows" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_client_reads_max_batch_size_from_the_served_config(triton_server, exported_repo, protocol):
+    with RerankClient(url(triton_server, protocol), protocol=protocol) as client:
+        assert client.served_max_batch() == exported_repo[1]["serving_options"]["max_batch_size"] == 512
+        assert client.batch_limit() == 512
+    with RerankClient(url(triton_server, protocol), protocol=protocol, max_batch=100) as client:
+        assert client.batch_limit() == 100
+
+
 def test_metrics_endpoint_counts_inferences(triton_server):
     import urllib.request
 
