@@ -13,6 +13,17 @@ import sys
 from serving.layout import DEFAULT_MODEL_NAME
 
 
+def _at_least_one(text: str) -> int:
+    """argparse type of a size option: a whole number >= 1 (argparse names the option in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _monitor(args: argparse.Namespace) -> int:
     from monitoring.job import format_summary, monitor
     from monitoring.workspace import default_workspace
@@ -94,9 +105,9 @@ def register(subparsers) -> None:
     parser.add_argument("--thresholds", help="YAML overriding monitoring/thresholds.yaml (may be partial)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one threshold, e.g. --set agreement.mae_max=0.3 (repeatable)")
-    parser.add_argument("--sample-size", type=int, help="pairs labelled by the teacher (default 2000)")
-    parser.add_argument("--max-pairs-per-query", type=int, help="pairs per sampled query (default 10)")
-    parser.add_argument("--reference-size", type=int, help="reference pairs compared (default 5000)")
+    parser.add_argument("--sample-size", type=_at_least_one, help="pairs labelled by the teacher (default 2000)")
+    parser.add_argument("--max-pairs-per-query", type=_at_least_one, help="pairs per sampled query (default 10)")
+    parser.add_argument("--reference-size", type=_at_least_one, help="reference pairs compared (default 5000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workspace", help="Evidently workspace directory the run is appended to "

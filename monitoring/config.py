@@ -18,12 +18,40 @@ from components import storage
 
 DEFAULTS_FILE = Path(__file__).with_name("thresholds.yaml")
 
-# Evidently drift methods by what their score means: a distance drifts when it is >= the threshold,
-# a p-value when it is < the threshold. Anything else is rejected (the test direction would be a guess).
-DISTANCE_METHODS = frozenset({"wasserstein", "psi", "jensenshannon", "hellinger", "kl_div", "ed",
-                              "empirical_mmd", "abs_text_content_drift"})
-P_VALUE_METHODS = frozenset({"ks", "mannw", "anderson", "cramer_von_mises", "t_test", "es", "chisquare", "z",
-                             "g_test", "fisher_exact", "TVD"})
+# Column kinds a drift check reads. Binary: a categorical column of at most two values (z, fisher_exact
+# need that; the retrieval source usually has more).
+NUMERICAL, CATEGORICAL, BINARY, TEXT = "numerical", "categorical", "binary", "text"
+DISTANCE, P_VALUE = "distance", "p-value"
+
+# Evidently's drift methods (evidently/legacy/calculations/stattests): what the score means and the column
+# kinds each applies to. A distance drifts when it is >= the threshold, a p-value when it is < the
+# threshold. tests/monitoring/test_monitor_config.py checks this table against Evidently itself.
+DRIFT_METHODS: dict[str, tuple[str, frozenset[str]]] = {
+    "wasserstein": (DISTANCE, frozenset({NUMERICAL})),
+    "psi": (DISTANCE, frozenset({NUMERICAL, CATEGORICAL, BINARY})),
+    "jensenshannon": (DISTANCE, frozenset({NUMERICAL, CATEGORICAL, BINARY})),
+    "hellinger": (DISTANCE, frozenset({NUMERICAL, CATEGORICAL, BINARY})),
+    "kl_div": (DISTANCE, frozenset({NUMERICAL, CATEGORICAL, BINARY})),
+    "ed": (DISTANCE, frozenset({NUMERICAL})),
+    "abs_text_content_drift": (DISTANCE, frozenset({TEXT})),  # ROC AUC of a domain classifier
+    "ks": (P_VALUE, frozenset({NUMERICAL})),
+    "mannw": (P_VALUE, frozenset({NUMERICAL})),
+    "anderson": (P_VALUE, frozenset({NUMERICAL})),
+    "cramer_von_mises": (P_VALUE, frozenset({NUMERICAL})),
+    "t_test": (P_VALUE, frozenset({NUMERICAL})),
+    "es": (P_VALUE, frozenset({NUMERICAL})),
+    "empirical_mmd": (P_VALUE, frozenset({NUMERICAL})),  # a permutation test's p-value, not the MMD itself
+    "chisquare": (P_VALUE, frozenset({CATEGORICAL, BINARY})),
+    "g_test": (P_VALUE, frozenset({CATEGORICAL, BINARY})),
+    "TVD": (P_VALUE, frozenset({CATEGORICAL, BINARY})),  # a permutation test's p-value on the distance
+    "z": (P_VALUE, frozenset({BINARY})),
+    "fisher_exact": (P_VALUE, frozenset({BINARY})),
+}
+DISTANCE_METHODS = frozenset(m for m, (score, _) in DRIFT_METHODS.items() if score == DISTANCE)
+P_VALUE_METHODS = frozenset(m for m, (score, _) in DRIFT_METHODS.items() if score == P_VALUE)
+# The kind of column each drift check reads (monitoring/report.py builds them).
+CHECK_KINDS = {"prediction_drift": NUMERICAL, "teacher_drift": NUMERICAL, "input_drift": NUMERICAL,
+               "source_drift": CATEGORICAL, "text_drift": TEXT}
 
 
 @dataclass
@@ -41,13 +69,11 @@ class DriftCheck:
     threshold: float
     critical: bool
 
-    def __post_init__(self):
-        if self.method not in DISTANCE_METHODS | P_VALUE_METHODS:
-            raise ValueError(f"unknown drift method '{self.method}'; expected one of "
-                             f"{sorted(DISTANCE_METHODS | P_VALUE_METHODS)}")
-
     @property
     def is_p_value(self) -> bool:
+        """Whether the method's score is a p-value (drift below the threshold), else a distance."""
+        if self.method not in DRIFT_METHODS:
+            raise ValueError(f"unknown drift method '{self.method}'")
         return self.method in P_VALUE_METHODS
 
 
@@ -96,6 +122,28 @@ def _build(cls, data, where: str):
     return cls(**{k: _build(hints[k], v, f"{where}.{k}".lstrip(".")) for k, v in data.items()})
 
 
+def _validate(thresholds: Thresholds) -> Thresholds:
+    """Settings that parse but cannot run: a drift method for another kind of column, empty samples.
+
+    Caught here, before any window is read or labelled, each naming its key."""
+    for key, kind in CHECK_KINDS.items():
+        method = getattr(thresholds, key).method
+        if method not in DRIFT_METHODS:
+            raise ValueError(f"thresholds: '{key}.method': unknown drift method '{method}'; expected one of "
+                             f"{sorted(DRIFT_METHODS)}")
+        kinds = DRIFT_METHODS[method][1]
+        if kind not in kinds:
+            shown = sorted(k if k != BINARY else "two-valued categorical" for k in kinds
+                           if k != BINARY or CATEGORICAL not in kinds)
+            fitting = sorted(m for m, (_, k) in DRIFT_METHODS.items() if kind in k)
+            raise ValueError(f"thresholds: '{key}.method': {method} applies to {' or '.join(shown)} columns "
+                             f"but {key} checks {kind} columns; use one of {fitting}")
+    if thresholds.text_drift.sample_size < 1:
+        raise ValueError(f"thresholds: 'text_drift.sample_size' must be >= 1, got "
+                         f"{thresholds.text_drift.sample_size}")
+    return thresholds
+
+
 def _coerce(kind, value, where: str):
     if kind is bool:
         if not isinstance(value, bool):
@@ -136,7 +184,7 @@ def load_thresholds(source: str | Path | dict | Thresholds | None = None,
     """Defaults from thresholds.yaml, then `source` (a partial YAML file, local or gs://, or a dict),
     then `overrides` ('KEY=VALUE' strings)."""
     if isinstance(source, Thresholds) and not overrides:
-        return source
+        return _validate(source)
     data = yaml.safe_load(DEFAULTS_FILE.read_text())
     if isinstance(source, Thresholds):
         data = source.to_dict()
@@ -152,4 +200,4 @@ def load_thresholds(source: str | Path | dict | Thresholds | None = None,
         data = _merge(data, loaded)
     for text in overrides or []:
         data = _merge(data, parse_assignment(text))
-    return _build(Thresholds, data, "")
+    return _validate(_build(Thresholds, data, ""))

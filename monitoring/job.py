@@ -3,7 +3,8 @@
 Writes `report.html`, `snapshot.json` (the whole Evidently snapshot; `kdrank monitor add` appends it
 to a workspace later), `sample.parquet` (the labelled sample) and, last, `summary.json` (every test's
 status) under the output directory, local or gs://, each file whole or not at all; appends the
-snapshot to a local Evidently workspace when given one.
+snapshot to a local Evidently workspace when given one, after the report is written, so a workspace
+that fails (WorkspaceError, bad input) never costs the report.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from components.schema import DataError
 from monitoring import features, report, scores, window
 from monitoring.config import Thresholds, load_thresholds
 from monitoring.reference import ReferenceMeta, read_reference
+from monitoring.workspace import WorkspaceError, add_to_workspace, check_workspace
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +92,35 @@ def _has_teacher_labels(frame: pd.DataFrame, path: str) -> bool:
 def _time_range(frame: pd.DataFrame) -> tuple[str | None, str | None, datetime | None]:
     if window.TIME not in frame.columns:
         return None, None, None
-    times = pd.to_datetime(frame[window.TIME], utc=True, errors="coerce").dropna()
+    times = window.parse_times(frame[window.TIME]).dropna()
     if times.empty:
         return None, None, None
     start, end = times.min(), times.max()
     return start.isoformat(), end.isoformat(), end.to_pydatetime()
+
+
+def _check_sizes(**sizes: int) -> None:
+    """Sample sizes must be whole numbers >= 1; the error names the option."""
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+
+
+def _reuse_sample_scores(frame: pd.DataFrame) -> pd.DataFrame:
+    """A previous run's sample scored with a student checkpoint has student_score but no logged score:
+    re-checking it reuses those raw scores rather than asking for the student again."""
+    if window.SCORE not in frame.columns and schema.STUDENT_SCORE in frame.columns:
+        return frame.assign(**{window.SCORE: frame[schema.STUDENT_SCORE]})
+    return frame
+
+
+def _reference_sample(reference: pd.DataFrame, size: int, *, seed: int) -> pd.DataFrame:
+    """At most `size` reference pairs: whole queries drawn uniformly (each held-out query once, whatever
+    its number of pairs), so the subsample keeps the reference's mix of broad and narrow queries."""
+    if len(reference) <= size:
+        return reference
+    return window.sample_by_query(reference.drop(columns=[window.QUERY_REQUESTS], errors="ignore"), size,
+                                  seed=seed, max_pairs_per_query=len(reference))
 
 
 def _prepare(frame: pd.DataFrame, num_grades: int, thresholds: Thresholds) -> pd.DataFrame:
@@ -103,15 +129,21 @@ def _prepare(frame: pd.DataFrame, num_grades: int, thresholds: Thresholds) -> pd
                                           min_pairs_per_query=thresholds.agreement.min_pairs_per_query)
 
 
-def _write_outputs(output_uri: str, snapshot, sample: pd.DataFrame, summary: dict) -> tuple[str, str]:
-    html_uri, summary_uri = storage.join(output_uri, HTML_FILE), storage.join(output_uri, SUMMARY_FILE)
+def _write_report(output_uri: str, snapshot, sample: pd.DataFrame) -> str:
+    """The sample, the HTML report and the snapshot; returns the report's URI."""
+    html_uri = storage.join(output_uri, HTML_FILE)
     with storage.atomic_path(storage.join(output_uri, SAMPLE_FILE)) as tmp:
         sample.to_parquet(tmp, index=False)
     with storage.atomic_path(html_uri) as tmp:
         snapshot.save_html(tmp)
     storage.write_text(storage.join(output_uri, SNAPSHOT_FILE), snapshot.dumps())  # loadable: `monitor add`
+    return html_uri
+
+
+def _write_summary(output_uri: str, summary: dict) -> str:
+    summary_uri = storage.join(output_uri, SUMMARY_FILE)
     storage.write_text(summary_uri, json.dumps(summary, indent=2, sort_keys=True, default=str))
-    return html_uri, summary_uri
+    return summary_uri
 
 
 def monitor(window_uri: str, reference_uri: str, output_uri: str, *, teacher_dir: str | None = None,
@@ -130,9 +162,13 @@ def monitor(window_uri: str, reference_uri: str, output_uri: str, *, teacher_dir
     """
     timings: dict[str, float] = {}
     with _timed(timings, "read"):
+        _check_sizes(sample_size=sample_size, max_pairs_per_query=max_pairs_per_query,
+                     reference_size=reference_size)
         limits = load_thresholds(thresholds, overrides)
+        if workspace:
+            check_workspace(workspace)  # before the slow part, which a bad path would otherwise waste
         reference, meta = read_reference(reference_uri)
-        logged = window.validate_window(window.read_window(window_uri), path=window_uri,
+        logged = window.validate_window(_reuse_sample_scores(window.read_window(window_uri)), path=window_uri,
                                         need_scores=student_dir is None)
     served = window.model_versions(logged)
     warnings = _version_warnings(_served_by_reference(logged, meta), served, meta)
@@ -146,9 +182,7 @@ def monitor(window_uri: str, reference_uri: str, output_uri: str, *, teacher_dir
         else:
             sample = window.sample_by_query(unique, sample_size, seed=seed,
                                             max_pairs_per_query=max_pairs_per_query)
-        reference = window.sample_by_query(reference.assign(requests=1), reference_size, seed=seed,
-                                           max_pairs_per_query=len(reference)) \
-            if len(reference) > reference_size else reference
+        reference = _reference_sample(reference, reference_size, seed=seed)
 
     with _timed(timings, "student_scoring"):
         if window.SCORE in sample.columns:
@@ -204,15 +238,24 @@ def monitor(window_uri: str, reference_uri: str, output_uri: str, *, teacher_dir
                     for name in (HTML_FILE, SNAPSHOT_FILE, SAMPLE_FILE, SUMMARY_FILE)},
         "timings_s": timings,
     }
+    # The report first: a workspace that fails now must not lose it. summary.json stays last.
+    with _timed(timings, "write"):
+        html_uri = _write_report(output_uri, snapshot, current)
+    workspace_error = None
     if workspace:
         with _timed(timings, "workspace"):
-            from monitoring.workspace import add_to_workspace
-
-            summary["workspace"] = add_to_workspace(snapshot, workspace)
-    with _timed(timings, "write"):
-        html_uri, summary_uri = _write_outputs(output_uri, snapshot, current, summary)
-    log.info("monitoring %s: %s (%s)", window_uri, "PASSED" if summary["passed"] else "FAILED",
+            try:
+                summary["workspace"] = add_to_workspace(snapshot, workspace)
+            except WorkspaceError as err:
+                workspace_error = err
+                summary["workspace"] = {"dir": str(workspace), "error": str(err)}
+    summary_uri = _write_summary(output_uri, summary)
+    outcome_text = "PASSED" if summary["passed"] else "FAILED"
+    log.info("monitoring %s: %s (%s)", window_uri, outcome_text,
              ", ".join(f"{k}={v}" for k, v in sorted(summary["status_counts"].items())))
+    if workspace_error is not None:
+        raise WorkspaceError(f"{workspace_error}; the run ({outcome_text}) is in {summary_uri} and "
+                             f"{html_uri} (add it later with `kdrank monitor add`)") from workspace_error
     return MonitorResult(passed=summary["passed"], summary=summary, html_path=html_uri, json_path=summary_uri)
 
 

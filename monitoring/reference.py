@@ -120,7 +120,13 @@ def read_reference(uri: str) -> tuple[pd.DataFrame, ReferenceMeta]:
         meta = ReferenceMeta(**{k: v for k, v in raw.items() if k in known})
     except (json.JSONDecodeError, TypeError) as err:
         raise DataError(f"unreadable reference metadata: {err}", path=meta_uri) from err
-    frame = pd.read_parquet(io.BytesIO(storage.read_bytes(table_uri)))
+    if not storage.exists(table_uri):
+        raise FileNotFoundError(f"{uri} is not a complete reference set: {TABLE_FILE} is missing ({table_uri})")
+    try:
+        frame = pd.read_parquet(io.BytesIO(storage.read_bytes(table_uri)))
+    except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError: a corrupt or truncated file
+        raise DataError(f"unreadable reference table (not a Parquet file, or truncated): {err}",
+                        path=table_uri) from err
     schema.require_columns(frame, REQUIRED_COLUMNS, path=table_uri)
     if frame.empty:
         raise DataError("the reference set has no rows", path=table_uri)

@@ -25,6 +25,8 @@ REQUEST_ID = "request_id"
 TIME = "time"
 MODEL_NAME = "model_name"
 MODEL_VERSION = "model_version"
+REQUESTS = "requests"  # per (query, product): how often it was served in the window
+QUERY_REQUESTS = "query_requests"  # per query (on each of its rows): how many requests asked it
 REQUIRED_COLUMNS = [schema.QUERY, schema.PRODUCT_TEXT]
 LOG_SUFFIXES = (".jsonl", ".parquet")
 
@@ -93,29 +95,77 @@ def validate_window(frame: pd.DataFrame, *, path: str, need_scores: bool) -> pd.
     out[schema.PRODUCT_TEXT] = out[schema.PRODUCT_TEXT].astype(str)
     out[schema.QUERY_ID] = out[schema.QUERY].map(schema.query_id)
     out[schema.PRODUCT_ID] = _product_key(out)
+    if TIME in out.columns:
+        out[TIME] = _parse_times(out[TIME], path=path)
     return out
 
 
+def parse_times(values: pd.Series) -> pd.Series:
+    """Logged times as UTC timestamps (NaT where missing or not ISO 8601).
+
+    Strings (JSONL parts) and timestamps (Parquet parts) alike, each row on its own: with a guessed
+    format pandas would read every row like the first and turn the others into NaT."""
+    return pd.to_datetime(values, utc=True, format="ISO8601", errors="coerce")
+
+
+def _parse_times(values: pd.Series, *, path: str) -> pd.Series:
+    times = parse_times(values)
+    bad = times.isna() & values.notna()
+    if bad.any():
+        log.warning("file %s, row %d, column '%s': %d logged time(s) are not ISO 8601 (e.g. %r); "
+                    "those rows count as the oldest when deduplicating", path, int(np.flatnonzero(bad)[0]),
+                    TIME, int(bad.sum()), values[bad].iloc[0])
+    return times
+
+
+def requests_per_query(frame: pd.DataFrame) -> pd.Series:
+    """How many requests asked each query_id: its distinct request_id values; where the log has no
+    request_id, its distinct times (the request logger stamps a request's rows with one time); with
+    neither, the most often any one of its products was served (a request lists each product once)."""
+    qid = frame[schema.QUERY_ID]
+    for column in (REQUEST_ID, TIME):
+        if column in frame.columns and frame[column].notna().any():
+            counted = frame[column].groupby(qid, sort=False).nunique()
+            break
+    else:
+        counted = frame.groupby([schema.QUERY_ID, schema.PRODUCT_ID], sort=False).size().groupby(level=0).max()
+    # a query logged without ids (or times) on every row still counts as asked once
+    return counted.clip(lower=1).astype(np.int64).rename(QUERY_REQUESTS)
+
+
 def deduplicate(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per (query, product), the latest logged; `requests` counts how often it was served."""
-    order = frame.sort_values(TIME, kind="stable") if TIME in frame.columns else frame
+    """One row per (query, product), the latest logged (by parsed time; rows without one count as the
+    oldest); `requests` counts how often the pair was served, `query_requests` how often its query."""
+    if TIME in frame.columns:
+        order = frame.assign(_time=parse_times(frame[TIME])).sort_values(
+            "_time", kind="stable", na_position="first").drop(columns="_time")
+    else:
+        order = frame
     key = [schema.QUERY_ID, schema.PRODUCT_ID]
-    counts = order.groupby(key, sort=False).size().rename("requests")
-    latest = order.drop_duplicates(key, keep="last").drop(columns=["requests"], errors="ignore")
-    return latest.join(counts, on=key).reset_index(drop=True)
+    counts = order.groupby(key, sort=False).size().rename(REQUESTS)
+    latest = order.drop_duplicates(key, keep="last").drop(columns=[REQUESTS, QUERY_REQUESTS], errors="ignore")
+    out = latest.join(counts, on=key).join(requests_per_query(frame), on=schema.QUERY_ID)
+    return out.reset_index(drop=True)
 
 
 def sample_by_query(frame: pd.DataFrame, size: int, *, seed: int, max_pairs_per_query: int) -> pd.DataFrame:
-    """About `size` pairs sampled by query: whole queries drawn in proportion to their traffic, each
-    contributing at most `max_pairs_per_query` random pairs, so per-query rank correlations exist."""
-    if size <= 0:
-        raise ValueError(f"sample size must be positive, got {size}")
+    """About `size` pairs sampled by query: whole queries drawn without replacement, in proportion to
+    their traffic (`query_requests`) when the frame has it, else uniformly, each contributing at most
+    `max_pairs_per_query` random pairs, so per-query rank correlations exist."""
+    for name, value in (("sample size", size), ("max_pairs_per_query", max_pairs_per_query)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
     rng = np.random.default_rng(seed)
-    traffic = frame.groupby(schema.QUERY_ID, sort=False)["requests"].sum()
-    # Efraimidis-Spirakis keys: sorting by u^(1/w) draws queries without replacement, weight w.
-    keys = rng.random(len(traffic)) ** (1.0 / traffic.to_numpy(dtype=np.float64))
-    query_order = traffic.index[np.argsort(-keys, kind="stable")]
     groups = frame.groupby(schema.QUERY_ID, sort=False).indices
+    queries = pd.Index(list(groups))
+    if QUERY_REQUESTS in frame.columns:
+        weights = frame.groupby(schema.QUERY_ID, sort=False)[QUERY_REQUESTS].first().reindex(queries)
+        weights = weights.to_numpy(dtype=np.float64)
+    else:
+        weights = np.ones(len(queries))
+    # Efraimidis-Spirakis keys: sorting by u^(1/w) draws queries without replacement, weight w.
+    keys = rng.random(len(queries)) ** (1.0 / weights)
+    query_order = queries[np.argsort(-keys, kind="stable")]
     picked, total = [], 0
     for qid in query_order:
         rows = groups[qid]

@@ -18,6 +18,24 @@ PROJECT_NAME = "kdrank monitoring"
 PROJECT_DESCRIPTION = "Served kdrank student checked against teacher labels and the reference set"
 
 
+class WorkspaceError(ValueError):
+    """The workspace directory cannot hold the run (bad input: `kdrank monitor` exits 2)."""
+
+
+def check_workspace(workspace_dir: str) -> None:
+    """Raise WorkspaceError unless `workspace_dir` is, or can be created as, a writable local directory."""
+    path = Path(workspace_dir)
+    if "://" in str(workspace_dir):
+        raise WorkspaceError(f"the Evidently workspace must be a local directory, got {workspace_dir} "
+                             "(save runs to gs:// with --output; `kdrank monitor add` brings them in)")
+    existing = next(p for p in (path, *path.absolute().parents) if p.exists())  # "/" always exists
+    if not existing.is_dir():
+        raise WorkspaceError(f"the Evidently workspace {workspace_dir} cannot be a directory: {existing} "
+                             "is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise WorkspaceError(f"the Evidently workspace {workspace_dir} is not writable ({existing})")
+
+
 def default_workspace() -> str:
     """$KDRANK_MONITOR_WORKSPACE, else ./evidently-workspace."""
     return os.environ.get("KDRANK_MONITOR_WORKSPACE", DEFAULT_WORKSPACE)
@@ -56,17 +74,22 @@ def add_to_workspace(snapshot, workspace_dir: str, *, project_name: str = PROJEC
     dashboard on first use); returns the ids to find it again."""
     from evidently.ui.workspace import Workspace
 
-    Path(workspace_dir).mkdir(parents=True, exist_ok=True)
-    workspace = Workspace.create(workspace_dir)
-    found = workspace.search_project(project_name)
-    if found:
-        project = found[0]
-    else:
-        project = workspace.create_project(project_name, description=PROJECT_DESCRIPTION)
-        for panel in _panels():
-            project.dashboard.add_panel(panel)
-        log.info("created Evidently project '%s' in %s", project_name, workspace_dir)
-    ref = workspace.add_run(project.id, snapshot)
+    check_workspace(workspace_dir)
+    try:
+        Path(workspace_dir).mkdir(parents=True, exist_ok=True)
+        workspace = Workspace.create(workspace_dir)
+        found = workspace.search_project(project_name)
+        if found:
+            project = found[0]
+        else:
+            project = workspace.create_project(project_name, description=PROJECT_DESCRIPTION)
+            for panel in _panels():
+                project.dashboard.add_panel(panel)
+            log.info("created Evidently project '%s' in %s", project_name, workspace_dir)
+        ref = workspace.add_run(project.id, snapshot)
+    except (OSError, ValueError) as err:  # ValueError: e.g. a directory holding something else
+        raise WorkspaceError(f"could not add the run to the Evidently workspace {workspace_dir}: "
+                             f"{type(err).__name__}: {err}") from err
     return {"dir": str(workspace_dir), "project": project_name, "project_id": str(project.id),
             "snapshot_id": str(ref.id)}
 

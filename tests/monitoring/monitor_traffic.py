@@ -153,6 +153,45 @@ def scored_frame(n_queries: int, per_query: int, *, seed: int, noise: float = 0.
     return features.add_agreement_columns(frame, num_grades, min_pairs_per_query=3)
 
 
+def _probs(grades: np.ndarray) -> list[list[float]]:
+    """3-grade teacher probabilities whose expected grade is `grades` (0..2)."""
+    high = np.clip(grades, 0, 2) / 2
+    return [[float(1 - h), 0.0, float(h)] for h in high]
+
+
+def labelled_reference(root: str | Path, n_queries: int = 150, per_query: int = 4, *, seed: int = 1) -> str:
+    """A reference set written directly (random teacher grades, an agreeing student): no models needed."""
+    from monitoring import features
+    from monitoring.reference import META_FILE, TABLE_FILE
+
+    frame = make_pairs(n_queries, per_query, seed=seed)
+    rng = np.random.default_rng(seed)
+    frame[schema.TEACHER_SCORE] = rng.uniform(0, 2, len(frame))
+    frame[schema.TEACHER_PROBS] = _probs(frame[schema.TEACHER_SCORE].to_numpy())
+    frame[features.STUDENT_GRADE] = frame[schema.TEACHER_SCORE] + rng.normal(0, NOISE, len(frame))
+    frame[schema.STUDENT_SCORE] = (frame[features.STUDENT_GRADE] - CALIBRATION["offset"]) / CALIBRATION["scale"]
+    frame = features.add_input_features(frame)
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(root / TABLE_FILE, index=False)
+    (root / META_FILE).write_text(json.dumps({
+        "model_name": "kdrank_student", "model_version": "1", "num_grades": 3, "rows": len(frame),
+        "calibration": CALIBRATION, "teacher_dir": str(root / "no-teacher-needed")}))
+    return str(root)
+
+
+def labelled_log(n_queries: int = 100, per_query: int = 4, *, seed: int = 2) -> pd.DataFrame:
+    """A request log that already carries teacher labels (as a previous run's sample.parquet does), so the
+    job re-checks it without a teacher model; its student agrees with those labels."""
+    frame = make_pairs(n_queries, per_query, seed=seed)
+    rng = np.random.default_rng(seed)
+    teacher = rng.uniform(0, 2, len(frame))
+    log = request_log(frame, agreeing_raw_scores(teacher, CALIBRATION, noise=NOISE, seed=seed))
+    log[schema.TEACHER_SCORE] = teacher
+    log[schema.TEACHER_PROBS] = _probs(teacher)
+    return log
+
+
 CALIBRATION = {"scale": 1.0, "offset": 1.0}  # what tests/conftest.py's tiny student stores
 NOISE = 0.1  # grade-scale noise of the agreeing student
 

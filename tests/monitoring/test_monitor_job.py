@@ -6,11 +6,16 @@ import json
 from pathlib import Path
 
 import monitor_traffic as traffic
+import numpy as np
 import pandas as pd
 import pytest
 
+from components import schema
+from components.schema import DataError
+from monitoring import job
 from monitoring.config import load_thresholds
 from monitoring.job import HTML_FILE, SAMPLE_FILE, SNAPSHOT_FILE, SUMMARY_FILE, monitor
+from monitoring.reference import TABLE_FILE, read_reference
 from pipelines.cli import main
 
 AGREEMENT = ["agreement.mae", "agreement.rmse", "agreement.rank_correlation", "agreement.grade"]
@@ -187,3 +192,105 @@ def test_nan_score_message_names_the_row(monitor_traffic, tmp_path):
     window = traffic.write_jsonl(log, tmp_path / "w.jsonl")
     with pytest.raises(DataError, match=r"row 7, column 'score': 1 of 50 logged scores"):
         monitor(window, monitor_traffic.reference, str(tmp_path / "out"))
+
+
+# The tests below need no models: the window already carries teacher labels (as a saved sample does).
+NO_TEXT = ["text_drift.enabled=false"]  # the text classifier is the slowest check and not under test here
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("labelled")
+    window = root / "window.parquet"
+    traffic.labelled_log(60, 4).to_parquet(window, index=False)
+    return {"reference": traffic.labelled_reference(root / "reference"), "window": str(window)}
+
+
+def test_a_workspace_that_fails_keeps_the_report_and_exits_2(labelled, tmp_path, monkeypatch, capsys):
+    from evidently.ui.workspace import Workspace
+
+    def refuse(*_args, **_kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "workspace"))
+
+    monkeypatch.setattr(Workspace, "create", refuse)
+    out = tmp_path / "out"
+    code = main(["monitor", "--window", labelled["window"], "--reference", labelled["reference"], "--output",
+                 str(out), "--workspace", str(tmp_path / "workspace"), *(f"--set={o}" for o in NO_TEXT)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "could not add the run to the Evidently workspace" in err and "Permission denied" in err
+    summary = json.loads((out / SUMMARY_FILE).read_text())
+    assert summary["passed"] and "Permission denied" in summary["workspace"]["error"]
+    assert (out / HTML_FILE).is_file() and (out / SNAPSHOT_FILE).is_file() and (out / SAMPLE_FILE).is_file()
+
+
+def test_a_workspace_path_that_cannot_be_a_directory_fails_before_any_work(labelled, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    out = tmp_path / "out"
+    code = main(["monitor", "--window", labelled["window"], "--reference", labelled["reference"], "--output",
+                 str(out), "--workspace", str(blocker / "workspace")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{blocker} is not a directory" in err and "Traceback" not in err
+    assert not out.exists()  # nothing written, nothing labelled
+
+
+@pytest.mark.parametrize("option, value", [("--sample-size", "0"), ("--max-pairs-per-query", "0"),
+                                           ("--max-pairs-per-query", "-1"), ("--reference-size", "0")])
+def test_size_options_below_one_are_rejected_naming_the_option(labelled, tmp_path, capsys, option, value):
+    with pytest.raises(SystemExit) as exit_:
+        main(["monitor", "--window", labelled["window"], "--reference", labelled["reference"], "--output",
+              str(tmp_path / "out"), "--no-workspace", option, value])
+    assert exit_.value.code == 2
+    assert f"argument {option}: must be >= 1, got {value}" in capsys.readouterr().err
+    name = option.lstrip("-").replace("-", "_")
+    with pytest.raises(ValueError, match=f"{name} must be a whole number >= 1, got {value}"):
+        monitor(labelled["window"], labelled["reference"], str(tmp_path / "out"),
+                **{"sample_size": 100, name: int(value)})  # 240 logged pairs: the sampler would run
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_window_end_is_the_latest_time_whatever_the_formats():
+    logged = pd.DataFrame({"time": ["2025-01-01T00:00:00+00:00", "2025-01-03T12:30:00.250+00:00",
+                                    "2025-01-02T00:00:00+01:00", "not a time"]})
+    start, end, end_time = job._time_range(logged)
+    assert (start, end) == ("2025-01-01T00:00:00+00:00", "2025-01-03T12:30:00.250000+00:00")
+    assert end_time.isoformat() == end
+
+
+def test_the_reference_subsample_draws_queries_uniformly():
+    """One held-out query has 400 pairs, 100 others 2 each: drawn uniformly, the big one comes first about
+    once in 101 draws (weighted by its pairs, 2 times in 3)."""
+    big = pd.DataFrame({schema.QUERY_ID: "big", schema.PRODUCT_ID: [f"b{i}" for i in range(400)]})
+    small = pd.DataFrame({schema.QUERY_ID: [f"q{q}" for q in range(100) for _ in range(2)],
+                          schema.PRODUCT_ID: [f"p{i}" for i in range(200)]})
+    reference = pd.concat([big, small], ignore_index=True)
+    firsts = [job._reference_sample(reference, 100, seed=s)[schema.QUERY_ID].iloc[0] for s in range(300)]
+    assert np.mean([q == "big" for q in firsts]) < 0.05
+    assert len(job._reference_sample(reference, 100, seed=0)) == 100
+    assert job._reference_sample(reference, len(reference), seed=0) is reference
+
+
+def test_a_corrupt_reference_table_is_a_data_error_naming_the_file(labelled, tmp_path, capsys):
+    import shutil
+
+    broken = tmp_path / "reference"
+    shutil.copytree(labelled["reference"], broken)
+    (broken / TABLE_FILE).write_bytes(b"PAR1 truncated")
+    with pytest.raises(DataError, match=f"file {broken / TABLE_FILE}: unreadable reference table"):
+        read_reference(str(broken))
+    code = main(["monitor", "--window", labelled["window"], "--reference", str(broken), "--output",
+                 str(tmp_path / "out"), "--no-workspace"])
+    assert code == 2 and str(broken / TABLE_FILE) in capsys.readouterr().err
+
+
+def test_a_sample_scored_by_the_student_is_rechecked_without_it(labelled, tmp_path):
+    """A run with --student writes student_score but no logged score; re-checking the sample reuses them."""
+    first = monitor(labelled["window"], labelled["reference"], str(tmp_path / "first"), overrides=NO_TEXT)
+    sample = pd.read_parquet(tmp_path / "first" / SAMPLE_FILE).drop(columns=["score"])  # as --student leaves it
+    rescored = tmp_path / "student-scored.parquet"
+    sample.to_parquet(rescored, index=False)
+    again = monitor(str(rescored), labelled["reference"], str(tmp_path / "again"), overrides=NO_TEXT)
+    assert again.summary["sample"]["teacher_labels"] == "window" and again.summary["sample"]["rows"] == 240
+    before, after = ({t["key"]: t["value"] for t in r.summary["tests"]} for r in (first, again))
+    assert all(after[k] == pytest.approx(before[k]) for k in AGREEMENT)

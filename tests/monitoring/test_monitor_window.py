@@ -83,11 +83,73 @@ def test_sample_by_query_keeps_queries_whole_up_to_the_cap():
 def test_sample_by_query_follows_traffic():
     frame = many_queries()
     busy = frame[schema.QUERY] == "query 0"
-    frame.loc[busy, "requests"] = 500  # served 500 times as often as any other query
+    frame.loc[busy, window.QUERY_REQUESTS] = 500  # asked 500 times as often as any other query
     samples = [set(window.sample_by_query(frame, 50, seed=s, max_pairs_per_query=10)[schema.QUERY])
                for s in range(20)]  # 5 of 60 queries each time
     assert sum("query 0" in s for s in samples) >= 19
     assert sum("query 7" in s for s in samples) <= 6
+
+
+def broad_and_narrow(with_request_id: bool = True, with_time: bool = True) -> pd.DataFrame:
+    """Query a: 10 requests of 50 products each; query b: 100 requests of 2 products each."""
+    rows = []
+    for query, requests, products in (("broad query a", 10, 50), ("narrow query b", 100, 2)):
+        for r in range(requests):
+            rows += [{"request_id": f"{query}-{r}", "time": f"2025-01-01T00:00:00.{r:03d}+00:00", "query": query,
+                      "product_text": f"{query} product {p}", "score": 0.0} for p in range(products)]
+    frame = pd.DataFrame(rows)
+    frame = frame if with_request_id else frame.drop(columns=["request_id"])
+    return frame if with_time else frame.drop(columns=["time"])
+
+
+@pytest.mark.parametrize("request_id, time", [(True, True), (False, True), (False, False)])
+def test_queries_are_weighted_by_requests_not_by_logged_rows(request_id, time):
+    """The broad query logs 500 rows in 10 requests, the narrow one 200 rows in 100 requests: traffic is
+    requests, so the narrow query is drawn first about 100 times in 110 (by rows it would be 200 in 700)."""
+    valid = window.validate_window(broad_and_narrow(request_id, time), path="w", need_scores=True)
+    unique = window.deduplicate(valid)
+    asked = unique.groupby(schema.QUERY)[window.QUERY_REQUESTS].first().to_dict()
+    assert asked == {"broad query a": 10, "narrow query b": 100}
+    first = [window.sample_by_query(unique, 1, seed=s, max_pairs_per_query=10)[schema.QUERY].iloc[0]
+             for s in range(400)]
+    assert 0.03 < np.mean([q == "broad query a" for q in first]) < 0.16
+
+
+def test_deduplicate_orders_by_real_time_across_offsets_and_part_types(tmp_path):
+    """10:00+02:00 is before 09:00+00:00; a Parquet part with timestamps and a JSONL part with strings mix."""
+    rows = [{"time": "2025-01-01T10:00:00+02:00", "query": "drill", "product_text": "drill 18v", "score": 1.0},
+            {"time": "2025-01-01T09:00:00+00:00", "query": "drill", "product_text": "drill 18v", "score": 2.0}]
+    jsonl = tmp_path / "jsonl"
+    jsonl.mkdir()
+    pd.DataFrame(rows).to_json(jsonl / "a.jsonl", orient="records", lines=True)
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    first = pd.DataFrame(rows[:1]).assign(time=lambda f: pd.to_datetime(f["time"], utc=True))
+    first.to_parquet(mixed / "a.parquet", index=False)
+    pd.DataFrame(rows[1:]).to_json(mixed / "b.jsonl", orient="records", lines=True)
+    for sink in (jsonl, mixed):
+        valid = window.validate_window(window.read_window(str(sink)), path=str(sink), need_scores=True)
+        unique = window.deduplicate(valid)
+        assert unique["score"].tolist() == [2.0] and unique["requests"].tolist() == [2]
+        assert str(unique[window.TIME].iloc[0]) == "2025-01-01 09:00:00+00:00"
+
+
+def test_times_in_mixed_iso_formats_are_each_parsed():
+    times = pd.Series(["2025-01-01T00:00:00+00:00", "2025-01-01T00:00:05.250+00:00", "2025-01-01T01:00:00Z",
+                       "not a time", None])
+    parsed = window.parse_times(times)
+    assert parsed.iloc[:3].tolist() == [pd.Timestamp("2025-01-01T00:00:00Z"),
+                                        pd.Timestamp("2025-01-01T00:00:05.250Z"),
+                                        pd.Timestamp("2025-01-01T01:00:00Z")]
+    assert parsed.iloc[3:].isna().all()
+
+
+@pytest.mark.parametrize("size, per_query, message", [(10, 0, "max_pairs_per_query must be >= 1, got 0"),
+                                                      (10, -1, "max_pairs_per_query must be >= 1, got -1"),
+                                                      (0, 10, "sample size must be >= 1, got 0")])
+def test_sample_by_query_rejects_sizes_below_one(size, per_query, message):
+    with pytest.raises(ValueError, match=message):
+        window.sample_by_query(many_queries(), size, seed=0, max_pairs_per_query=per_query)
 
 
 def test_input_features_by_hand():
