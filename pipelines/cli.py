@@ -132,6 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(err: Exception) -> str:
+    """The message of `err`; for an OSError the system raised, its reason and the path(s) it names."""
+    if isinstance(err, OSError) and err.strerror and err.filename is not None:
+        paths = " -> ".join(str(f) for f in (err.filename, err.filename2) if f is not None)
+        return f"{err.strerror}: {paths}"
+    return str(err)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -144,8 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingInterrupted as err:  # SIGTERM: the state is saved; 128 + 15, as a process killed by it
         print(f"kdrank {args.command}: {err}", file=sys.stderr)
         return 143
-    except (DataError, FileNotFoundError, ValueError, RuntimeError) as err:
-        print(f"kdrank {args.command}: error: {err}", file=sys.stderr)
+    except (DataError, OSError, ValueError, RuntimeError) as err:  # OSError: a bad path (a file, not a folder...)
+        print(f"kdrank {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -69,30 +69,38 @@ def _run_parameters(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--repository", help="also export the student to this Triton model repository (path, gs://)")
 
 
+# the flags of _cluster_options that are compiled into the YAML (none has an effect on a --package YAML)
+CLUSTER_FLAGS = {"image": "--image", "cpu": "--cpu", "accelerator_type": "--accelerator-type",
+                 "accelerator_count": "--accelerator-count", "node_selector": "--node-selector",
+                 "toleration": "--toleration", "gcs_secret": "--gcs-secret", "gcs_secret_key": "--gcs-secret-key"}
+
+
 def _cluster_options(parser: argparse.ArgumentParser) -> None:
+    # no defaults here (None = not given; ClusterSettings holds the defaults), so `submit --package` sees
+    # every flag given, even one given its default value
     group = parser.add_argument_group("cluster settings (compile time)")
     group.add_argument("--image", help="image of every step (default: $KDRANK_IMAGE, else kdrank:0.1.0)")
-    group.add_argument("--cpu", action="store_true", help="request no GPU (all steps on CPU)")
-    group.add_argument("--accelerator-type", default="nvidia.com/gpu", help="GPU resource name to request")
-    group.add_argument("--accelerator-count", type=int, default=1, help="GPUs per GPU step")
-    group.add_argument("--node-selector", action="append", default=[], metavar="KEY=VALUE",
+    group.add_argument("--cpu", action="store_true", default=None, help="request no GPU (all steps on CPU)")
+    group.add_argument("--accelerator-type", help="GPU resource name to request (default: nvidia.com/gpu)")
+    group.add_argument("--accelerator-count", type=int, help="GPUs per GPU step (default: 1)")
+    group.add_argument("--node-selector", action="append", metavar="KEY=VALUE",
                        help="node label the GPU steps require (repeatable)")
-    group.add_argument("--toleration", action="append", default=[], metavar="KEY[=VALUE]:EFFECT",
+    group.add_argument("--toleration", action="append", metavar="KEY[=VALUE]:EFFECT",
                        help="taint the GPU steps tolerate, e.g. nvidia.com/gpu=present:NoSchedule")
-    group.add_argument("--gcs-secret", default="", help="Kubernetes secret holding a GCS service-account key")
-    group.add_argument("--gcs-secret-key", default="key.json", help="key of that secret (default: key.json)")
+    group.add_argument("--gcs-secret", help="Kubernetes secret holding a GCS service-account key")
+    group.add_argument("--gcs-secret-key", help="key of that secret (default: key.json)")
     group.add_argument("--pipeline-root", help="default pipeline root, e.g. gs://bucket/kdrank")
 
 
 def _settings(args: argparse.Namespace):
     from pipelines.settings import ClusterSettings, Toleration, parse_label
 
+    given = {name: getattr(args, name) for name in ("accelerator_type", "accelerator_count", "gcs_secret",
+                                                     "gcs_secret_key") if getattr(args, name) is not None}
     return ClusterSettings(
-        image=args.image, gpu=not args.cpu, accelerator_type=args.accelerator_type,
-        accelerator_count=args.accelerator_count,
-        node_selector=tuple(parse_label(s) for s in args.node_selector),
-        tolerations=tuple(Toleration.parse(t) for t in args.toleration),
-        gcs_secret=args.gcs_secret, gcs_secret_key=args.gcs_secret_key,
+        image=args.image, gpu=not args.cpu,
+        node_selector=tuple(parse_label(s) for s in args.node_selector or ()),
+        tolerations=tuple(Toleration.parse(t) for t in args.toleration or ()), **given,
     )
 
 
@@ -134,11 +142,18 @@ def _submit(args: argparse.Namespace) -> int:
     from pipelines.submit import SubmitOptions, submit
     from pipelines.training import compile_pipeline
 
-    explicit = {"profile": args.profile, "num_shards": args.num_shards, "data_uri": args.data,
-                "data_format": args.format, "teacher_base": args.teacher_model,
+    if args.package:
+        given = [flag for name, flag in CLUSTER_FLAGS.items() if getattr(args, name) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} set(s) how the pipeline is compiled, so it has no effect on "
+                             f"--package {args.package}: compile a package with it (kdrank pipeline compile), "
+                             "or leave --package out to compile one now")
+    overrides = parse_overrides(args.overrides)
+    explicit = {"profile": args.profile, "num_shards": _num_shards(args.num_shards, args.profile, overrides),
+                "data_uri": args.data, "data_format": args.format, "teacher_base": args.teacher_model,
                 "student_base": args.student_model, "repository_uri": args.repository}
     arguments = {k: v for k, v in explicit.items() if v is not None}
-    arguments.update({f"{step}_settings": settings for step, settings in parse_overrides(args.overrides).items()})
+    arguments.update({f"{step}_settings": settings for step, settings in overrides.items()})
     options = SubmitOptions(host=args.host, experiment=args.experiment, run_name=args.run_name,
                             namespace=args.namespace, pipeline_root=args.pipeline_root,
                             enable_caching=False if args.no_cache else None,
@@ -149,6 +164,21 @@ def _submit(args: argparse.Namespace) -> int:
         run_id = submit(options, package)
     print(f"run {run_id} started at {args.host}")
     return 0
+
+
+def _num_shards(num_shards: int | None, profile: str | None, overrides: dict) -> int | None:
+    """The `num_shards` argument of a submitted run: --shards, else --set label.num_shards, else the shard
+    count of the --profile given; None (the package's compiled default) when none of them is given."""
+    from components.kfp.common import resolve_profile
+    from components.kfp.plan import check_num_shards
+
+    if num_shards is None:
+        num_shards = overrides.get("label", {}).get("num_shards")
+    if num_shards is None and profile:
+        num_shards = resolve_profile(profile).label.get("num_shards", 1)
+    if num_shards is not None:
+        check_num_shards(num_shards)
+    return num_shards
 
 
 def register(subparsers) -> argparse.ArgumentParser:

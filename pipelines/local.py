@@ -22,6 +22,7 @@ from components import storage
 log = logging.getLogger(__name__)
 
 PIPELINE_FILE = "distill.yaml"
+PENDING_FILE = "distill.pending.yaml"  # the YAML of a run under way; it becomes PIPELINE_FILE when the run succeeds
 ROOT_DIR = "pipeline-root"
 SUMMARY_FILE = "run.json"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -83,6 +84,26 @@ def publish(output_dir: str, artifacts: dict[str, str | list[str]]) -> None:
             _link(target, Path(output_dir, name))
 
 
+def check_publishable(output_dir: str, names: tuple[str, ...], lists: dict[str, int]) -> None:
+    """Refuse now what would stop `publish` after the run: a folder (not a link) where an artifact's link
+    goes, or a file where a folder of links goes (`lists`: name -> number of links in it)."""
+    def blocked(path: Path) -> bool:
+        return not path.is_symlink() and path.exists() and not path.is_file()
+
+    for name in names:
+        path = Path(output_dir, name)
+        if name in lists:
+            if (path.exists() or path.is_symlink()) and not path.is_dir():
+                raise FileExistsError(f"{path} exists and is not a folder; the run links its '{name}' there: "
+                                      "move it away or choose another output folder")
+            found = [path / f"shard-{i}" for i in range(lists[name]) if blocked(path / f"shard-{i}")]
+        else:
+            found = [path] if blocked(path) else []
+        if found:
+            raise FileExistsError(f"{found[0]} exists and is not a link; the run links its artifact there: "
+                                  "move it away or choose another output folder")
+
+
 def run_local(output_dir: str = "runs/latest", profile: str = "demo", data_uri: str | None = None,
               data_format: str | None = None, teacher_model: str | None = None,
               student_model: str | None = None, *, num_shards: int | None = None,
@@ -96,7 +117,7 @@ def run_local(output_dir: str = "runs/latest", profile: str = "demo", data_uri: 
     """
     from components.kfp.plan import check_inputs
     from pipelines.settings import ClusterSettings
-    from pipelines.training import PIPELINE_NAME, RunDefaults, TrainingOutputs, compile_pipeline, run_arguments
+    from pipelines.training import RunDefaults, TrainingOutputs, compile_pipeline
 
     if storage.is_gcs(output_dir):
         raise ValueError(f"local runs write to a local folder, not {output_dir}; to keep artifacts on GCS, "
@@ -108,17 +129,32 @@ def run_local(output_dir: str = "runs/latest", profile: str = "demo", data_uri: 
                            overrides=dict(overrides or {}),
                            **({"model_name": model_name} if model_name else {})).resolved()
     check_inputs(defaults.data_uri, defaults.teacher_base, defaults.student_base, defaults.data_format)
+    if output.exists() and not output.is_dir():
+        raise NotADirectoryError(f"output folder {output} is a file")
+    check_publishable(str(output), TrainingOutputs._fields, {"labels": defaults.num_shards})
     output.mkdir(parents=True, exist_ok=True)
-    pipeline_file = compile_pipeline(str(output / PIPELINE_FILE), ClusterSettings(image=image), defaults)
+    # compiled under another name, moved into place once the run succeeded: a failed run leaves the last good
+    # run's YAML, links and run.json together
+    pending = output / PENDING_FILE
+    try:
+        return _run_compiled(compile_pipeline(str(pending), ClusterSettings(image=image), defaults), output,
+                             defaults, cache, quiet)
+    finally:
+        pending.unlink(missing_ok=True)
 
+
+def _run_compiled(pending: str, output: Path, defaults, cache: bool, quiet: bool) -> dict:
+    """Run the compiled YAML `pending`; on success publish the links, the YAML and run.json in `output`."""
     from kfp import local
     from kfp.components import load_component_from_file
 
+    from pipelines.training import PIPELINE_NAME, TrainingOutputs, run_arguments
+
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(output / ROOT_DIR),
                enable_caching=cache, raise_on_error=True)
-    pipeline = load_component_from_file(pipeline_file)
+    pipeline = load_component_from_file(pending)
     log.info("running %s (profile %s, %d labelling shards) from %s", PIPELINE_NAME, defaults.profile,
-             defaults.num_shards, pipeline_file)
+             defaults.num_shards, pending)
     with _step_environment(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")  # the kdrank image is Python
         warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")  # pod settings
@@ -129,9 +165,11 @@ def run_local(output_dir: str = "runs/latest", profile: str = "demo", data_uri: 
             raise RuntimeError(f"{message} Its log is above; run the same command again to resume: finished "
                                f"steps are cached under {output / ROOT_DIR}.") from err
     artifacts = _artifact_paths(task.outputs, TrainingOutputs._fields)
-    publish(str(output), artifacts)
     metrics = json.loads(Path(artifacts["metrics"]).read_text())
     table = Path(artifacts["table"]).read_text()
+    publish(str(output), artifacts)
+    pipeline_file = str(output / PIPELINE_FILE)
+    os.replace(pending, pipeline_file)
     result = {"pipeline": pipeline_file, "output": str(output), "artifacts": artifacts, "metrics": metrics,
               "table": table, "arguments": run_arguments(defaults)}  # the run's exact settings, overrides included
     storage.write_text(str(output / SUMMARY_FILE), json.dumps(result, indent=2, sort_keys=True) + "\n")

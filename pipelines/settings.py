@@ -129,6 +129,8 @@ def compile_to(pipeline, output: str) -> str:
 
     from components import storage
 
+    if not storage.is_gcs(output) and os.path.isdir(output):
+        raise IsADirectoryError(f"{output} is a folder; give the path of the YAML file to write")
     with tempfile.TemporaryDirectory(prefix="kdrank-compile-") as tmp:
         local = os.path.join(tmp, "pipeline.yaml")
         compiler.Compiler().compile(pipeline, package_path=local)

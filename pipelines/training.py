@@ -66,9 +66,9 @@ class RunDefaults:
         from components.kfp.plan import check_num_shards, check_profile
 
         profile = resolve_profile(self.profile, self.teacher_base, self.student_base, self.overrides)
-        shards = self.num_shards if self.num_shards is not None else int(profile.label.get("num_shards", 1))
+        check_profile(profile)  # first: it names a bad label.num_shards setting
+        shards = self.num_shards if self.num_shards is not None else profile.label.get("num_shards", 1)
         check_num_shards(shards)
-        check_profile(profile)
         if not self.model_name or not self.model_name.replace("_", "").replace("-", "").isalnum():
             raise ValueError(f"model_name must be letters, digits, '_' or '-', got '{self.model_name}'")
         return dataclasses.replace(self, num_shards=shards, overrides=copy.deepcopy(self.overrides))

@@ -22,6 +22,9 @@ def check_profile(profile) -> None:
     from components.synthetic import SyntheticConfig
     from components.teacher import TeacherConfig
 
+    if "fmt" in profile.prepare:  # the data step passes the run's data_format as fmt itself
+        raise ValueError(f"profile '{profile.name}', step 'prepare': setting 'fmt' is not a step setting; give "
+                         "the format of the data with --format (the data_format parameter)")
     for step, build in (("synthetic", SyntheticConfig), ("prepare", PrepareConfig),
                         ("teacher", TeacherConfig), ("augment", AugmentConfig), ("student", StudentConfig)):
         try:
@@ -38,10 +41,48 @@ def check_profile(profile) -> None:
         unknown = sorted(set(getattr(profile, step)) - ((keywords - taken) | own))
         if unknown:
             raise ValueError(f"profile '{profile.name}', step '{step}': unknown setting(s) {unknown}")
+        try:
+            _check_types(func, {k: v for k, v in getattr(profile, step).items() if k not in own})
+            _check_engine_values(getattr(profile, step))
+        except ValueError as err:
+            raise ValueError(f"profile '{profile.name}', step '{step}': {err}") from err
+
+
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def _check_engine_values(settings: dict) -> None:
+    """The ranges `label_shard` and `evaluate_checkpoint` hold their keyword arguments to, checked now
+    rather than in a labelling pod (which is retried) or after training: sizes, device, format, shards."""
+    from components.data import FORMATS
+
+    for name in ("batch_size", "chunk_rows"):
+        if name in settings and settings[name] < 1:
+            raise ValueError(f"setting '{name}' must be >= 1, got {settings[name]}")
+    if "num_shards" in settings:
+        try:
+            check_num_shards(settings["num_shards"])
+        except ValueError as err:
+            raise ValueError(f"setting 'num_shards': {err}") from err
+    if settings.get("device"):
+        import torch
+
+        device = settings["device"]
+        try:
+            kind = torch.device(device).type
+        except RuntimeError:
+            kind = None
+        if kind not in DEVICE_TYPES:
+            raise ValueError(f"setting 'device' must be one of {list(DEVICE_TYPES)}, optionally with an index "
+                             f"(e.g. cuda:1), or empty (GPU when present), got {device!r}")
+    if settings.get("fmt") and settings["fmt"] not in FORMATS:
+        raise ValueError(f"setting 'fmt' must be one of {list(FORMATS)} or empty (from the name), "
+                         f"got {settings['fmt']!r}")
 
 
 def _check_types(config_class, settings: dict) -> None:
-    """Refuse a setting whose value is not of its config field's plain type (int, float, bool, str).
+    """Refuse a setting whose value is not of its config field's (or function argument's) plain type
+    (int, float, bool, str).
 
     A `--set teacher.learning_rate=...` that arrives as a string would otherwise fail deep inside the
     config's checks with a message that names no setting. Other annotations (lists, unions) pass.

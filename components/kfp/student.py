@@ -27,6 +27,20 @@ def gather_shards(shard_dirs: list[str], folder: str) -> str:
     return folder
 
 
+def shards_folder(artifact) -> str:
+    """A local folder for `gather_shards`, at the same path on every attempt of one step.
+
+    The student's resume identity holds the path it trains on, so a retried pod (same output artifact,
+    fresh temporary directory) would otherwise never find its saved state and train from the start.
+    """
+    import hashlib
+    import tempfile
+
+    key = str(getattr(artifact, "uri", "") or artifact.path).rstrip("/")
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
+    return str(Path(tempfile.gettempdir(), f"kdrank-shards-{digest}"))
+
+
 @kdrank_component
 def train_student(
     data: Input[Dataset],
@@ -37,20 +51,25 @@ def train_student(
     settings: dict = {},  # noqa: B006 (KFP needs a literal default for an optional dict parameter)
 ):
     """Distil the teacher into the cross-encoder (base: path or gs:// URI; empty = packaged MiniLM-L6)."""
-    import tempfile
+    import shutil
 
     from components.kfp.common import resolve_profile, scalar_metadata, start_step, state_location
     from components.kfp.data import dataset_paths
-    from components.kfp.student import gather_shards
+    from components.kfp.student import gather_shards, shards_folder
     from components.student import StudentConfig
     from components.student import train_student as train
 
     start_step("student")
     profile_ = resolve_profile(profile, student_base=student_base, overrides={"student": settings})
     config = StudentConfig(**profile_.student)
-    with tempfile.TemporaryDirectory(prefix="kdrank-shards-") as tmp:
-        train_uri = gather_shards([shard.path for shard in labels], tmp)
+    # the shards' links go to a folder at a stable path: it is part of what a retry's resume matches on
+    folder = shards_folder(student)
+    shutil.rmtree(folder, ignore_errors=True)  # links an earlier attempt left (they are made again)
+    try:
+        train_uri = gather_shards([shard.path for shard in labels], folder)
         summary = train(train_uri, dataset_paths(data.path)["val"], student.path, config,
                         state_dir=state_location(student))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)  # links only: the shards themselves stay
     student.metadata.update({"role": "student", "base_model": student_base or "default",
                              "shards": len(labels), **scalar_metadata(summary)})

@@ -94,11 +94,31 @@ def test_plan_returns_shard_indices():
     ({"augment_settings": {"multiple": -1}}, ValueError, "step .augment.*multiple"),
     ({"student_settings": {"loss": "hinge"}}, ValueError, "StudentConfig.loss"),
     ({"evaluate_settings": {"name": "x"}}, ValueError, r"step 'evaluate': unknown setting\(s\) \['name'\]"),
+    # label and evaluate settings are checked for type and range too, not only by name (they failed after training)
+    ({"label_settings": {"batch_size": "abc"}}, ValueError, "step 'label': setting 'batch_size' must be int, got 'a"),
+    ({"label_settings": {"batch_size": 0}}, ValueError, "step 'label': setting 'batch_size' must be >= 1, got 0"),
+    ({"label_settings": {"chunk_rows": -5}}, ValueError, "step 'label': setting 'chunk_rows' must be >= 1"),
+    ({"label_settings": {"device": "tpu"}}, ValueError, "step 'label': setting 'device' must be one of"),
+    ({"label_settings": {"device": "cuda:x"}}, ValueError, "step 'label': setting 'device' must be one of"),
+    ({"label_settings": {"progress": "maybe"}}, ValueError, "step 'label': setting 'progress' must be bool"),
+    ({"label_settings": {"num_shards": "abc"}}, ValueError, "step 'label': setting 'num_shards'"),
+    ({"evaluate_settings": {"batch_size": "abc"}}, ValueError,
+     "step 'evaluate': setting 'batch_size' must be int, got 'abc'"),
+    ({"evaluate_settings": {"batch_size": -1}}, ValueError, "step 'evaluate': setting 'batch_size' must be >= 1"),
+    ({"evaluate_settings": {"fmt": "xlsx"}}, ValueError, "step 'evaluate': setting 'fmt' must be one of"),
+    # the data step gives the run's data_format as fmt: a prepare.fmt setting crashed it ("multiple values")
+    ({"prepare_settings": {"fmt": "csv"}}, ValueError, "step 'prepare': setting 'fmt'.*--format"),
 ])
 def test_plan_rejects_bad_parameters_clearly(kwargs, error, message):
     params = {"profile": PROFILE, "num_shards": 2, **kwargs}
     with pytest.raises(error, match=message):
         plan.plan.python_func(**params)
+
+
+def test_plan_takes_good_label_and_evaluate_settings():
+    settings = {"label_settings": {"batch_size": 8, "chunk_rows": 100, "device": "cuda:1", "progress": False},
+                "evaluate_settings": {"batch_size": 16, "fmt": "parquet"}}
+    assert plan.plan.python_func(profile=PROFILE, num_shards=2, **settings) == [0, 1]
 
 
 def test_unknown_override_steps_are_refused():
@@ -277,3 +297,42 @@ def test_training_state_goes_under_a_gs_artifact_uri_else_beside_the_local_path(
     assert common.state_location(remote) == "gs://bucket/root/run-1/train-teacher/teacher.state"
     local = artifact(Model, tmp_path, "student")
     assert common.state_location(local) == str(tmp_path / "student") + ".state"
+
+
+def test_a_preempted_student_step_resumes_on_its_retry(tmp_path, prepared, shards, tiny_student_dir, monkeypatch,
+                                                       caplog):
+    # The retry gathers the shards again: into the same folder as the first attempt, since the student's
+    # resume identity holds that path (a fresh temporary folder made every retry train from the start).
+    import logging
+    import signal
+
+    import torch
+
+    import components.student as student_module
+    from components.resume import TrainingInterrupted
+
+    real, calls = student_module.margin_mse_loss, []
+
+    def preempted(*args, **kwargs):
+        calls.append(torch.is_grad_enabled())
+        if calls.count(True) == 2 and calls[-1]:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setenv("KDRANK_STATE_EVERY", "0")
+    monkeypatch.setattr(student_module, "margin_mse_loss", preempted)
+    out = artifact(Model, tmp_path, "student")
+    with pytest.raises(TrainingInterrupted):
+        student.train_student.python_func(data=prepared, labels=shards, student=out, profile=PROFILE,
+                                          student_base=tiny_student_dir)
+    assert Path(common.state_location(out), "state.pt").is_file()
+    assert not Path(student.shards_folder(out)).exists()  # the links are cleaned up; the path stays the same
+    monkeypatch.setattr(student_module, "margin_mse_loss", real)
+    retry = artifact(Model, tmp_path, "student")
+    with caplog.at_level(logging.INFO, logger="components.resume"):
+        student.train_student.python_func(data=prepared, labels=shards, student=retry, profile=PROFILE,
+                                          student_base=tiny_student_dir)
+    assert "resuming from" in caplog.text
+    assert read_info(retry.path).training["summary"]["resumed_at_step"] == [2]
+    assert not Path(common.state_location(retry)).exists()
+    assert not Path(student.shards_folder(retry)).exists()

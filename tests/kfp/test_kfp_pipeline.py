@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 import yaml
@@ -165,6 +166,10 @@ def test_image_comes_from_the_environment_when_not_given(tmp_path, monkeypatch):
     (RunDefaults(overrides={"teacher": {"learning_rate": "fast"}}),
      "step 'teacher': setting 'learning_rate' must be a number, got 'fast'"),
     (RunDefaults(overrides={"student": {"batch_size": 12.5}}), "setting 'batch_size' must be int, got 12.5"),
+    (RunDefaults(overrides={"label": {"batch_size": "abc"}}), "step 'label': setting 'batch_size' must be int"),
+    (RunDefaults(overrides={"label": {"device": "tpu"}}), "step 'label': setting 'device' must be one of"),
+    (RunDefaults(overrides={"evaluate": {"batch_size": 0}}), "step 'evaluate': setting 'batch_size' must be >= 1"),
+    (RunDefaults(overrides={"prepare": {"fmt": "csv"}}), "step 'prepare': setting 'fmt'.*--format"),
 ])
 def test_bad_defaults_fail_at_compile_time(tmp_path, defaults, message):
     with pytest.raises(ValueError, match=message):
@@ -268,3 +273,139 @@ def test_kdrank_run_takes_set_and_refuses_a_bad_setting_before_writing(tmp_path,
     assert not out.exists()
     assert kdrank.main(["run", "--output", str(out), "--set", "teachr.epochs=2"]) == 2
     assert "unknown step 'teachr'" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.fixture
+def submitted(monkeypatch) -> list:
+    """What `pipeline submit` would send: (options, package, its text) per call; no Kubeflow endpoint needed."""
+    import pipelines.submit
+
+    calls = []
+
+    def submit(options, package):
+        with open(package) as handle:
+            calls.append((options, package, handle.read()))
+        return "r1"
+
+    monkeypatch.setattr(pipelines.submit, "submit", submit)
+    return calls
+
+
+def test_submit_of_a_package_sends_the_shard_count_asked_for(tmp_path, submitted):
+    package = compile_pipeline(str(tmp_path / "p.yaml"), defaults=RunDefaults(profile="test", num_shards=3))
+    host = ("--host", "http://kfp.example:8888", "--package", package)
+    cli("pipeline", "submit", *host, "--profile", "full")  # the profile's count, not the compiled 3
+    cli("pipeline", "submit", *host, "--set", "label.num_shards=5")  # label.num_shards is the shard count
+    cli("pipeline", "submit", *host, "--profile", "full", "--shards", "6", "--set", "label.num_shards=5")
+    cli("pipeline", "submit", *host, "--set", "label.batch_size=8")  # nothing said: the compiled default
+    sent = [options.arguments for options, _, _ in submitted]
+    assert [a.get("num_shards") for a in sent] == [4, 5, 6, None]
+    assert sent[0]["profile"] == "full" and sent[1]["label_settings"] == {"num_shards": 5}
+    assert {p for _, p, _ in submitted} == {package}
+    with pytest.raises(ValueError, match="num_shards must be an integer"):
+        cli("pipeline", "submit", *host, "--set", "label.num_shards=many")
+
+
+@pytest.mark.parametrize("flags", [("--image", "kdrank:dev"), ("--cpu",), ("--accelerator-count", "1"),
+                                   ("--toleration", "a:NoSchedule", "--gcs-secret", "s")])
+def test_submit_refuses_cluster_flags_a_package_ignores(tmp_path, submitted, flags):
+    package = compile_pipeline(str(tmp_path / "p.yaml"), defaults=RunDefaults(profile="test"))
+    with pytest.raises(ValueError, match=f"{flags[0]}.*no effect on --package"):
+        cli("pipeline", "submit", "--host", "http://kfp.example:8888", "--package", package, *flags)
+    assert not submitted
+
+
+def test_submit_without_a_package_compiles_the_cluster_flags(submitted):
+    cli("pipeline", "submit", "--host", "http://kfp.example:8888", "--cpu", "--image", "kdrank:dev",
+        "--profile", "test", "--set", "label.num_shards=3")
+    ((options, _, text),) = submitted
+    assert options.arguments["num_shards"] == 3
+    assert "image: kdrank:dev" in text and "accelerator" not in text
+
+
+def test_cli_names_a_bad_output_path_in_one_line(tmp_path, capsys):
+    from pipelines import cli as kdrank
+
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    assert kdrank.main(["pipeline", "compile", "--output", str(tmp_path), "--profile", "test"]) == 2
+    assert capsys.readouterr().err.strip() == f"kdrank pipeline: error: {tmp_path} is a folder; give the path of the " \
+                                              "YAML file to write"
+    assert kdrank.main(["pipeline", "compile", "--output", str(a_file / "x.yaml"), "--profile", "test"]) == 2
+    assert capsys.readouterr().err.strip() == f"kdrank pipeline: error: File exists: {a_file}"
+    assert kdrank.main(["run", "--output", str(a_file), "--profile", "test"]) == 2
+    assert capsys.readouterr().err.strip() == f"kdrank run: error: output folder {a_file} is a file"
+
+
+@pytest.fixture
+def fake_pipeline(monkeypatch, tmp_path):
+    """Stand in for the compiled pipeline's kfp.local run: `fail` set, it fails as a failed step does; else it
+    returns every output, as files under tmp_path/root (the steps are tested elsewhere, and take minutes)."""
+    import kfp.components
+
+    from pipelines.training import TrainingOutputs
+
+    state = {"fail": False, "runs": 0}
+
+    def load(path):
+        def run(**arguments):
+            state["runs"] += 1
+            if state["fail"]:
+                raise RuntimeError("Task train-student finished with status FAILURE.")
+            root = tmp_path / "root"
+            outputs = {}
+            for name in TrainingOutputs._fields:
+                count = arguments["num_shards"] if name == "labels" else 0
+                for i in range(max(count, 1)):
+                    (root / f"{name}-{i}").mkdir(parents=True, exist_ok=True)
+                outputs[name] = ([str(root / f"{name}-{i}") for i in range(count)] if count
+                                 else str(root / f"{name}-0"))
+            outputs["metrics"], outputs["table"] = str(root / "metrics.json"), str(root / "table.md")
+            (root / "metrics.json").write_text('{"student": {"ndcg@10": 0.5}}')
+            (root / "table.md").write_text("| student |\n")
+            return argparse.Namespace(outputs=outputs)
+        return run
+
+    monkeypatch.setattr(kfp.components, "load_component_from_file", load)
+    return state
+
+
+def shard_default(path) -> int:
+    return documents(path)[0]["root"]["inputDefinitions"]["parameters"]["num_shards"]["defaultValue"]
+
+
+def test_a_failed_rerun_leaves_the_last_good_runs_yaml_links_and_summary(tmp_path, fake_pipeline):
+    from pipelines.local import PENDING_FILE, PIPELINE_FILE, SUMMARY_FILE, run_local
+
+    output = tmp_path / "run"
+    first = run_local(str(output), profile="test", num_shards=2, quiet=True)
+    assert first["pipeline"] == str(output / PIPELINE_FILE) and not (output / PENDING_FILE).exists()
+    assert shard_default(output / PIPELINE_FILE) == 2
+    good = {name: (output / name).read_text() for name in (PIPELINE_FILE, SUMMARY_FILE)}
+
+    fake_pipeline["fail"] = True
+    with pytest.raises(RuntimeError, match="train-student"):
+        run_local(str(output), profile="test", num_shards=3, quiet=True)
+    assert {name: (output / name).read_text() for name in good} == good  # the YAML still is the one run.json ran
+    assert not (output / PENDING_FILE).exists()
+    assert (output / "student").resolve() == Path(first["artifacts"]["student"]).resolve()
+
+    fake_pipeline["fail"] = False  # the rerun succeeds: now its YAML, links and summary replace the first's
+    second = run_local(str(output), profile="test", num_shards=3, quiet=True)
+    assert shard_default(output / PIPELINE_FILE) == 3 and len(second["artifacts"]["labels"]) == 3
+    assert (output / "labels" / "shard-2").resolve() == Path(second["artifacts"]["labels"][2]).resolve()
+
+
+def test_a_folder_that_would_block_the_links_is_refused_before_the_run(tmp_path, fake_pipeline):
+    from pipelines.local import PIPELINE_FILE, ROOT_DIR, run_local
+
+    output = tmp_path / "run"
+    (output / "data").mkdir(parents=True)
+    with pytest.raises(FileExistsError, match=f"{output / 'data'} exists and is not a link"):
+        run_local(str(output), profile="test", quiet=True)
+    (output / "data").rmdir()
+    (output / "labels" / "shard-1").mkdir(parents=True)
+    with pytest.raises(FileExistsError, match=f"{output / 'labels' / 'shard-1'} exists and is not a link"):
+        run_local(str(output), profile="test", num_shards=2, quiet=True)
+    assert fake_pipeline["runs"] == 0
+    assert not (output / ROOT_DIR).exists() and not (output / PIPELINE_FILE).exists()
