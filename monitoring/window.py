@@ -68,11 +68,25 @@ def _product_key(frame: pd.DataFrame) -> pd.Series:
     return pid.astype(str).where(~missing, hashed)
 
 
+def _where(frame: pd.DataFrame, position: int, path: str) -> tuple[str, int]:
+    """(file, 1-based row in it) of the window's row `position`: the part file that holds it where the
+    window was read from several (read_request_log's parts), else `path` itself."""
+    from serving.requestlog import PARTS_ATTR
+
+    start = 0
+    for name, rows in frame.attrs.get(PARTS_ATTR) or []:
+        if position < start + rows:
+            return name, position - start + 1
+        start += rows
+    return path, position + 1
+
+
 def validate_window(frame: pd.DataFrame, *, path: str, need_scores: bool) -> pd.DataFrame:
     """Check the columns and values the job relies on; return the window in kdrank's pair schema.
 
     Adds query_id and product_id, keeps the logged score (if any) as float. Raises DataError naming
-    the file, the first bad row and the column.
+    the file (the part file, in a folder of them), the first bad row in it (1-based: a JSONL file's line)
+    and the column.
     """
     schema.require_columns(frame, REQUIRED_COLUMNS + ([SCORE] if need_scores else []), path=path)
     out = frame.reset_index(drop=True).copy()
@@ -80,16 +94,18 @@ def validate_window(frame: pd.DataFrame, *, path: str, need_scores: bool) -> pd.
         text = out[column].astype(str).str.strip()
         bad = out[column].isna() | (text == "")
         if bad.any():
-            raise DataError(f"{int(bad.sum())} row(s) have an empty {column}", path=path,
-                            row=int(np.flatnonzero(bad.to_numpy())[0]), column=column)
+            file, row = _where(frame, int(np.flatnonzero(bad.to_numpy())[0]), path)
+            raise DataError(f"{int(bad.sum())} row(s) of the window have an empty {column}", path=file, row=row,
+                            column=column)
     if SCORE in out.columns:
         score = pd.to_numeric(out[SCORE], errors="coerce")
         bad = ~np.isfinite(score.to_numpy(dtype=np.float64))
         if bad.any():
+            file, row = _where(frame, int(np.flatnonzero(bad)[0]), path)
             raise DataError(
-                f"{int(bad.sum())} of {len(out)} logged scores are NaN, infinite or not numbers "
+                f"{int(bad.sum())} of the window's {len(out)} logged scores are NaN, infinite or not numbers "
                 "(the serving path produced invalid scores; fix it or drop those rows before monitoring)",
-                path=path, row=int(np.flatnonzero(bad)[0]), column=SCORE)
+                path=file, row=row, column=SCORE)
         out[SCORE] = score.astype(np.float64)
     out[schema.QUERY] = out[schema.QUERY].astype(str)
     out[schema.PRODUCT_TEXT] = out[schema.PRODUCT_TEXT].astype(str)

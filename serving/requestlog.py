@@ -28,6 +28,9 @@ COLUMNS = ["request_id", "time", "query", "product_text", "product_id", "score",
            "model_version", "latency_ms"]
 
 
+PARTS_ATTR = "kdrank_parts"  # read_request_log's frame.attrs: [file, rows] of each part, in row order
+
+
 class RequestLogError(OSError):
     """The sink could not be written; the rows stay buffered for the next flush."""
 
@@ -161,5 +164,6 @@ def read_request_log(uri: str):
         return pd.DataFrame(columns=COLUMNS)
     columns = list(dict.fromkeys(c for f in frames for c in f.columns))
     # all-null columns (say, no product ids in one part) would decide dtypes in concat; leave them out
-    frame = pd.concat([f.dropna(axis=1, how="all") for f in frames], ignore_index=True)
-    return frame.reindex(columns=columns)
+    frame = pd.concat([f.dropna(axis=1, how="all") for f in frames], ignore_index=True).reindex(columns=columns)
+    frame.attrs[PARTS_ATTR] = [[name, len(f)] for name, f in zip(files, frames, strict=True)]
+    return frame

@@ -190,7 +190,7 @@ def test_nan_score_message_names_the_row(monitor_traffic, tmp_path):
     log = pd.read_json(monitor_traffic.good, lines=True).head(50)
     log.loc[7, "score"] = float("nan")
     window = traffic.write_jsonl(log, tmp_path / "w.jsonl")
-    with pytest.raises(DataError, match=r"row 7, column 'score': 1 of 50 logged scores"):
+    with pytest.raises(DataError, match=r"w.jsonl, row 8, column 'score': 1 of the window's 50 logged scores"):
         monitor(window, monitor_traffic.reference, str(tmp_path / "out"))
 
 

@@ -52,10 +52,10 @@ def test_missing_window_and_bad_rows_are_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such window file"):
         window.read_window(str(tmp_path / "nowhere.jsonl"))
     frame = pd.DataFrame({"query": ["a", " ", "c"], "product_text": ["x", "y", "z"], "score": [1.0, 2.0, 3.0]})
-    with pytest.raises(DataError, match=r"row 1, column 'query': 1 row\(s\) have an empty query"):
+    with pytest.raises(DataError, match=r"w.jsonl, row 2, column .query.: 1 row\(s\) of the window have an empty"):
         window.validate_window(frame, path="w.jsonl", need_scores=True)
     frame = pd.DataFrame({"query": ["a", "b"], "product_text": ["x", "y"], "score": [1.0, float("inf")]})
-    with pytest.raises(DataError, match="row 1, column 'score'"):
+    with pytest.raises(DataError, match="w.jsonl, row 2, column 'score'"):
         window.validate_window(frame, path="w.jsonl", need_scores=True)
     frame = pd.DataFrame({"query": ["a"], "product_text": ["x"], "score": ["high"]})
     with pytest.raises(DataError, match="not numbers"):
@@ -180,3 +180,14 @@ def test_per_query_spearman_matches_scipy_and_sits_on_one_row_per_query():
 
 def test_implied_grade_rounds_and_clips():
     assert features.implied_grade(np.array([-0.4, 0.49, 0.51, 1.7, 2.6]), 3).tolist() == [0, 0, 1, 2, 2]
+
+
+def test_a_bad_row_in_a_folder_window_is_named_by_its_part_file_and_line(tmp_path):
+    folder = tmp_path / "window"
+    folder.mkdir()
+    good = pd.DataFrame({"query": ["a"] * 5, "product_text": list("vwxyz"), "score": [1.0] * 5})
+    good.to_json(folder / "requests-a.jsonl", orient="records", lines=True)
+    bad = good.assign(score=[1.0, 2.0, 3.0, float("nan"), 5.0])
+    bad.to_json(folder / "requests-b.jsonl", orient="records", lines=True)
+    with pytest.raises(DataError, match=r"requests-b.jsonl, row 4, column 'score': 1 of the window's 10"):
+        window.validate_window(window.read_window(str(folder)), path=str(folder), need_scores=True)
