@@ -140,7 +140,10 @@ def _write_flavour(root: Path, flavour: str, *, name: str, version: int, input_n
 def _publish(stage: Path, output: str, flavours: Sequence[str], name: str, version: int) -> None:
     """Move the staged version into `output`: version directories first, then configs, manifest last."""
     if storage.is_gcs(output):
-        storage.upload_dir(stage / "repo", output)  # each object upload is atomic; manifest.json comes after
+        # each object upload is atomic; the configs go after every version file (Triton's poll finds a model
+        # whole or not at all), manifest.json after both
+        configs = tuple(rel for rel in storage.list_files(stage / "repo") if Path(rel).name == layout.CONFIG)
+        storage.upload_dir(stage / "repo", output, last=configs)
         storage.write_bytes(storage.join(output, layout.MANIFEST), (stage / layout.MANIFEST).read_bytes())
         return
     for flavour in flavours:

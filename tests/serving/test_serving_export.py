@@ -121,10 +121,25 @@ def test_onnx_graph_matches_pytorch_for_any_batch_and_length(exported_repo, refe
     assert np.std(expected) > 0.1  # scores spread far beyond the tolerance: the check means something
 
 
-def test_export_to_gcs_with_the_cli(gcs_emulator, tiny_student_dir, capsys):
+def test_export_to_gcs_with_the_cli(gcs_emulator, tiny_student_dir, capsys, monkeypatch):
+    from google.cloud.storage import Blob
+
+    uploaded, upload = [], Blob.upload_from_filename
+
+    def recorded(blob, *args, **kwargs):  # the real upload, its order noted
+        uploaded.append(blob.name)
+        return upload(blob, *args, **kwargs)
+
+    monkeypatch.setattr(Blob, "upload_from_filename", recorded)
     uri = f"gs://{gcs_emulator}/serving/repo"
     assert cli.main(["export", "--model", tiny_student_dir, "--output", uri, "--flavour", "production",
                      "--max-batch-size", "256", "--trt-precision", "FP32"]) == 0
+    # version files first, then the configs, the manifest last: a poll in between never sees a config
+    # without its version
+    versions = [i for i, name in enumerate(uploaded) if "/1/" in name]
+    configs = [i for i, name in enumerate(uploaded) if name.endswith("/" + layout.CONFIG)]
+    assert versions and configs and max(versions) < min(configs)
+    assert uploaded[-1].endswith("/" + layout.MANIFEST)
     printed = json.loads(capsys.readouterr().out)
     assert printed["version"] == 1 and printed["output"] == uri
     files = storage.list_files(uri)
