@@ -113,6 +113,11 @@ def read_training_table(uri: str, labels: str) -> pd.DataFrame:
         raise DataError(f"missing column '{column}' ({hint}); found {list(frame.columns)}", path=uri,
                         column=column)
     schema.require_columns(frame, [schema.QUERY_ID, schema.QUERY, schema.PRODUCT_TEXT], path=uri)
+    for text in (schema.QUERY, schema.PRODUCT_TEXT):  # else a null would be learnt as the text "None"
+        blank = (frame[text].isna() | (frame[text].astype(str).str.strip() == "")).to_numpy()
+        if blank.any():
+            raise DataError(f"{int(blank.sum())} row(s) have an empty {text}", path=uri,
+                            row=int(np.flatnonzero(blank)[0]) + 1, column=text)
     target = frame[column].to_numpy(dtype=np.float64)
     if not np.isfinite(target).all():
         row = int(np.flatnonzero(~np.isfinite(target))[0])
@@ -212,11 +217,20 @@ def _optimizer(model, config: StudentConfig, total_steps: int, device: torch.dev
     return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
 
 
+def _rows_digest(frame: pd.DataFrame, target: np.ndarray) -> str:
+    """sha256 of what the student learns from, row by row: query id, query and product text, target."""
+    digest = hashlib.sha256()
+    texts = frame[[schema.QUERY_ID, schema.QUERY, schema.PRODUCT_TEXT]].astype(str)
+    digest.update(pd.util.hash_pandas_object(texts, index=False).to_numpy().tobytes())
+    digest.update(np.ascontiguousarray(target, dtype=np.float64).tobytes())
+    return digest.hexdigest()
+
+
 def _settings(train_uri: str, val_uri: str | None, config: StudentConfig, frame: pd.DataFrame) -> dict:
     """What determines the result (device aside); a rerun with equal settings skips training."""
     target = frame[LABELS[config.labels]].to_numpy(dtype=np.float64)
     fingerprint = {"rows": len(frame), "queries": int(frame[schema.QUERY_ID].nunique()),
-                   "target_sum": round(float(target.sum()), 6)}
+                   "target_sum": round(float(target.sum()), 6), "sha256": _rows_digest(frame, target)}
     config_dict = {k: v for k, v in dataclasses.asdict(config).items() if k != "device"}
     return json.loads(json.dumps({"train": str(train_uri), "val": val_uri, "train_table": fingerprint,
                                   "config": config_dict}))
@@ -295,10 +309,13 @@ def train_student(train_uri: str, val_uri: str | None, output_dir: str,
     num_grades = _num_grades(frame, train_uri)
     seed_everything(config.seed)
     device = pick_device(config.device)
-    from components.scoring import load_classifier
+    from components.scoring import check_max_length, load_classifier
 
     base = models.resolve_model(config.base_model, pairs.STUDENT)
-    tokenizer, model = load_classifier(base, role=pairs.STUDENT, num_labels=1)
+    # fp32 weights whatever the base directory stores (a bf16 one would round small updates away); autocast
+    # still computes in bf16 where it pays
+    tokenizer, model = load_classifier(base, role=pairs.STUDENT, num_labels=1, dtype=torch.float32)
+    check_max_length(config.max_length, tokenizer, model, option="student max_length", source=str(base))
     model.to(device).train()
     rows = training_rows(frame, config.labels, tokenizer, config.max_length)
 
@@ -373,6 +390,9 @@ def train_student(train_uri: str, val_uri: str | None, output_dir: str,
             loop["empty_epochs"] = 0 if epoch_steps else loop["empty_epochs"] + 1
             if epoch_steps:
                 loop["epoch_losses"].append(epoch_sum.item() / epoch_steps)
+                if not math.isfinite(loop["epoch_losses"][-1]):
+                    raise RuntimeError(f"the student's training loss is {loop['epoch_losses'][-1]} in epoch "
+                                       f"{loop['epoch'] + 1}: diverged (try a lower learning_rate); nothing is saved")
             elif loop["empty_epochs"] > 100:  # a tiny table may draw an empty epoch now and then, never this many
                 raise RuntimeError(f"no training pairs drawn from {train_uri} in {loop['empty_epochs']} epochs")
             loop.update(epoch=loop["epoch"] + 1, epoch_sum=0.0, epoch_steps=0)

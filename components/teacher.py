@@ -32,7 +32,7 @@ from components.data import read_table
 from components.losses import soft_target_cross_entropy
 from components.resume import Resumer, rng_states, set_rng_states
 from components.runtime import adamw, autocast, pick_device, seed_everything
-from components.scoring import load_classifier
+from components.scoring import check_max_length, load_classifier
 
 log = logging.getLogger(__name__)
 
@@ -258,10 +258,28 @@ def _finished_summary(output_dir: str, settings: dict) -> dict | None:
 
 
 def _read_labelled(uri: str) -> pd.DataFrame:
+    """A labelled table the teacher can learn from: texts present, every grade distribution a distribution."""
     frame = read_table(uri)
     schema.require_columns(frame, [schema.QUERY, schema.PRODUCT_TEXT, schema.GRADE_DIST], path=str(uri))
     if frame.empty:
         raise schema.DataError("no labelled pairs", path=str(uri))
+    for column in (schema.QUERY, schema.PRODUCT_TEXT):
+        blank = (frame[column].isna() | (frame[column].astype(str).str.strip() == "")).to_numpy()
+        if blank.any():
+            raise schema.DataError(f"{int(blank.sum())} row(s) have an empty {column}", path=str(uri),
+                                   row=int(np.flatnonzero(blank)[0]) + 1, column=column)
+    lengths = frame[schema.GRADE_DIST].map(lambda v: np.size(v) if v is not None else 0).to_numpy()
+    if (lengths != lengths[0]).any() or lengths[0] < 2:
+        row = int(np.flatnonzero(lengths != lengths[0])[0]) if (lengths != lengths[0]).any() else 0
+        raise schema.DataError(f"grade distributions of {sorted(set(lengths.tolist()))} grades; every row needs "
+                               "the same number, at least 2", path=str(uri), row=row + 1, column=schema.GRADE_DIST)
+    dist = schema.dist_matrix(frame)
+    bad = ~np.isfinite(dist).all(axis=1) | (dist < 0).any(axis=1) | ~(dist.sum(axis=1) > 0)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise schema.DataError(f"{int(bad.sum())} grade distribution(s) with a negative, NaN or infinite share or "
+                               f"none above zero, e.g. {dist[row].tolist()}", path=str(uri), row=row + 1,
+                               column=schema.GRADE_DIST)
     return frame
 
 
@@ -278,7 +296,10 @@ def _train_member(base: str, train: pd.DataFrame, val: pd.DataFrame | None, out:
                   resumer: Resumer | None = None) -> dict:
     seed = config.seed
     seed_everything(seed)
-    tokenizer, model = load_classifier(base, role=pairs.TEACHER, num_labels=num_grades)
+    # fp32 weights whatever the base directory stores (a bf16 one would round small updates away); autocast
+    # still computes in bf16 where it pays
+    tokenizer, model = load_classifier(base, role=pairs.TEACHER, num_labels=num_grades, dtype=torch.float32)
+    check_max_length(config.max_length, tokenizer, model, option="teacher max_length", source=str(base))
     if config.head_init == "verbaliser":
         words = init_head_from_verbaliser(model, tokenizer, base, config.verbaliser)
         log.info("classification head started from the LM's rows for %s", words)
@@ -357,6 +378,10 @@ def _train_member(base: str, train: pd.DataFrame, val: pd.DataFrame | None, out:
                     if resumer:
                         resumer.step(state)
             loop["epoch_losses"].append(epoch_sum.item() / max(epoch_batches, 1))
+            if not math.isfinite(loop["epoch_losses"][-1]):
+                raise RuntimeError(f"the teacher's training loss is {loop['epoch_losses'][-1]} in epoch "
+                                   f"{len(loop['epoch_losses'])}: diverged (try a lower learning_rate); "
+                                   "nothing is saved")
             loop.update(epoch_start=loop["done"], epoch_sum=0.0, epoch_batches=0)
             if val_data is not None:
                 loop["val_losses"].append(_val_loss(model, val_data, val_targets, device, config.batch_size))

@@ -222,6 +222,30 @@ def test_bad_configs_and_inputs_fail_clearly(tmp_path, tiny_student_dir):
     with pytest.raises(schema.DataError, match="no same-query pairs"):
         train_student(single, None, str(tmp_path / "out"), StudentConfig(base_model=tiny_student_dir))
     assert not (tmp_path / "out").exists()
+    blank = teacher_table(n_queries=3)
+    blank.loc[4, schema.PRODUCT_TEXT] = None
+    blank = data.write_table(blank, str(tmp_path / "blank.parquet"))
+    with pytest.raises(schema.DataError, match=r"blank.parquet, row 5, column 'product_text': 1 row\(s\) have"):
+        train_student(blank, None, str(tmp_path / "out"), StudentConfig(base_model=tiny_student_dir))
+    good = data.write_table(teacher_table(n_queries=3), str(tmp_path / "good.parquet"))
+    with pytest.raises(ValueError, match="student max_length 100000 is more than .* supports"):
+        train_student(good, None, str(tmp_path / "out"), StudentConfig(base_model=tiny_student_dir,
+                                                                         max_length=100_000))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_changed_table_under_the_same_name_and_counts_is_trained_again(tmp_path, tiny_student_dir):
+    path = str(tmp_path / "t.parquet")
+    frame = teacher_table(n_queries=4)
+    data.write_table(frame, path)
+    config = StudentConfig(base_model=tiny_student_dir, batch_size=4, max_steps=1, max_length=32)
+    train_student(path, None, str(tmp_path / "out"), config)
+    # the same rows, counts and target sum, but the texts swapped between two products of one query
+    swapped = frame.copy()
+    swapped.loc[[0, 1], schema.PRODUCT_TEXT] = frame.loc[[1, 0], schema.PRODUCT_TEXT].to_numpy()
+    data.write_table(swapped, path)
+    again = train_student(path, None, str(tmp_path / "out"), config)
+    assert "skipped" not in again
 
 
 def test_gcs_input_and_output(gcs_emulator, tiny_student_dir):

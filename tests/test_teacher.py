@@ -205,6 +205,41 @@ def test_bad_inputs_are_named(tiny_teacher_dir, train_file, tmp_path):
                       TeacherConfig(base_model="HuggingFaceTB/SmolLM2-135M"))
 
 
+@pytest.mark.parametrize(("dist", "match"), [
+    ([0.0, 0.0, 0.0], "none above zero"), ([np.nan, 0.5, 0.5], "NaN"), ([-0.5, 1.0, 0.5], "negative"),
+    ([0.5, 0.5], "every row needs the same number")])
+def test_a_table_with_a_bad_grade_distribution_is_refused_before_training(tiny_teacher_dir, tmp_path, dist, match):
+    frame = make_labelled(n_queries=3, per_query=3)
+    frame[schema.GRADE_DIST] = [dist if i == 4 else v for i, v in enumerate(frame[schema.GRADE_DIST])]
+    uri = write_table(frame, str(tmp_path / "bad.parquet"))
+    with pytest.raises(schema.DataError, match=rf"bad.parquet, row 5, column 'grade_dist': .*{match}"):
+        train_teacher(uri, None, str(tmp_path / "t"), TeacherConfig(base_model=tiny_teacher_dir, **FAST))
+    assert not (tmp_path / "t").exists()
+
+
+def test_a_bf16_base_trains_in_fp32_weights(tiny_teacher_dir, train_file, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    base = tmp_path / "bf16-base"
+    AutoModelForSequenceClassification.from_pretrained(tiny_teacher_dir, num_labels=3).to(torch.bfloat16) \
+        .save_pretrained(base)
+    for name in ("tokenizer.json", "tokenizer_config.json", "kdrank.json"):
+        if Path(tiny_teacher_dir, name).exists():
+            (base / name).write_bytes(Path(tiny_teacher_dir, name).read_bytes())
+    seen = []
+    train_teacher(train_file, None, str(tmp_path / "t"), TeacherConfig(base_model=str(base), epochs=1, **FAST),
+                  on_epoch_end=lambda epoch, model, tokenizer, device: seen.extend(
+                      {p.dtype for p in model.parameters()}))
+    assert set(seen) == {torch.float32}  # bf16 weights would round most of lr 5e-5's updates away
+
+
+def test_a_max_length_the_base_cannot_take_is_refused_before_training(tiny_teacher_dir, train_file, tmp_path):
+    with pytest.raises(ValueError, match="teacher max_length 100000 is more than .* supports"):
+        train_teacher(train_file, None, str(tmp_path / "t"),
+                      TeacherConfig(base_model=tiny_teacher_dir, **{**FAST, "max_length": 100_000}))
+    assert not (tmp_path / "t").exists()
+
+
 def test_gcs_base_model_data_and_output(gcs_emulator, tiny_teacher_dir, train_file, tmp_path, monkeypatch):
     monkeypatch.setenv("KDRANK_CACHE", str(tmp_path / "cache"))
     root = f"gs://{gcs_emulator}/teacher-test"
