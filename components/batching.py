@@ -44,6 +44,11 @@ class TokenTable:
                max_length: int) -> TokenTable:
         if len(queries) != len(products):
             raise ValueError(f"{len(queries)} queries but {len(products)} products")
+        for what, texts in (("query", queries), ("product text", products)):
+            wrong = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+            if wrong is not None:
+                raise ValueError(f"{what} {wrong} is {texts[wrong]!r}, not a text: every pair needs a query and a "
+                                 "product text")
         if tokenizer.pad_token_id is None:
             raise ValueError(f"tokenizer {type(tokenizer).__name__} has no pad token")
         pieces = _student_pieces(tokenizer, queries, products, max_length) if role == pairs.STUDENT else None

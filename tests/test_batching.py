@@ -76,6 +76,13 @@ def test_lengths_offsets_and_errors(tiny_student_dir):
         TokenTable.encode(tokenizer, QUERIES, PRODUCTS[:4], role=pairs.STUDENT, max_length=16)
     empty = TokenTable.encode(tokenizer, [], [], role=pairs.STUDENT, max_length=16)
     assert len(empty) == 0
+    # a null text had indexed another pair's piece (IndexError) or failed the table's own check
+    for role in (pairs.STUDENT, pairs.TEACHER):
+        with pytest.raises(ValueError, match="query 1 is None, not a text"):
+            TokenTable.encode(tokenizer, [QUERIES[0], None, *QUERIES[2:]], PRODUCTS, role=role, max_length=16)
+        with pytest.raises(ValueError, match="product text 2 is nan, not a text"):
+            TokenTable.encode(tokenizer, QUERIES, [*PRODUCTS[:2], float("nan"), *PRODUCTS[3:]], role=role,
+                              max_length=16)
 
 
 def test_length_batches_cover_every_item_once_with_similar_lengths():
