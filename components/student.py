@@ -302,7 +302,9 @@ def train_student(train_uri: str, val_uri: str | None, output_dir: str,
     """
     config = config or StudentConfig()
     frame = read_training_table(train_uri, config.labels)
-    settings = _settings(train_uri, val_uri, config, frame)
+    base = models.resolve_model(config.base_model, pairs.STUDENT)
+    # the base's fingerprint too: config.base_model is "" for the default, whichever model that resolves to
+    settings = {**_settings(train_uri, val_uri, config, frame), "base": models.model_fingerprint(base)}
     done = _finished(output_dir, settings)
     if done:
         return done
@@ -311,7 +313,6 @@ def train_student(train_uri: str, val_uri: str | None, output_dir: str,
     device = pick_device(config.device)
     from components.scoring import check_max_length, load_classifier
 
-    base = models.resolve_model(config.base_model, pairs.STUDENT)
     # fp32 weights whatever the base directory stores (a bf16 one would round small updates away); autocast
     # still computes in bf16 where it pays
     tokenizer, model = load_classifier(base, role=pairs.STUDENT, num_labels=1, dtype=torch.float32)

@@ -310,3 +310,23 @@ def test_training_cut_short_resumes_to_the_same_student(tmp_path, tiny_student_d
     for key in ("steps", "losses", "loss_curve", "calibration", "val_metrics"):
         assert resumed[key] == whole[key], key
     assert not Path(state_dir(out)).exists()
+
+
+def test_another_base_model_behind_the_same_setting_is_trained_again(tmp_path, tiny_student_dir, monkeypatch):
+    from transformers import AutoModelForSequenceClassification
+
+    path = data.write_table(teacher_table(n_queries=4), str(tmp_path / "t.parquet"))
+    config = StudentConfig(batch_size=4, max_steps=1, max_length=32)  # base_model "": the default
+    monkeypatch.setenv("KDRANK_STUDENT_BASE", tiny_student_dir)
+    train_student(path, None, str(tmp_path / "out"), config)
+    assert train_student(path, None, str(tmp_path / "out"), config)["skipped"] is True
+    other = tmp_path / "other-base"  # the same layout and config, other weights
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_student_dir, num_labels=1)
+    with torch.no_grad():
+        next(model.parameters()).add_(0.01)
+    model.save_pretrained(other)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if Path(tiny_student_dir, name).exists():
+            (other / name).write_bytes(Path(tiny_student_dir, name).read_bytes())
+    monkeypatch.setenv("KDRANK_STUDENT_BASE", str(other))
+    assert "skipped" not in train_student(path, None, str(tmp_path / "out"), config)
