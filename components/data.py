@@ -348,6 +348,35 @@ class PrepareConfig:
     max_queries: int | None = None  # keep a deterministic subset of queries (reduced profiles)
 
 
+def _prepared_paths(output_dir: str) -> dict[str, str]:
+    return {name: storage.join(output_dir, f"{name}.parquet") for name in ("train", "val", "test", "catalogue")}
+
+
+def _prepare_settings(input_uri: str, config: PrepareConfig) -> dict:
+    return {"input": str(input_uri), "input_sha256": source_digest(input_uri), **asdict(config)}
+
+
+def prepared_differs(input_uri: str, output_dir: str, config: PrepareConfig | None = None) -> list[str]:
+    """What `prepare_data(input_uri, output_dir, config)` would prepare anew for: the settings that differ
+    from the split in `output_dir` (["no summary"] or ["missing tables"] where it has none); [] when the
+    split there is the one it would make. The same input bytes under another name match; a summary from
+    before the input's sha256 was kept matches on the rest of its settings, its input's name included."""
+    config = config or PrepareConfig()
+    summary_path = storage.join(output_dir, "summary.json")
+    if not storage.exists(summary_path):
+        return ["no summary"]
+    done = json.loads(storage.read_text(summary_path)).get("settings", {})
+    settings = _prepare_settings(input_uri, config)
+    if "input_sha256" not in done:
+        settings.pop("input_sha256")
+    elif done["input_sha256"] == settings["input_sha256"]:
+        settings["input"] = done.get("input")  # the same bytes at another path split the same
+    differ = sorted(k for k in {*done, *settings} if done.get(k) != settings.get(k))
+    if not differ and not all(storage.exists(p) for p in _prepared_paths(output_dir).values()):
+        return ["missing tables"]
+    return differ
+
+
 def prepare_data(input_uri: str, output_dir: str, config: PrepareConfig | None = None) -> dict[str, str]:
     """Read, validate and split a labelled source; write train/val/test/catalogue Parquet + summary.
 
@@ -356,14 +385,12 @@ def prepare_data(input_uri: str, output_dir: str, config: PrepareConfig | None =
     so a run stopped half-way leaves no summary, and the next run prepares everything again.
     """
     config = config or PrepareConfig()
-    paths = {name: storage.join(output_dir, f"{name}.parquet") for name in ("train", "val", "test", "catalogue")}
+    paths = _prepared_paths(output_dir)
     summary_path = storage.join(output_dir, "summary.json")
-    settings = {"input": str(input_uri), "input_sha256": source_digest(input_uri), **asdict(config)}
-    if storage.exists(summary_path):
-        done = json.loads(storage.read_text(summary_path))
-        if done.get("settings") == settings and all(storage.exists(p) for p in paths.values()):
-            log.info("data already prepared in %s", output_dir)
-            return paths
+    if not prepared_differs(input_uri, output_dir, config):
+        log.info("data already prepared in %s", output_dir)
+        return paths
+    settings = _prepare_settings(input_uri, config)
     frame = read_pairs(input_uri, config.fmt, on_invalid=config.on_invalid)
     if storage.exists(summary_path):  # the tables below are replaced one by one: no summary until all are
         storage.remove(summary_path)

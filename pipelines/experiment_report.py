@@ -117,7 +117,10 @@ def paired_table(rows: list[dict], scores: dict, references=PAIRED_REFERENCES) -
             if name == r["run"]:
                 cells.append("")
                 continue
-            d = paired_bootstrap(scores[r["run"]], scores[name], SCORE)
+            try:
+                d = paired_bootstrap(scores[r["run"]], scores[name], SCORE)
+            except ValueError as err:
+                raise ValueError(f"{r['run']} against {name}: {err}") from err
             low, high = d["pairwise_accuracy_ci"]
             cells.append(f"{d['pairwise_accuracy']:+.3f} ({low:+.3f} to {high:+.3f})")
         lines.append("| " + " | ".join(cells) + " |")

@@ -100,6 +100,7 @@ class Runner:
     def __init__(self, profile: str, data: str, output: str, *, fmt: str | None = None,
                  teacher_model: str | None = None, student_model: str | None = None):
         self.profile = get_profile(profile).with_models(teacher_model, student_model)
+        self.models = {"--teacher-model": teacher_model, "--student-model": student_model}
         self.data, self.fmt, self.out = data, fmt, Path(output)
         self.experiments = {e.name: e for e in plan(profile)}
         self.top = max(float(m) for m in self.profile.experiments["multiples"])
@@ -109,10 +110,16 @@ class Runner:
     # ----- shared steps --------------------------------------------------------------------------------
     def paths(self) -> dict[str, str]:
         if self._paths is None:
-            from components.data import PrepareConfig, prepare_data
+            from components.data import PrepareConfig, prepare_data, prepared_differs
 
-            self._paths = prepare_data(self.data, str(self.out / "data"),
-                                       PrepareConfig(fmt=self.fmt, **self.profile.prepare))
+            config = PrepareConfig(fmt=self.fmt, **self.profile.prepare)
+            rows = read_results(self.out)
+            if rows and (differ := prepared_differs(self.data, str(self.out / "data"), config)):
+                # splitting again would leave those rows scored on other test pairs than every later row
+                raise ValueError(f"{self.out} holds {len(rows)} finished row(s) scored on its split in "
+                                 f"{self.out / 'data'}, and these data and settings would split again "
+                                 f"({', '.join(differ)} differ): use a new --output")
+            self._paths = prepare_data(self.data, str(self.out / "data"), config)
         return self._paths
 
     def teacher(self, labels: str, why: str = "") -> str:
@@ -591,6 +598,7 @@ class Runner:
         parts = ["kdrank", "experiment", "run", "--profile", self.profile.name, "--data", self.data]
         if self.fmt:
             parts += ["--format", self.fmt]
+        parts += [part for option, model in self.models.items() if model for part in (option, model)]
         parts += ["--output", str(self.out), "--only", name]
         bf16 = f"{CPU_BF16}=1 " if self._cpu_bf16 else ""
         return bf16 + shlex.join(parts)
@@ -764,6 +772,9 @@ def _run(args: argparse.Namespace) -> int:
     runner = Runner(args.profile, args.data, args.output, fmt=args.format, teacher_model=args.teacher_model,
                     student_model=args.student_model)
     only = _names(args.only)
+    if args.force and not only:
+        raise ValueError("--force reruns the runs --only names; without --only it would redo every planned run, "
+                         "restored rows included: name them")
     _print_rows(runner.run(only or None, force=args.force))
     return 0
 

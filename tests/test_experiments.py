@@ -344,7 +344,31 @@ def test_only_runs_one_experiment_and_what_it_needs(tmp_path, tiny_teacher_dir, 
     runner = Runner("test", data, str(tmp_path / "runs"), fmt="homedepot", teacher_model=tiny_teacher_dir,
                     student_model=tiny_student_dir)
     runner.run(["student-margin-1x"])
-    assert sorted(r["run"] for r in read_results(tmp_path / "runs")) == ["student-margin-1x", "teacher-soft"]
+    rows = read_results(tmp_path / "runs")
+    assert sorted(r["run"] for r in rows) == ["student-margin-1x", "teacher-soft"]
+    # each row's command names the models it was made with, so it makes the same row again
+    for row in rows:
+        assert f"--teacher-model {tiny_teacher_dir} --student-model {tiny_student_dir} " in row["command"]
+
+
+def test_a_runs_folder_is_not_split_again_under_its_finished_rows(tmp_path, tiny_teacher_dir, tiny_student_dir,
+                                                                   capsys):
+    data = write_homedepot_csv(tmp_path / "train.csv", n_queries=20)
+    Runner("test", data, str(tmp_path / "runs"), fmt="homedepot").run(["baseline-random"])
+    test = tmp_path / "runs" / "data" / "test.parquet"
+    stamp = test.stat().st_mtime_ns
+    # the same bytes under another name split the same: the rows stand
+    moved = shutil.copy(data, tmp_path / "moved.csv")
+    Runner("test", str(moved), str(tmp_path / "runs"), fmt="homedepot").run(["baseline-bm25"])
+    # other bytes under the same name would split again, under a row scored on the old split
+    with open(data, "ab") as file:
+        file.write(b"9999,100999,Extra product,extra query,2\n")
+    with pytest.raises(ValueError, match=r"2 finished row\(s\) .* split again \(input_sha256 differ\): use a new"):
+        Runner("test", data, str(tmp_path / "runs"), fmt="homedepot").run(["baseline-biencoder"])
+    assert test.stat().st_mtime_ns == stamp
+    assert cli.main(["experiment", "run", "--profile", "test", "--data", data, "--format", "homedepot",
+                     "--output", str(tmp_path / "runs"), "--force"]) == 2
+    assert "without --only it would redo every planned run" in capsys.readouterr().err
 
 
 def test_a_bf16_cpu_run_says_so_in_its_hardware_and_its_command(tmp_path, tiny_teacher_dir, tiny_student_dir,
