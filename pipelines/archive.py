@@ -412,7 +412,9 @@ def restore_runs(archive_dir: str | Path, runs_dir: str | Path) -> list[str]:
         append_result(runs_dir, row)
     for folder in label_sets:
         target = runs_dir / "data" / teacher_labels.ARCHIVED / folder.name
-        if teacher_labels.read_record(target) != records[folder.name]:
+        # the record names teacher and pairs, not the probabilities: a retrained teacher's set has an equal one
+        if teacher_labels.read_record(target) != records[folder.name] \
+                or not teacher_labels.same_stored_probs(folder, target):
             teacher_labels.copy_set(folder, target)
             log.info("label set %s restored into %s", folder.name, target.parent)
     for folder in pair_folders:

@@ -74,9 +74,24 @@ def set_name(teacher: str, multiple: float) -> str:
     return f"{teacher}-{multiple:g}x"
 
 
+def probs_digest(probs: np.ndarray) -> str:
+    """sha256 of a label set's probabilities as float64: which labels these are, where the record (teacher,
+    its identity, the pairs) cannot tell two trainings of one teacher apart."""
+    return hashlib.sha256(np.ascontiguousarray(probs, dtype=np.float64).tobytes()).hexdigest()
+
+
+def same_stored_probs(one: str | Path, other: str | Path) -> bool:
+    """Whether two stored label sets' probabilities files hold the same bytes."""
+    def digest(folder) -> str:
+        return hashlib.sha256(Path(folder, PROBS).read_bytes()).hexdigest()
+
+    return Path(one, PROBS).is_file() and Path(other, PROBS).is_file() and digest(one) == digest(other)
+
+
 def write_record(labelled_dir: str | Path, *, teacher: str, identity: str, multiple: float,
-                 pairs_uri: str | Path) -> dict:
-    """Record, beside a finished labelled set, which teacher made it and of which pairs."""
+                 pairs_uri: str | Path, probs_sha256: str | None = None) -> dict:
+    """Record, beside a finished labelled set, which teacher made it and of which pairs (and, for labels
+    written from an archived set, `probs_sha256`: which probabilities)."""
     from components.augment import LABELLED
 
     pairs = _key_frame(pairs_uri, schema.SOURCE)
@@ -91,7 +106,7 @@ def write_record(labelled_dir: str | Path, *, teacher: str, identity: str, multi
     first = labelled[schema.TEACHER_PROBS].iloc[0] if len(labelled) else []
     record = {"teacher": teacher, "identity": identity, "multiple": float(multiple), "pairs": len(pairs),
               "pairs_digest": digest, "base_pairs": base, "base_digest": pairs_digest(pairs.iloc[:base]),
-              "num_grades": len(first)}
+              "num_grades": len(first), **({"probs_sha256": probs_sha256} if probs_sha256 else {})}
     storage.write_text(storage.join(str(labelled_dir), RECORD), json.dumps(record, indent=2) + "\n")
     return record
 
@@ -257,9 +272,14 @@ def use_archived(stored: str | Path, pairs_uri: str, identity: str, data_dir: st
     tag = hashlib.sha256(f"{identity}:{digest}".encode()).hexdigest()[:10]
     target = Path(data_dir, f"labelled-{record['teacher']}-{multiple:g}x-{tag}")
     existing = read_record(target)
-    if not existing or (existing["identity"], existing["pairs_digest"]) != (identity, digest):
-        probs = set_probs(stored, record)[:rows]
+    probs = set_probs(stored, record)[:rows]
+    wanted = probs_digest(probs)
+    # labels written here from an archived set earlier are kept only if they are these probabilities: a teacher
+    # trained again (same identity, other weights) is archived with other labels of the same pairs
+    if not existing or (existing["identity"], existing["pairs_digest"]) != (identity, digest) \
+            or existing.get("probs_sha256", wanted) != wanted:
         write_labels(pairs_uri, probs, str(target))
-        write_record(target, teacher=record["teacher"], identity=identity, multiple=multiple, pairs_uri=pairs_uri)
+        write_record(target, teacher=record["teacher"], identity=identity, multiple=multiple, pairs_uri=pairs_uri,
+                     probs_sha256=wanted)
         log.info("labels of %d pairs from the archived set %s: no teacher needed", rows, name)
     return str(target), tag

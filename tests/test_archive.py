@@ -12,7 +12,7 @@ import pytest
 from kdrank_testing import load_benchmark
 
 from components import schema
-from pipelines import cli
+from pipelines import cli, teacher_labels
 from pipelines.archive import ArchiveError, archive_runs, restore_runs
 from pipelines.experiment_report import write_report
 from pipelines.experiments import Runner
@@ -47,6 +47,23 @@ def test_restore_gives_back_every_row_and_the_same_report(finished, tmp_path):
                                   original.sort_values(["query_id", "product_id"]).reset_index(drop=True))
     assert json.loads((here / "eval" / "teacher-soft" / "checkpoint.json").read_text())["role"] == "teacher"
     assert restore_runs(archive, here) == []  # a second restore adds nothing
+
+
+def test_restore_replaces_a_label_set_whose_probabilities_changed_under_an_equal_record(finished, tmp_path):
+    runner, rows, root = finished
+    archive = tmp_path / "archive"
+    archive_runs(root / "runs", archive)
+    here = _fresh_split(finished, tmp_path / "here")
+    restore_runs(archive, here)
+    name = sorted(p.name for p in (archive / "labels").iterdir())[0]
+    # the teacher trained again in another session: the same record, other probabilities
+    stored = archive / "labels" / name / teacher_labels.PROBS
+    probs = pd.read_parquet(stored)
+    probs.iloc[:, [0, -1]] = probs.iloc[:, [-1, 0]].to_numpy()
+    probs.to_parquet(stored, index=False)
+    restore_runs(archive, here)
+    restored = here / "data" / teacher_labels.ARCHIVED / name / teacher_labels.PROBS
+    pd.testing.assert_frame_equal(pd.read_parquet(restored), probs)
 
 
 def test_the_archive_holds_no_text_ids_or_grades_of_the_data(finished, tmp_path):

@@ -51,7 +51,28 @@ def test_stored_probabilities_label_the_pairs_exactly_as_the_teacher_did(labelle
     again, _ = teacher_labels.use_archived(stored, pairs_uri, record["identity"], tmp_path / "data", 2)
     # teacher-made chunks were 20 rows, these 50,000: every row's labels are its own, bit for bit
     pd.testing.assert_frame_equal(read_table(again), read_table(str(folder)), check_exact=True)
-    assert teacher_labels.read_record(again) == {k: record[k] for k in teacher_labels.FIELDS}
+    written = teacher_labels.read_record(again)
+    assert {k: written[k] for k in teacher_labels.FIELDS} == {k: record[k] for k in teacher_labels.FIELDS}
+    assert written["probs_sha256"] == teacher_labels.probs_digest(probs.to_numpy(dtype=np.float64))
+
+
+def test_labels_written_from_an_archived_set_follow_its_probabilities_not_only_its_record(labelled, tmp_path):
+    pairs_uri, folder, _, _, _ = labelled
+    stored = tmp_path / "stored"
+    record = teacher_labels.export_set(folder, stored)
+    first, _ = teacher_labels.use_archived(stored, pairs_uri, record["identity"], tmp_path / "data", 2)
+    # the same teacher trained again (same identity, other weights) archives other labels of the same pairs
+    retrained = tmp_path / "retrained"
+    teacher_labels.copy_set(stored, retrained)
+    probs = pd.read_parquet(retrained / teacher_labels.PROBS)
+    probs[["p0", "p2"]] = probs[["p2", "p0"]].to_numpy()
+    probs.to_parquet(retrained / teacher_labels.PROBS, index=False)
+    assert teacher_labels.read_record(retrained) == teacher_labels.read_record(stored)
+    assert not teacher_labels.same_stored_probs(stored, retrained)
+    again, _ = teacher_labels.use_archived(retrained, pairs_uri, record["identity"], tmp_path / "data", 2)
+    assert again == first
+    got = np.array(read_table(again)[schema.TEACHER_PROBS].tolist())
+    np.testing.assert_array_equal(got, probs.to_numpy(dtype=np.float32))
 
 
 def test_the_identity_is_the_data_and_config_not_where_the_data_lives(labelled, tmp_path):
