@@ -17,9 +17,13 @@ def pick_device(prefer: str | None = None) -> torch.device:
     """`prefer` ('cpu', 'cuda', 'cuda:1') wins; else KDRANK_DEVICE; else CUDA when available."""
     choice = prefer or os.environ.get("KDRANK_DEVICE")
     if choice:
-        device = torch.device(choice)
+        where = "device" if prefer else "$KDRANK_DEVICE"
+        try:
+            device = torch.device(choice)
+        except RuntimeError as err:
+            raise ValueError(f"{where} '{choice}' is not a torch device (cpu, cuda, cuda:1, mps)") from err
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(f"device '{choice}' requested but CUDA is not available")
+            raise RuntimeError(f"{where} '{choice}' requested but CUDA is not available")
         return device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

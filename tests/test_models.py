@@ -147,3 +147,14 @@ def test_bf16_on_a_cpu_without_bf16_instructions_is_warned_about_once(monkeypatc
     monkeypatch.delenv(runtime.CPU_BF16)
     caplog.clear()
     assert runtime.precision(torch.device("cpu")) == "fp32" and not caplog.records
+
+
+def test_a_bad_device_names_where_it_came_from(monkeypatch):
+    from components.runtime import pick_device
+
+    monkeypatch.setenv("KDRANK_DEVICE", "tpu")
+    with pytest.raises(ValueError, match=r"\$KDRANK_DEVICE 'tpu' is not a torch device"):
+        pick_device()
+    with pytest.raises(ValueError, match=r"^device 'gpu0' is not a torch device"):
+        pick_device("gpu0")
+    assert pick_device("cpu").type == "cpu"
