@@ -146,6 +146,16 @@ def _write_summary(output_uri: str, summary: dict) -> str:
     return summary_uri
 
 
+def _check_output_outside_window(output_uri: str, window_uri: str) -> None:
+    """A window folder is read with every log file under it: a report written inside it would be read back
+    as traffic by the next run (its sample.parquet), so the output goes elsewhere."""
+    out, win = str(output_uri).rstrip("/"), str(window_uri).rstrip("/")
+    if not win.endswith(window.LOG_SUFFIXES) and (out == win or out.startswith(win + "/")):
+        raise ValueError(f"output {output_uri} is inside the window folder {window_uri}, whose every .jsonl and "
+                         ".parquet file is read as traffic (this run's sample.parquet would be, next time): "
+                         "write the report elsewhere")
+
+
 def monitor(window_uri: str, reference_uri: str, output_uri: str, *, teacher_dir: str | None = None,
             student_dir: str | None = None, thresholds: str | Path | dict | Thresholds | None = None,
             overrides: list[str] | None = None, sample_size: int = DEFAULT_SAMPLE_SIZE,
@@ -167,6 +177,7 @@ def monitor(window_uri: str, reference_uri: str, output_uri: str, *, teacher_dir
         limits = load_thresholds(thresholds, overrides)
         if workspace:
             check_workspace(workspace)  # before the slow part, which a bad path would otherwise waste
+        _check_output_outside_window(output_uri, window_uri)
         reference, meta = read_reference(reference_uri)
         logged = window.validate_window(_reuse_sample_scores(window.read_window(window_uri)), path=window_uri,
                                         need_scores=student_dir is None)

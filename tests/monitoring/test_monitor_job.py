@@ -294,3 +294,14 @@ def test_a_sample_scored_by_the_student_is_rechecked_without_it(labelled, tmp_pa
     assert again.summary["sample"]["teacher_labels"] == "window" and again.summary["sample"]["rows"] == 240
     before, after = ({t["key"]: t["value"] for t in r.summary["tests"]} for r in (first, again))
     assert all(after[k] == pytest.approx(before[k]) for k in AGREEMENT)
+
+
+def test_an_output_inside_the_window_folder_is_refused_before_any_work(labelled, tmp_path, capsys):
+    folder = tmp_path / "window"
+    folder.mkdir()
+    pd.read_parquet(labelled["window"]).to_parquet(folder / "part-0.parquet", index=False)
+    code = main(["monitor", "--window", str(folder), "--reference", labelled["reference"], "--output",
+                 str(folder / "report"), "--no-workspace"])
+    err = capsys.readouterr().err
+    assert code == 2 and "is inside the window folder" in err and "Traceback" not in err
+    assert not (folder / "report").exists()
