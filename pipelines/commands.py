@@ -148,6 +148,13 @@ def _submit(args: argparse.Namespace) -> int:
             raise ValueError(f"{', '.join(given)} set(s) how the pipeline is compiled, so it has no effect on "
                              f"--package {args.package}: compile a package with it (kdrank pipeline compile), "
                              "or leave --package out to compile one now")
+    local = [f"{flag} {value}" for flag, value in (("--data", args.data), ("--teacher-model", args.teacher_model),
+                                                   ("--student-model", args.student_model),
+                                                   ("--repository", args.repository))
+             if value and not str(value).startswith("gs://")]
+    if local:
+        raise ValueError(f"{', '.join(local)}: a cluster's pods cannot read this machine's paths; upload to gs:// "
+                         "and pass that URI (kdrank run runs the pipeline here with local paths)")
     overrides = parse_overrides(args.overrides)
     explicit = {"profile": args.profile, "num_shards": _num_shards(args.num_shards, args.profile, overrides),
                 "data_uri": args.data, "data_format": args.format, "teacher_base": args.teacher_model,

@@ -315,6 +315,18 @@ def test_submit_refuses_cluster_flags_a_package_ignores(tmp_path, submitted, fla
     assert not submitted
 
 
+def test_submit_refuses_this_machines_paths_which_no_pod_can_read(tmp_path, submitted):
+    data = tmp_path / "train.csv"
+    data.write_text("x")
+    with pytest.raises(ValueError, match=rf"--data {data}, --student-model students/v1: a cluster's pods cannot"):
+        cli("pipeline", "submit", "--host", "http://kfp.example:8888", "--profile", "test", "--data", str(data),
+            "--student-model", "students/v1", "--teacher-model", "gs://bucket/teacher")
+    assert not submitted
+    cli("pipeline", "submit", "--host", "http://kfp.example:8888", "--profile", "test",
+        "--data", "gs://bucket/train.csv", "--teacher-model", "gs://bucket/teacher")
+    assert submitted[0][0].arguments["data_uri"] == "gs://bucket/train.csv"
+
+
 def test_submit_without_a_package_compiles_the_cluster_flags(submitted):
     cli("pipeline", "submit", "--host", "http://kfp.example:8888", "--cpu", "--image", "kdrank:dev",
         "--profile", "test", "--set", "label.num_shards=3")
