@@ -56,13 +56,15 @@ def _timed(timings: dict, stage: str) -> Iterator[None]:
 
 
 def _served_by_reference(frame: pd.DataFrame, meta: ReferenceMeta) -> np.ndarray:
-    """1.0 where a row was served by the reference's model version, 0.0 elsewhere, NaN when not logged."""
+    """1.0 where a row was served by the reference's model version, 0.0 elsewhere, NaN where the row does
+    not log its version."""
     if window.MODEL_VERSION not in frame.columns:
         return np.full(len(frame), np.nan)
-    same = frame[window.MODEL_VERSION].astype(str) == meta.model_version
+    version = window.version_labels(frame[window.MODEL_VERSION])
+    same = version == str(meta.model_version)
     if window.MODEL_NAME in frame.columns:
         same &= frame[window.MODEL_NAME].astype(str) == meta.model_name
-    return same.to_numpy(dtype=np.float64)
+    return np.where(version.isna().to_numpy(), np.nan, same.to_numpy(dtype=np.float64))
 
 
 def _version_warnings(served_flags: np.ndarray, served: dict[str, int], meta: ReferenceMeta) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 
 import numpy as np
 import pandas as pd
@@ -196,10 +197,24 @@ def sample_by_query(frame: pd.DataFrame, size: int, *, seed: int, max_pairs_per_
     return sample
 
 
+def version_labels(values: pd.Series) -> pd.Series:
+    """Logged model versions as text, the same for 1, 1.0 and '1' (a JSONL part with a missing version
+    reads the others as floats); None where a row does not log one."""
+    def text(value) -> str | None:
+        if value is None or (isinstance(value, float) and not math.isfinite(value)):
+            return None
+        if isinstance(value, float) and value.is_integer():
+            return str(int(value))
+        return str(value).strip() or None
+
+    return values.map(text).astype(object)
+
+
 def model_versions(frame: pd.DataFrame) -> dict[str, int]:
-    """Rows per 'name:version' served in the window (empty when the log does not record it)."""
+    """Rows per 'name:version' served in the window, of the rows that log a version (empty when none do)."""
     if MODEL_VERSION not in frame.columns:
         return {}
+    version = version_labels(frame[MODEL_VERSION])
     name = frame[MODEL_NAME].astype(str) if MODEL_NAME in frame.columns else pd.Series("", index=frame.index)
-    label = name + ":" + frame[MODEL_VERSION].astype(str)
+    label = (name + ":" + version.fillna(""))[version.notna()]
     return {str(k): int(v) for k, v in label.value_counts().items()}

@@ -305,3 +305,13 @@ def test_an_output_inside_the_window_folder_is_refused_before_any_work(labelled,
     err = capsys.readouterr().err
     assert code == 2 and "is inside the window folder" in err and "Traceback" not in err
     assert not (folder / "report").exists()
+
+
+def test_a_version_logged_as_a_number_or_missing_on_some_rows_is_not_a_mismatch(labelled, tmp_path):
+    log = pd.read_parquet(labelled["window"])
+    version = log["model_version"].astype(int).astype(object)  # a server that logs it as a number
+    version[::5] = None  # some rows do not log it: JSONL then reads the others as floats (1.0)
+    window = traffic.write_jsonl(log.assign(model_version=version), tmp_path / "w.jsonl")
+    result = monitor(window, labelled["reference"], str(tmp_path / "out"), overrides=NO_TEXT)
+    assert not result.summary["warnings"]
+    assert statuses(result.summary)["model_version"] != "WARNING"
