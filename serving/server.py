@@ -188,15 +188,19 @@ class TritonServer:
                                   f"choose another with --{name}-port")
         repository = resolve_repository(cfg.repository)
         self._workdir = tempfile.TemporaryDirectory(prefix="kdrank-triton-")
-        backend_dir = prepare_backend_dir(Path(self._workdir.name) / "backends")
-        self.log_path = Path(cfg.log_path or Path(self._workdir.name) / "tritonserver.log")
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log_handle = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        command = self.command(repository, backend_dir)
-        log.info("starting tritonserver on %s (http %d, grpc %d, metrics %d), repository %s, log %s",
-                 cfg.host, cfg.http_port, cfg.grpc_port, cfg.metrics_port, repository, self.log_path)
-        self._process = subprocess.Popen(command, stdout=self._log_handle, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=server_env(), start_new_session=True)
+        try:  # stop() gives back whatever was set up when a step fails: the work folder, the log handle
+            backend_dir = prepare_backend_dir(Path(self._workdir.name) / "backends")
+            self.log_path = Path(cfg.log_path or Path(self._workdir.name) / "tritonserver.log")
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log_handle = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+            command = self.command(repository, backend_dir)
+            log.info("starting tritonserver on %s (http %d, grpc %d, metrics %d), repository %s, log %s",
+                     cfg.host, cfg.http_port, cfg.grpc_port, cfg.metrics_port, repository, self.log_path)
+            self._process = subprocess.Popen(command, stdout=self._log_handle, stderr=subprocess.STDOUT,
+                                             stdin=subprocess.DEVNULL, env=server_env(), start_new_session=True)
+        except BaseException:
+            self.stop()
+            raise
         try:
             self.wait_ready(cfg.ready_timeout_s)
         except ServerError as err:
