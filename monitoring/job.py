@@ -86,8 +86,15 @@ def _has_teacher_labels(frame: pd.DataFrame, path: str) -> bool:
         return False
     bad = ~np.isfinite(pd.to_numeric(frame[schema.TEACHER_SCORE], errors="coerce").to_numpy(dtype=np.float64))
     if bad.any():
-        raise DataError(f"{int(bad.sum())} teacher scores are missing or not numbers", path=path,
-                        row=int(np.flatnonzero(bad)[0]), column=schema.TEACHER_SCORE)
+        file, row = window.locate(frame, int(np.flatnonzero(bad)[0]), path)
+        raise DataError(f"{int(bad.sum())} teacher scores are missing or not numbers", path=file, row=row,
+                        column=schema.TEACHER_SCORE)
+    lengths = frame[schema.TEACHER_PROBS].map(lambda v: np.size(v) if v is not None else 0).to_numpy()
+    bad = (lengths != lengths[0]) | (lengths < 2)
+    if bad.any():
+        file, row = window.locate(frame, int(np.flatnonzero(bad)[0]), path)
+        raise DataError(f"{int(bad.sum())} rows' teacher probabilities are missing or of another grade count than "
+                        f"the first row's {lengths[0]}", path=file, row=row, column=schema.TEACHER_PROBS)
     return True
 
 
@@ -181,8 +188,9 @@ def monitor(window_uri: str, reference_uri: str, output_uri: str, *, teacher_dir
             check_workspace(workspace)  # before the slow part, which a bad path would otherwise waste
         _check_output_outside_window(output_uri, window_uri)
         reference, meta = read_reference(reference_uri)
-        logged = window.validate_window(_reuse_sample_scores(window.read_window(window_uri)), path=window_uri,
-                                        need_scores=student_dir is None)
+        raw_window = _reuse_sample_scores(window.read_window(window_uri))
+        logged = window.validate_window(raw_window, path=window_uri, need_scores=student_dir is None)
+        carries_labels = _has_teacher_labels(raw_window, window_uri)  # checked here, where rows have their places
     served = window.model_versions(logged)
     warnings = _version_warnings(_served_by_reference(logged, meta), served, meta)
     for message in warnings:
@@ -208,7 +216,7 @@ def monitor(window_uri: str, reference_uri: str, output_uri: str, *, teacher_dir
         sample[features.STUDENT_GRADE] = scores.to_grade_scale(raw, calibration)
 
     with _timed(timings, "teacher_labelling"):
-        if _has_teacher_labels(sample, window_uri):  # e.g. a previous run's sample.parquet, re-checked
+        if carries_labels:  # e.g. a previous run's sample.parquet, re-checked
             labelled, labels_from = sample, "window"
         else:
             teacher_dir = teacher_dir or meta.teacher_dir

@@ -69,7 +69,7 @@ def _product_key(frame: pd.DataFrame) -> pd.Series:
     return pid.astype(str).where(~missing, hashed)
 
 
-def _where(frame: pd.DataFrame, position: int, path: str) -> tuple[str, int]:
+def locate(frame: pd.DataFrame, position: int, path: str) -> tuple[str, int]:
     """(file, 1-based row in it) of the window's row `position`: the part file that holds it where the
     window was read from several (read_request_log's parts), else `path` itself."""
     from serving.requestlog import PARTS_ATTR
@@ -95,14 +95,14 @@ def validate_window(frame: pd.DataFrame, *, path: str, need_scores: bool) -> pd.
         text = out[column].astype(str).str.strip()
         bad = out[column].isna() | (text == "")
         if bad.any():
-            file, row = _where(frame, int(np.flatnonzero(bad.to_numpy())[0]), path)
+            file, row = locate(frame, int(np.flatnonzero(bad.to_numpy())[0]), path)
             raise DataError(f"{int(bad.sum())} row(s) of the window have an empty {column}", path=file, row=row,
                             column=column)
     if SCORE in out.columns:
         score = pd.to_numeric(out[SCORE], errors="coerce")
         bad = ~np.isfinite(score.to_numpy(dtype=np.float64))
         if bad.any():
-            file, row = _where(frame, int(np.flatnonzero(bad)[0]), path)
+            file, row = locate(frame, int(np.flatnonzero(bad)[0]), path)
             raise DataError(
                 f"{int(bad.sum())} of the window's {len(out)} logged scores are NaN, infinite or not numbers "
                 "(the serving path produced invalid scores; fix it or drop those rows before monitoring)",

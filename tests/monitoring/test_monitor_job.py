@@ -315,3 +315,16 @@ def test_a_version_logged_as_a_number_or_missing_on_some_rows_is_not_a_mismatch(
     result = monitor(window, labelled["reference"], str(tmp_path / "out"), overrides=NO_TEXT)
     assert not result.summary["warnings"]
     assert statuses(result.summary)["model_version"] != "WARNING"
+
+
+def test_missing_or_ragged_teacher_probabilities_are_named_by_row(labelled, tmp_path):
+    from components.schema import DataError
+
+    log = pd.read_parquet(labelled["window"])
+    probs = list(log["teacher_probs"])
+    probs[3] = None
+    window = tmp_path / "w.parquet"
+    log.assign(teacher_probs=probs).to_parquet(window, index=False)
+    with pytest.raises(DataError, match=r"w.parquet, row 4, column 'teacher_probs': 1 rows' teacher probabilities are missing"):
+        monitor(str(window), labelled["reference"], str(tmp_path / "out"), overrides=NO_TEXT)
+    assert not (tmp_path / "out").exists()
