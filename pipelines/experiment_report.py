@@ -10,6 +10,7 @@ import os
 import re
 from pathlib import Path
 
+from components import storage
 from components.flow import PROFILES
 from pipelines.experiment_plan import distilled_run_name, fmt_multiple, plan
 from pipelines.runs_folder import RESULTS, read_results, rescore_dir
@@ -259,7 +260,8 @@ def scaling_plot(rows: list[dict], path: str, title: str, teachers: list[str] | 
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.07 if one else 0.16, 1, 1))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with storage.atomic_path(path) as tmp:  # whole or not at all
+        fig.savefig(tmp, dpi=110, format=Path(path).suffix.lstrip(".") or "png")
     plt.close(fig)
     return path
 
@@ -314,7 +316,7 @@ def write_report(runs_dir: str, output: str, plot: str | None = None, test_set: 
         parts += [f"![scaling curve]({os.path.relpath(plot, Path(output).parent)})", ""]
     parts += ["Commands:", "", "```", *(r["command"] for r in rows), "```", ""]
     Path(output).parent.mkdir(parents=True, exist_ok=True)
-    Path(output).write_text("\n".join(parts))
+    storage.write_text(output, "\n".join(parts))  # written whole (a temporary name, then renamed)
     return output
 
 
