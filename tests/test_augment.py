@@ -84,7 +84,6 @@ def test_rerun_skips_and_the_embedding_cache_is_reused(inputs, first_run):
     config = AugmentConfig(multiple=1.0, title_queries=0.3, cache_dir=inputs["cache"], batch_size=32)
     one = augment.augment_pairs(inputs["pairs"], inputs["catalogue"], smaller, config)
     assert one["embedding_cache"] == one["query_embedding_cache"] == "hit" and not one["skipped"]
-    assert one["catalogue_encode_seconds"] < summary["catalogue_encode_seconds"]
     assert cache_files[0].stat().st_mtime == cache_mtime
     small_new = data.read_table(smaller).iloc[one["labelled"]:]
     big_new = out.iloc[summary["labelled"]:]

@@ -13,6 +13,7 @@ import pytest
 from kdrank_testing import load_benchmark, make_labelled, patch_test_plan, write_homedepot_csv
 
 from components import schema
+from components.checkpoint import read_info
 from components.data import read_table
 from components.evaluate import evaluate_checkpoint
 from components.label import label_pairs
@@ -39,7 +40,9 @@ def test_every_planned_run_has_a_row_with_metrics_and_its_command(finished):
     assert stored["teacher-hard"]["settings"]["soft_targets"] is False
     assert stored["teacher-soft-lr1e-3"]["settings"]["learning_rate"] == 1e-3  # a teacher ablation
     assert stored["teacher-soft-lr1e-3"]["metrics"] != stored["teacher-soft"]["metrics"]
-    assert stored["teacher-soft"]["settings"].get("soft_targets", True) is True
+    models = root / "runs" / "models"
+    assert read_info(models / "teacher-soft").training["config"]["soft_targets"] is True  # as it was trained
+    assert read_info(models / "teacher-hard").training["config"]["soft_targets"] is False
     assert stored["student-pointwise-2x"]["settings"]["loss"] == "pointwise_mse"
     assert stored["student-human"]["settings"]["labels"] == "human"
     control = stored["student-human-margin"]  # the 0x run's loss without its teacher

@@ -83,7 +83,13 @@ def test_gpu_run_joins_minilm_and_the_teacher_once_every_part_has_arrived(stage,
 FAKE_PYTHON = """#!/usr/bin/env bash
 # stands in for `python -m pipelines.cli experiment prepare|run ...`: logs when each command starts and ends
 echo "start $4" >> "$FAKE_LOG"
-if [ "$4" = prepare ]; then sleep "${FAKE_PREPARE_SECONDS:-2}"; fi
+if [ "$4" = prepare ]; then
+    sleep "${FAKE_PREPARE_SECONDS:-0}"
+    # a prepare can be held (up to 30 s) until a line is in the log, so that the order shows the overlap
+    if [ -n "${FAKE_PREPARE_UNTIL:-}" ]; then
+        for _ in $(seq 300); do grep -qx "$FAKE_PREPARE_UNTIL" "$FAKE_LOG" && break; sleep 0.1; done
+    fi
+fi
 # a run waits (up to 10 s) until a background prepare has started, so that the order shows the overlap
 for _ in $(seq 100); do grep -q "start prepare" "$FAKE_LOG" && break; sleep 0.1; done
 echo "end $4" >> "$FAKE_LOG"
@@ -106,7 +112,8 @@ def run_steps(tmp_path: Path, *steps: str, **env: str) -> tuple[subprocess.Compl
 
 
 def test_a_background_prepare_overlaps_the_runs_after_it_and_wait_waits_for_it(tmp_path):
-    done, calls = run_steps(tmp_path, "prepare-bg", "runs=teacher-soft", "wait", "runs=student-margin-16x")
+    done, calls = run_steps(tmp_path, "prepare-bg", "runs=teacher-soft", "wait", "runs=student-margin-16x",
+                            FAKE_PREPARE_UNTIL="end run")  # the prepare outlasts the teacher's run
     assert done.returncode == 0, done.stderr
     # the teacher ran while the set was being made; the distillation run only after it was finished
     assert sorted(calls[:2]) == ["start prepare", "start run"] and calls[2:] == [
@@ -114,7 +121,7 @@ def test_a_background_prepare_overlaps_the_runs_after_it_and_wait_waits_for_it(t
     assert "background prepare: exit 0" in done.stdout
 
     # the script's end waits for a prepare no step waited for, and reports its failure
-    done, calls = run_steps(tmp_path, "prepare-bg", FAKE_EXIT="3", FAKE_PREPARE_SECONDS="1")
+    done, calls = run_steps(tmp_path, "prepare-bg", FAKE_EXIT="3")
     assert done.returncode == 0, done.stderr
     assert calls == ["start prepare", "end prepare"]
     assert "experiment prepare: exit 3" in done.stdout

@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pandas as pd
@@ -134,12 +133,10 @@ def test_write_default_data_is_readable_and_skips_a_rerun(tmp_path):
     assert not [p for p in os.listdir(tmp_path / "default") if p.endswith(".tmp")]
 
 
-def test_default_size_generates_in_seconds_with_many_unlabelled_products():
-    start = time.perf_counter()
+def test_default_size_generates_with_many_unlabelled_products():
     config = SyntheticConfig()
     catalogue = synthetic.generate_catalogue(config)
     labelled = synthetic.generate_labelled(config, catalogue)
-    assert time.perf_counter() - start < 20
     assert 4000 < len(labelled) < 6000
     unused = 1 - labelled[schema.PRODUCT_ID].nunique() / len(catalogue)
     assert unused > 0.3, unused  # augmentation has products to find that no labelled pair holds

@@ -68,6 +68,20 @@ def test_text_drift_runs_on_distinct_texts_and_can_be_switched_off(frames):
     assert statuses(moved)["input_drift.product_text"] == "WARNING"  # another category; a warning by default
 
 
+@pytest.mark.parametrize("k", [50, 5_000])  # fewer than each column's distinct texts, and more than all rows
+def test_report_frame_keeps_k_distinct_texts_per_text_column(frames, k):
+    reference, _ = frames
+    kept = report.report_frame(reference, with_source=False, with_text=True, text_rows=k, seed=0)
+    assert len(kept) == len(reference)
+    for column in report.TEXT_COLUMNS:
+        values = kept[column].dropna()
+        assert not values.duplicated().any(), column
+        assert len(values) == min(k, reference[column].nunique()), column
+        assert (values.to_numpy() == reference[column].to_numpy()[values.index]).all(), column  # on their own rows
+    without = report.report_frame(reference, with_source=False, with_text=False, text_rows=k, seed=0)
+    assert not set(report.TEXT_COLUMNS) & set(without.columns)
+
+
 def test_no_rankable_query_fails_rank_correlation_instead_of_crashing(frames):
     reference, _ = frames
     singles = traffic.scored_frame(200, 4, seed=3).drop_duplicates(schema.QUERY_ID)  # one pair per query

@@ -70,9 +70,11 @@ def test_monitor_ui_serves_the_workspace_on_loopback(snapshot, tmp_path):
     added = workspace.add_to_workspace(snapshot, str(tmp_path / "ws"))
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "monitor", "ui", "--workspace",
-                                str(tmp_path / "ws"), "--port", str(port)], env=env, cwd=tmp_path,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    output = tmp_path / "ui.log"  # a file, not a pipe: a server that logs every request never blocks on it
+    with open(output, "wb") as sink:
+        process = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "monitor", "ui", "--workspace",
+                                    str(tmp_path / "ws"), "--port", str(port)], env=env, cwd=tmp_path,
+                                   stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline, projects = time.monotonic() + 90, None
         while time.monotonic() < deadline and process.poll() is None:
@@ -81,7 +83,7 @@ def test_monitor_ui_serves_the_workspace_on_loopback(snapshot, tmp_path):
                 break
             except OSError:
                 time.sleep(0.5)
-        assert projects is not None, process.stdout.read().decode() if process.poll() is not None else "no answer"
+        assert projects is not None, output.read_text(errors="replace") or "no answer"
         assert [p["name"] for p in projects] == [workspace.PROJECT_NAME]
         snapshots = get_json(f"http://127.0.0.1:{port}/api/projects/{added['project_id']}/snapshots")
         assert [s["id"] for s in snapshots] == [added["snapshot_id"]]

@@ -43,8 +43,10 @@ def _processes_with(marker: str) -> list[str]:
     return found
 
 
-def _drain(lines: queue.Queue) -> str:
-    time.sleep(1)
+def _drain(lines: queue.Queue, reader: threading.Thread) -> str:
+    """Everything still queued once the reader has hit the end of the output (call after the process ended)."""
+    reader.join(timeout=30)
+    assert not reader.is_alive(), "the CLI's output stayed open after it exited"
     out = []
     while True:
         try:
@@ -80,7 +82,8 @@ def test_serve_cli_loads_a_new_version_and_stops_on_ctrl_c(student_dir, referenc
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     lines: queue.Queue = queue.Queue()
-    threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True).start()
+    reader = threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True)
+    reader.start()
     try:
         _wait_for(lines, "tritonserver ready", 300, proc)
         grpc_url = f"127.0.0.1:{chosen['grpc_port']}"
@@ -108,7 +111,7 @@ def test_serve_cli_loads_a_new_version_and_stops_on_ctrl_c(student_dir, referenc
 
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=60)
-        output = _drain(lines)
+        output = _drain(lines, reader)
         assert code == 0 and "tritonserver stopped" in output, output
         assert not any(port_in_use("127.0.0.1", p) for p in chosen.values())
         assert not _processes_with(f"x{chosen['grpc_port']}_"), "Python backend stubs outlived the server"
