@@ -256,19 +256,14 @@ def test_a_secret_that_is_not_json_is_refused(monkeypatch):
         common.start_step("test")
 
 
-def test_a_preempted_teacher_step_resumes_on_its_retry(tmp_path, prepared, tiny_teacher_dir, teacher_model,
-                                                       monkeypatch):
-    # The pod's SIGTERM (a preempted node) stops the step after saving its state beside the artifact; the
-    # retry, with the same artifact, goes on from it to the teacher the uninterrupted step made.
+def _preempt_at_the_second_batch(monkeypatch, module, loss: str):
+    """Make `module.<loss>` send this process SIGTERM (as a preempted pod gets) in the second training batch,
+    with no timed saves; returns the real loss, to put back for the retry."""
     import signal
 
     import torch
-    from safetensors.torch import load_file
 
-    import components.teacher as teacher_module
-    from components.resume import TrainingInterrupted
-
-    real, calls = teacher_module.soft_target_cross_entropy, []
+    real, calls = getattr(module, loss), []
 
     def preempted(*args, **kwargs):
         calls.append(torch.is_grad_enabled())
@@ -277,7 +272,21 @@ def test_a_preempted_teacher_step_resumes_on_its_retry(tmp_path, prepared, tiny_
         return real(*args, **kwargs)
 
     monkeypatch.setenv("KDRANK_STATE_EVERY", "0")
-    monkeypatch.setattr(teacher_module, "soft_target_cross_entropy", preempted)
+    monkeypatch.setattr(module, loss, preempted)
+    return real
+
+
+def test_a_preempted_teacher_step_resumes_on_its_retry(tmp_path, prepared, tiny_teacher_dir, teacher_model,
+                                                       monkeypatch):
+    # The pod's SIGTERM (a preempted node) stops the step after saving its state beside the artifact; the
+    # retry, with the same artifact, goes on from it to the teacher the uninterrupted step made.
+    import torch
+    from safetensors.torch import load_file
+
+    import components.teacher as teacher_module
+    from components.resume import TrainingInterrupted
+
+    real = _preempt_at_the_second_batch(monkeypatch, teacher_module, "soft_target_cross_entropy")
     out = artifact(Model, tmp_path, "teacher")
     with pytest.raises(TrainingInterrupted):
         teacher.train_teacher.python_func(data=prepared, teacher=out, profile=PROFILE, teacher_base=tiny_teacher_dir)
@@ -304,23 +313,11 @@ def test_a_preempted_student_step_resumes_on_its_retry(tmp_path, prepared, shard
     # The retry gathers the shards again: into the same folder as the first attempt, since the student's
     # resume identity holds that path (a fresh temporary folder made every retry train from the start).
     import logging
-    import signal
-
-    import torch
 
     import components.student as student_module
     from components.resume import TrainingInterrupted
 
-    real, calls = student_module.margin_mse_loss, []
-
-    def preempted(*args, **kwargs):
-        calls.append(torch.is_grad_enabled())
-        if calls.count(True) == 2 and calls[-1]:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real(*args, **kwargs)
-
-    monkeypatch.setenv("KDRANK_STATE_EVERY", "0")
-    monkeypatch.setattr(student_module, "margin_mse_loss", preempted)
+    real = _preempt_at_the_second_batch(monkeypatch, student_module, "margin_mse_loss")
     out = artifact(Model, tmp_path, "student")
     with pytest.raises(TrainingInterrupted):
         student.train_student.python_func(data=prepared, labels=shards, student=out, profile=PROFILE,
