@@ -361,12 +361,16 @@ def prepared_differs(input_uri: str, output_dir: str, config: PrepareConfig | No
     from the split in `output_dir` (["no summary"] or ["missing tables"] where it has none); [] when the
     split there is the one it would make. The same input bytes under another name match; a summary from
     before the input's sha256 was kept matches on the rest of its settings, its input's name included."""
-    config = config or PrepareConfig()
+    return _differs(output_dir, _prepare_settings(input_uri, config or PrepareConfig()))
+
+
+def _differs(output_dir: str, settings: dict) -> list[str]:
+    """`prepared_differs` for settings already made (the input's sha256 read once)."""
     summary_path = storage.join(output_dir, "summary.json")
     if not storage.exists(summary_path):
         return ["no summary"]
     done = json.loads(storage.read_text(summary_path)).get("settings", {})
-    settings = _prepare_settings(input_uri, config)
+    settings = dict(settings)
     if "input_sha256" not in done:
         settings.pop("input_sha256")
     elif done["input_sha256"] == settings["input_sha256"]:
@@ -387,10 +391,10 @@ def prepare_data(input_uri: str, output_dir: str, config: PrepareConfig | None =
     config = config or PrepareConfig()
     paths = _prepared_paths(output_dir)
     summary_path = storage.join(output_dir, "summary.json")
-    if not prepared_differs(input_uri, output_dir, config):
+    settings = _prepare_settings(input_uri, config)
+    if not _differs(output_dir, settings):
         log.info("data already prepared in %s", output_dir)
         return paths
-    settings = _prepare_settings(input_uri, config)
     frame = read_pairs(input_uri, config.fmt, on_invalid=config.on_invalid)
     if storage.exists(summary_path):  # the tables below are replaced one by one: no summary until all are
         storage.remove(summary_path)

@@ -104,3 +104,17 @@ def require_columns(frame: pd.DataFrame, columns: list[str], *, path: str | None
         raise DataError(
             f"missing column(s) {missing}; found {list(frame.columns)}", path=path, column=missing[0]
         )
+
+
+def blank_rows(values: pd.Series) -> np.ndarray:
+    """Where a text column holds no text: null, empty or only spaces."""
+    return (values.isna() | (values.astype(str).str.strip() == "")).to_numpy()
+
+
+def require_texts(frame: pd.DataFrame, columns: list[str], *, path: str | None = None) -> None:
+    """DataError naming the first row (1-based) and column without text, and how many rows lack it."""
+    for column in columns:
+        blank = blank_rows(frame[column])
+        if blank.any():
+            raise DataError(f"{int(blank.sum())} row(s) have an empty {column}", path=path,
+                            row=int(np.flatnonzero(blank)[0]) + 1, column=column)

@@ -194,8 +194,7 @@ def score_file(model_dir: str, input_uri: str, output_uri: str, *, fmt: str | No
     if frame.empty:
         raise schema.DataError("no rows to score", path=input_uri)
     for column in (schema.QUERY, schema.PRODUCT_TEXT):
-        values = frame[column]
-        blank = (values.isna() | (values.astype(str).str.strip() == "")).to_numpy()
+        blank = schema.blank_rows(frame[column])
         if blank.any():
             positions = np.flatnonzero(blank)
             more = f" ({len(positions) - 1} more rows like it)" if len(positions) > 1 else ""

@@ -113,11 +113,8 @@ def read_training_table(uri: str, labels: str) -> pd.DataFrame:
         raise DataError(f"missing column '{column}' ({hint}); found {list(frame.columns)}", path=uri,
                         column=column)
     schema.require_columns(frame, [schema.QUERY_ID, schema.QUERY, schema.PRODUCT_TEXT], path=uri)
-    for text in (schema.QUERY, schema.PRODUCT_TEXT):  # else a null would be learnt as the text "None"
-        blank = (frame[text].isna() | (frame[text].astype(str).str.strip() == "")).to_numpy()
-        if blank.any():
-            raise DataError(f"{int(blank.sum())} row(s) have an empty {text}", path=uri,
-                            row=int(np.flatnonzero(blank)[0]) + 1, column=text)
+    # else a null would be learnt as the text "None"
+    schema.require_texts(frame, [schema.QUERY, schema.PRODUCT_TEXT], path=uri)
     target = frame[column].to_numpy(dtype=np.float64)
     if not np.isfinite(target).all():
         row = int(np.flatnonzero(~np.isfinite(target))[0])

@@ -263,11 +263,7 @@ def _read_labelled(uri: str) -> pd.DataFrame:
     schema.require_columns(frame, [schema.QUERY, schema.PRODUCT_TEXT, schema.GRADE_DIST], path=str(uri))
     if frame.empty:
         raise schema.DataError("no labelled pairs", path=str(uri))
-    for column in (schema.QUERY, schema.PRODUCT_TEXT):
-        blank = (frame[column].isna() | (frame[column].astype(str).str.strip() == "")).to_numpy()
-        if blank.any():
-            raise schema.DataError(f"{int(blank.sum())} row(s) have an empty {column}", path=str(uri),
-                                   row=int(np.flatnonzero(blank)[0]) + 1, column=column)
+    schema.require_texts(frame, [schema.QUERY, schema.PRODUCT_TEXT], path=str(uri))
     lengths = frame[schema.GRADE_DIST].map(lambda v: np.size(v) if v is not None else 0).to_numpy()
     if (lengths != lengths[0]).any() or lengths[0] < 2:
         row = int(np.flatnonzero(lengths != lengths[0])[0]) if (lengths != lengths[0]).any() else 0

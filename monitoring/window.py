@@ -92,10 +92,9 @@ def validate_window(frame: pd.DataFrame, *, path: str, need_scores: bool) -> pd.
     schema.require_columns(frame, REQUIRED_COLUMNS + ([SCORE] if need_scores else []), path=path)
     out = frame.reset_index(drop=True).copy()
     for column in REQUIRED_COLUMNS:
-        text = out[column].astype(str).str.strip()
-        bad = out[column].isna() | (text == "")
+        bad = schema.blank_rows(out[column])
         if bad.any():
-            file, row = locate(frame, int(np.flatnonzero(bad.to_numpy())[0]), path)
+            file, row = locate(frame, int(np.flatnonzero(bad)[0]), path)
             raise DataError(f"{int(bad.sum())} row(s) of the window have an empty {column}", path=file, row=row,
                             column=column)
     if SCORE in out.columns:
