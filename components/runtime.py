@@ -32,14 +32,43 @@ CPU_BF16 = "KDRANK_CPU_BF16"  # "1": bf16 autocast on the CPU too
 
 
 def precision(device: torch.device) -> str:
-    """How models run on `device`: "cuda-bf16" (bf16 autocast on CUDA), "cpu-bf16" (on the CPU with
-    KDRANK_CPU_BF16=1), else "fp32". `autocast` follows it; caches of model outputs put it in their keys."""
+    """How models run on `device`: "cuda-bf16" (bf16 autocast on a GPU with native bf16), "cpu-bf16" (on the
+    CPU with KDRANK_CPU_BF16=1), else "fp32" (on a GPU without native bf16 too). `autocast` follows it;
+    caches of model outputs put it in their keys."""
     if device.type == "cuda":
-        return "cuda-bf16"
+        return "cuda-bf16" if _native_cuda_bf16(device) else "fp32"
     if device.type == "cpu" and os.environ.get(CPU_BF16, "") == "1":
         _warn_without_bf16_instructions()
         return "cpu-bf16"
     return "fp32"
+
+
+BF16_CAPABILITY = (8, 0)  # CUDA compute capability with bf16 tensor cores: A100, A10, L4, H100 and later
+
+
+def cuda_capability(device: torch.device) -> tuple[int, int] | None:
+    """The compute capability of CUDA `device`, or None where no GPU can be asked (none here)."""
+    if not torch.cuda.is_available():
+        return None
+    return tuple(torch.cuda.get_device_capability(device))
+
+
+_warned_cuda: set[str] = set()
+
+
+def _native_cuda_bf16(device: torch.device) -> bool:
+    """Whether bf16 autocast pays on CUDA `device`. A GPU before compute capability 8.0 (T4, V100) has no bf16
+    tensor cores: torch emulates bf16 there, far slower than fp32 and no more exact, so it runs in fp32 (said
+    once per GPU). Without a GPU to ask, the name a current GPU gets: "cuda-bf16"."""
+    capability = cuda_capability(device)
+    if capability is None or capability >= BF16_CAPABILITY:
+        return True
+    name = str(device)
+    if name not in _warned_cuda:
+        _warned_cuda.add(name)
+        log.warning("%s (%s, compute capability %d.%d) has no native bf16 (needs %d.%d): models run there in fp32, "
+                    "not bf16 autocast", name, torch.cuda.get_device_name(device), *capability, *BF16_CAPABILITY)
+    return False
 
 
 BF16_INSTRUCTIONS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of a CPU that computes in bf16
@@ -79,7 +108,8 @@ def _warn_without_bf16_instructions() -> None:
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; on the CPU a no-op (fp32), unless KDRANK_CPU_BF16=1 asks for bf16 there too.
+    """bf16 autocast on a GPU with native bf16 (compute capability 8.0 or later; fp32 on older ones); on the
+    CPU a no-op (fp32), unless KDRANK_CPU_BF16=1 asks for bf16 there too.
 
     fp32 is the CPU default: it is exact. bf16 pays where the CPU has bf16 instructions: with Intel AMX
     (`amx_bf16` in /proc/cpuinfo) bf16 autocast scored about 3x and trained about 1.5x as fast on 2 cores, with

@@ -126,6 +126,33 @@ def test_precision_names_what_autocast_does(monkeypatch):
     assert runtime.precision(torch.device("cuda:1")) == "cuda-bf16"
 
 
+def test_a_gpu_without_native_bf16_runs_in_fp32_and_says_so_once(monkeypatch, caplog):
+    import torch
+
+    from components import runtime
+
+    gpu = torch.device("cuda:0")
+    monkeypatch.setattr(runtime, "_warned_cuda", set())
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    for capability, expected in (((9, 0), "cuda-bf16"), ((8, 0), "cuda-bf16"), ((7, 5), "fp32"), ((7, 0), "fp32")):
+        monkeypatch.setattr(runtime, "cuda_capability", lambda device, c=capability: c)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="components.runtime"):
+            assert runtime.precision(gpu) == expected, capability
+            context = runtime.autocast(gpu)  # entered only on a GPU: CPU-only torch turns CUDA autocast off
+            assert isinstance(context, torch.autocast) == (expected == "cuda-bf16"), capability
+            if expected == "cuda-bf16":
+                assert context.fast_dtype == torch.bfloat16
+        said = [r.getMessage() for r in caplog.records]
+        assert len(said) == int(capability == (7, 5)), (capability, said)  # once per GPU: not again for 7.0
+    monkeypatch.setattr(runtime, "_warned_cuda", set())
+    monkeypatch.setattr(runtime, "cuda_capability", lambda device: (7, 5))
+    with caplog.at_level("WARNING", logger="components.runtime"):
+        caplog.clear()
+        runtime.precision(gpu)
+    assert "cuda:0 (Tesla T4, compute capability 7.5) has no native bf16" in caplog.records[0].getMessage()
+
+
 def test_bf16_on_a_cpu_without_bf16_instructions_is_warned_about_once(monkeypatch, caplog):
     import torch
 
