@@ -102,7 +102,9 @@ def train_teacher(train_uri: str, val_uri: str | None, output_dir: str, config: 
     """
     train = _read_labelled(train_uri)
     val = _read_labelled(val_uri) if val_uri else None
-    settings = _settings(train_uri, val_uri, train, val, config)
+    base = models.resolve_model(config.base_model, pairs.TEACHER)
+    fingerprint = models.model_fingerprint(base)  # the weights behind the name: another base is another teacher
+    settings = _settings(train_uri, val_uri, train, val, config, fingerprint)
     done = _finished_summary(output_dir, settings)
     if done is not None:
         log.info("teacher checkpoint %s is already trained with these settings; skipping", output_dir)
@@ -111,7 +113,6 @@ def train_teacher(train_uri: str, val_uri: str | None, output_dir: str, config: 
     num_grades = schema.num_grades_of(train)
     if val is not None and schema.num_grades_of(val) != num_grades:
         raise ValueError(f"{val_uri} has {schema.num_grades_of(val)} grades but {train_uri} has {num_grades}")
-    base = models.resolve_model(config.base_model, pairs.TEACHER)
     device = pick_device(config.device)
     log.info("training teacher on %d pairs (%d grades) from %s on %s",
              min(len(train), config.max_train_pairs or len(train)), num_grades, base, device)
@@ -129,7 +130,7 @@ def train_teacher(train_uri: str, val_uri: str | None, output_dir: str, config: 
     state_root = state_dir or resume.state_dir(output_dir)
     member_names = [f"member-{m}" for m in range(config.ensemble_size)] if config.ensemble_size > 1 else []
     if not member_names:
-        resumer = Resumer(state_root, identity(settings))
+        resumer = Resumer(state_root, _resume_identity(settings))
         with storage.atomic_dir(output_dir) as tmp:
             summary = _combine([train_one(config, Path(tmp), "teacher 1/1", resumer)], output_dir)
     else:
@@ -137,8 +138,8 @@ def train_teacher(train_uri: str, val_uri: str | None, output_dir: str, config: 
         members = []
         for m, name in enumerate(member_names):
             cfg = dataclasses.replace(config, ensemble_size=1, seed=config.seed + m)
-            member_settings = _settings(train_uri, val_uri, train, val, cfg)
-            resumer = Resumer(storage.join(state_root, name), identity(member_settings))
+            member_settings = _settings(train_uri, val_uri, train, val, cfg, fingerprint)
+            resumer = Resumer(storage.join(state_root, name), _resume_identity(member_settings))
             members.append(_ensemble_member(storage.join(output_dir, name), reuse, member_settings, info,
                                             lambda out, cfg=cfg, m=m, resumer=resumer: train_one(
                                                 cfg, out, f"teacher {m + 1}/{config.ensemble_size}", resumer)))
@@ -154,11 +155,18 @@ def train_teacher(train_uri: str, val_uri: str | None, output_dir: str, config: 
     return summary
 
 
-def _settings(train_uri, val_uri, train: pd.DataFrame, val: pd.DataFrame | None, config: TeacherConfig) -> dict:
-    """What a finished teacher records of its making, and what a rerun must match to skip training."""
+def _settings(train_uri, val_uri, train: pd.DataFrame, val: pd.DataFrame | None, config: TeacherConfig,
+              base: str | None = None) -> dict:
+    """What a finished teacher records of its making, and what a rerun must match to skip training; `base`,
+    the base model's `models.model_fingerprint`, where it is known (training; not a planned identity)."""
     return {"train_uri": str(train_uri), "val_uri": None if val_uri is None else str(val_uri),
             "train_data": table_digest(train), "val_data": None if val is None else table_digest(val),
-            "config": dataclasses.asdict(config)}
+            "config": dataclasses.asdict(config), **({"base": base} if base is not None else {})}
+
+
+def _resume_identity(settings: dict) -> str:
+    """What a saved training state must match to be resumed: the teacher's identity and its base's weights."""
+    return hashlib.sha256(f"{identity(settings)}:{settings.get('base')}".encode()).hexdigest()
 
 
 def _subsample(train: pd.DataFrame, config: TeacherConfig) -> pd.DataFrame:
@@ -209,8 +217,10 @@ IDENTITY_KEYS = ("train_data", "val_data", "config")
 
 def identity(settings: dict) -> str:
     """What makes two teachers the same model: the contents of their training and validation data and
-    their config, not where the data was stored. `settings` is `_settings`'s dict, or the `training`
-    record of a checkpoint's kdrank.json (the same keys, read back from JSON)."""
+    their config, not where the data was stored. The base model's fingerprint is not part of it (archived
+    label sets are keyed on it, from before teachers recorded one); `_stored_summary` checks it apart.
+    `settings` is `_settings`'s dict, or the `training` record of a checkpoint's kdrank.json (the same keys,
+    read back from JSON)."""
     missing = [k for k in IDENTITY_KEYS if k not in settings]
     if missing:
         raise ValueError(f"teacher settings lack {missing}: a checkpoint from before kdrank recorded its data "
@@ -246,6 +256,9 @@ def _stored_summary(checkpoint: str, settings: dict) -> dict | None:
     # Checkpoints that record their data's contents are matched on those; older ones only on its paths.
     keys = ("train_data", "val_data", "config") if stored.get("train_data") else ("train_uri", "val_uri", "config")
     if any(stored.get(k) != wanted[k] for k in keys):
+        return None
+    # a checkpoint from before teachers recorded their base's fingerprint is matched without it
+    if "base" in stored and "base" in wanted and stored["base"] != wanted["base"]:
         return None
     return {**stored.get("summary", {}), "skipped": True}
 

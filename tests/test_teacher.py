@@ -87,6 +87,39 @@ def test_rerun_with_same_config_skips_and_other_config_retrains(tiny_teacher_dir
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary leftovers
 
 
+def test_other_weights_behind_the_same_base_setting_are_trained_again(tiny_teacher_dir, train_file, tmp_path):
+    """The base's weights are part of what a rerun matches (the student's is too), though not of the teacher's
+    identity, which archived label sets are keyed on; a checkpoint from before bases were recorded still skips."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from components.teacher import identity
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_teacher_dir, base)
+    out = tmp_path / "teacher"
+    config = TeacherConfig(base_model=str(base), epochs=1, **FAST)
+    train_teacher(train_file, None, str(out), config)
+    first = json.loads((out / "kdrank.json").read_text())["training"]
+    assert len(first["base"]) == 64
+    assert train_teacher(train_file, None, str(out), config)["skipped"] is True
+    weights = next(base.glob("*.safetensors"))
+    tensors = load_file(weights)
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name] + 0.01
+    save_file(tensors, weights, metadata={"format": "pt"})
+    assert "skipped" not in train_teacher(train_file, None, str(out), config)
+    second = json.loads((out / "kdrank.json").read_text())["training"]
+    assert second["base"] != first["base"] and identity(second) == identity(first)
+    meta = out / "kdrank.json"  # a checkpoint from before teachers recorded their base
+    info = json.loads(meta.read_text())
+    info["training"].pop("base")
+    meta.write_text(json.dumps(info))
+    shutil.copy(Path(tiny_teacher_dir, weights.name), weights)
+    assert train_teacher(train_file, None, str(out), config)["skipped"] is True
+
+
 def test_rerun_matches_data_by_contents_not_path(tiny_teacher_dir, train_file, tmp_path):
     """A runs folder that moved, or a teacher trained elsewhere on an identical split, is not retrained;
     a changed table is; checkpoints written before contents were recorded still match on paths."""
