@@ -1,9 +1,10 @@
 """Augmentation: unlabelled (query, product) pairs for the teacher to label, a multiple of the labelled set.
 
-For every query of the pool (training queries, plus optional queries derived from catalogue titles) the
-catalogue is searched with a bi-encoder (mean-pooled, normalised MiniLM embeddings, cosine top-k) and
-with BM25 (`bm25s`), and random negatives are added. Pairs already labelled and repeats are dropped;
-the rest are taken in a fixed fill order (see `fill_order`) until the requested count is reached.
+For every query of the pool (training queries, plus optional queries derived from catalogue titles, none
+of them a validation or test query when those are given) the catalogue is searched with a bi-encoder
+(mean-pooled, normalised MiniLM embeddings, cosine top-k) and with BM25 (`bm25s`), and random negatives
+are added. Pairs already labelled and repeats are dropped; the rest are taken in a fixed fill order (see
+`fill_order`) until the requested count is reached.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -226,7 +228,8 @@ def title_query(text: str, with_brand: bool) -> str | None:
 
 
 def _title_queries(catalogue: pd.DataFrame, n: int, taken: set[str], seed: int) -> pd.DataFrame:
-    """n queries made from random catalogue titles, skipping repeats and queries already in the pool."""
+    """n queries made from random catalogue titles, skipping repeats and the query ids in `taken` (the pool's
+    and the held-out ones)."""
     rng = np.random.default_rng([seed, 1])
     rows, seen = [], set(taken)
     for i in rng.permutation(len(catalogue)):
@@ -333,19 +336,47 @@ def base_pairs(labelled: pd.DataFrame) -> pd.DataFrame:
         [schema.QUERY_ID, schema.PRODUCT_ID]).assign(**{schema.SOURCE: LABELLED})
 
 
-def input_settings(labelled: pd.DataFrame, catalogue: pd.DataFrame, config: AugmentConfig) -> dict:
-    """What fixes an augmented set apart from the encoder's weights: the settings and the inputs' contents."""
+def held_out_queries(uris: Iterable[str], config: AugmentConfig) -> frozenset[str]:
+    """The query ids of held-out tables (validation, test), which title queries must not repeat.
+
+    Read only when `config` makes title queries: they are the one thing held-out queries change.
+    """
+    if not config.title_queries > 0:
+        return frozenset()
+    ids: set[str] = set()
+    for uri in _uri_list(uris):
+        table = read_table(str(uri))
+        schema.require_columns(table, [schema.QUERY_ID], path=str(uri))
+        ids.update(table[schema.QUERY_ID].astype(str))
+    return frozenset(ids)
+
+
+def _uri_list(uris: Iterable[str] | str) -> list[str]:
+    """Table URIs as a list; one path given alone is one table, not its characters."""
+    return [str(uris)] if isinstance(uris, str | os.PathLike) else [str(u) for u in uris]
+
+
+def input_settings(labelled: pd.DataFrame, catalogue: pd.DataFrame, config: AugmentConfig,
+                   held_out: frozenset[str] = frozenset()) -> dict:
+    """What fixes an augmented set apart from the encoder's weights: the settings and the inputs' contents.
+
+    The held-out queries count only where title queries are made and some were given, so sets without
+    title queries (every profile's) keep the settings they were stored with.
+    """
+    excluded = {"held_out": _fingerprint(*sorted(held_out))} if config.title_queries > 0 and held_out else {}
     return {**config.output_settings(),
             "labelled": _fingerprint(*labelled[schema.QUERY_ID], *labelled[schema.PRODUCT_ID].map(str)),
-            "catalogue": _catalogue_hash(catalogue)}
+            "catalogue": _catalogue_hash(catalogue), **excluded}
 
 
-def query_pool(base: pd.DataFrame, catalogue: pd.DataFrame, config: AugmentConfig) -> pd.DataFrame:
+def query_pool(base: pd.DataFrame, catalogue: pd.DataFrame, config: AugmentConfig,
+               held_out: frozenset[str] = frozenset()) -> pd.DataFrame:
     """The queries new pairs are drawn for, in the order `fill_order` numbers them: the labelled queries
-    (first appearance; origin -1), then any derived from catalogue titles (origin: the title's row)."""
+    (first appearance; origin -1), then any derived from catalogue titles (origin: the title's row), none
+    of which repeats a `held_out` query id."""
     queries = base.drop_duplicates(schema.QUERY_ID)[[schema.QUERY_ID, schema.QUERY]].assign(origin=-1)
     titles = _title_queries(catalogue, round(config.title_queries * len(queries)),
-                            set(queries[schema.QUERY_ID]), config.seed)
+                            set(queries[schema.QUERY_ID]) | held_out, config.seed)
     return pd.concat([queries, titles], ignore_index=True)
 
 
@@ -368,23 +399,30 @@ def _finished(output_uri: str, settings: dict) -> dict | None:
 
 
 def augment_pairs(labelled_uri: str, catalogue_uri: str, output_uri: str,
-                  config: AugmentConfig | None = None) -> dict:
+                  config: AugmentConfig | None = None, held_out: Iterable[str] = ()) -> dict:
     """Write one Parquet of unlabelled pairs: the labelled pairs (source 'labelled') first, then
     round(multiple * labelled) new pairs in fill order. Returns a summary (counts per source, seconds).
 
-    A rerun with the same inputs and settings finds the finished output and returns its summary.
+    `held_out`: tables (validation, test) whose queries title queries must not repeat; read only when
+    `config.title_queries` > 0. A rerun with the same inputs and settings finds the finished output and
+    returns its summary.
     """
     config = config or AugmentConfig()
     config.validate()
-    if config.title_queries > 0:
-        log.warning("title_queries=%s: queries made from titles are not checked against the validation and test "
-                    "queries, which augmentation does not see; one may repeat a held-out query (docs/data.md)",
-                    config.title_queries)
+    held_out = _uri_list(held_out)
+    if config.title_queries > 0 and not held_out:
+        log.warning("title_queries=%s without held-out queries: a query made from a title may repeat a validation "
+                    "or test query; pass their tables as augment_pairs(..., held_out=(val_uri, test_uri)) "
+                    "(docs/data.md)", config.title_queries)
     start = time.perf_counter()
     labelled, catalogue = read_inputs(labelled_uri, catalogue_uri)
+    excluded = held_out_queries(held_out, config)
+    if excluded:
+        log.info("title queries skip the %d held-out queries of %s", len(excluded), ", ".join(map(str, held_out)))
     encoder_path = (models.resolve_model(config.encoder, "student", cache_dir=config.cache_dir)
                     if config.encoder else default_encoder_path())
-    settings = {**input_settings(labelled, catalogue, config), "encoder_id": _encoder_identity(encoder_path)}
+    settings = {**input_settings(labelled, catalogue, config, excluded),
+                "encoder_id": _encoder_identity(encoder_path)}
     if (done := _finished(output_uri, settings)) is not None:
         log.info("augmented pairs already in %s", output_uri)
         return {**done, "skipped": True}
@@ -395,7 +433,7 @@ def augment_pairs(labelled_uri: str, catalogue_uri: str, output_uri: str,
                "queries": int(base[schema.QUERY_ID].nunique()), "title_queries": 0, "depth": [0, 0],
                "embedding_cache": None, "query_embedding_cache": None, "encode_seconds": 0.0,
                "catalogue_encode_seconds": 0.0, "query_encode_seconds": 0.0, "retrieval_seconds": 0.0}
-    new = _new_pairs(base, catalogue, n_new, encoder_path, config, summary) if n_new else base.iloc[:0]
+    new = _new_pairs(base, catalogue, n_new, encoder_path, config, summary, excluded) if n_new else base.iloc[:0]
     out = pd.concat([base, new], ignore_index=True)[schema.UNLABELLED_COLUMNS]
     summary.update(new=len(new), by_source={s: int(n) for s, n in out[schema.SOURCE].value_counts().items()},
                    seconds=round(time.perf_counter() - start, 2), skipped=False)
@@ -424,9 +462,10 @@ def _embed(queries: list[str], texts: list[str], encoder_path: str, config: Augm
 
 
 def _new_pairs(base: pd.DataFrame, catalogue: pd.DataFrame, n_new: int, encoder_path: str,
-               config: AugmentConfig, summary: dict) -> pd.DataFrame:
-    """n_new pairs (or fewer when the catalogue runs out) not in `base`, in fill order."""
-    pool = query_pool(base, catalogue, config)
+               config: AugmentConfig, summary: dict, held_out: frozenset[str] = frozenset()) -> pd.DataFrame:
+    """n_new pairs (or fewer when the catalogue runs out) not in `base`, in fill order; no title query
+    repeats a `held_out` query id."""
+    pool = query_pool(base, catalogue, config, held_out)
     texts, n_docs = list(catalogue[schema.PRODUCT_TEXT]), len(catalogue)
 
     summary["title_queries"] = int((pool["origin"] >= 0).sum())

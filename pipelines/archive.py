@@ -150,6 +150,7 @@ def archive_runs(runs_dir: str | Path, archive_dir: str | Path) -> list[str]:
     kept_records = {n: records[n] for n in (*old_sets, *new_sets)}
     pairs = _pair_sets(runs_dir, archive_dir if old else None, kept_records)
     carried = _carried_pairs(runs_dir, archive_dir if old else None, kept_records, pairs)
+    held_out = [str(runs_dir / "data" / f"{split}.parquet") for split in ("val", "test")]  # left out of title queries
     with storage.atomic_dir(archive_dir) as tmp:
         out = Path(tmp)
         for row in kept:
@@ -166,7 +167,8 @@ def archive_runs(runs_dir: str | Path, archive_dir: str | Path) -> list[str]:
                 pair_sets.copy_set(source, out / "pairs" / name)
             else:  # checked before: made by augment_pairs, starting with the label set's pairs
                 pair_sets.export_set(source, str(runs_dir / "data" / "train.parquet"),
-                                     str(runs_dir / "data" / "catalogue.parquet"), out / "pairs" / name, rows=first)
+                                     str(runs_dir / "data" / "catalogue.parquet"), out / "pairs" / name, rows=first,
+                                     held_out=held_out)
         pairs = {name: source for name, (source, _) in pairs.items()}
         for name, source in list(pairs.items()):
             if source.is_dir():  # restored, or kept in the archive: copied as it is
@@ -174,7 +176,8 @@ def archive_runs(runs_dir: str | Path, archive_dir: str | Path) -> list[str]:
                 continue
             try:
                 pair_sets.export_set(source, str(runs_dir / "data" / "train.parquet"),
-                                     str(runs_dir / "data" / "catalogue.parquet"), out / "pairs" / name)
+                                     str(runs_dir / "data" / "catalogue.parquet"), out / "pairs" / name,
+                                     held_out=held_out)
             except pair_sets.PairsMismatch as err:  # the labels are still worth keeping
                 log.warning("%s: the label sets of %s are archived without their pairs", err, name)
                 del pairs[name]

@@ -154,12 +154,16 @@ class Runner:
         train, catalogue = self.paths()["train"], self.paths()["catalogue"]
         if (stored := pair_sets.find_archived(self.out / "data", multiple)) is not None:
             try:
-                pair_sets.use_archived(stored, train, catalogue, target, config)
+                pair_sets.use_archived(stored, train, catalogue, target, config, self.held_out())
                 return target
             except pair_sets.PairsMismatch as err:
                 log.warning("%s; augmenting here instead", err)
-        augment_pairs(train, catalogue, target, config)
+        augment_pairs(train, catalogue, target, config, self.held_out())
         return target
+
+    def held_out(self) -> tuple[str, str]:
+        """The validation and test tables of the split, whose queries title queries must not repeat."""
+        return self.paths()["val"], self.paths()["test"]
 
     def prepare(self) -> dict[str, str]:
         """Make the split and the plan's largest augmented set, the inputs every run shares, and nothing else.
@@ -268,7 +272,8 @@ class Runner:
             config = AugmentConfig(**{**self.profile.augment, "multiple": pair_record["multiple"]})
             identity = identity or self._planned_identity(labels)
             try:
-                pair_sets.use_archived(folder, self.paths()["train"], self.paths()["catalogue"], source, config)
+                pair_sets.use_archived(folder, self.paths()["train"], self.paths()["catalogue"], source, config,
+                                       self.held_out())
                 prefix = source if size == multiple else self._first_rows_file(source, multiple)
                 return teacher_labels.use_archived(stored, prefix, identity, data, multiple,
                                                    leading=None if size == multiple else source)

@@ -12,8 +12,8 @@ of its device time making that set again.
   position in the query pool (`components.augment.query_pool`), its product's position in the
   catalogue (product id order) and its source, as small integers (no ids or texts); `pairs.json`
   records the row counts, the digest of the whole set's (query id, product id) sequence, the
-  augmentation's settings with fingerprints of its inputs (training pairs, catalogue), and the summary
-  of the run that made it.
+  augmentation's settings with fingerprints of its inputs (training pairs, catalogue; with title queries,
+  the validation and test queries they leave out), and the summary of the run that made it.
 - A label set whose pairs are not an archived augmented set's, but the first rows of one made in the runs
   folder (a `TEACHER@M` run labels the largest set's first M x N new pairs alone), keeps those first rows
   as a pair set of their own (`pairs/augmented-16x-first-8x-DIGEST/`, its record's `first_rows_of` the
@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -81,8 +82,9 @@ def holds(uri: str | Path, record: dict) -> bool:
 
 
 def export_set(augmented_uri: str | Path, train_uri: str, catalogue_uri: str, target: str | Path,
-               rows: int | None = None) -> dict:
-    """Write the new pairs of an augmented set (made from `train_uri` and `catalogue_uri`) into `target`;
+               rows: int | None = None, held_out: Iterable[str] = ()) -> dict:
+    """Write the new pairs of an augmented set (made from `train_uri` and `catalogue_uri`, its title queries
+    kept apart from the queries of the `held_out` tables, as `augment_pairs` takes them) into `target`;
     with `rows`, of its first `rows` pairs only (the pairs of a `TEACHER@M` run's labels, say)."""
     from components import augment
 
@@ -99,7 +101,11 @@ def export_set(augmented_uri: str | Path, train_uri: str, catalogue_uri: str, ta
     settings = _portable(made["settings"])
     config = _config(settings)
     labelled, catalogue = augment.read_inputs(train_uri, catalogue_uri)
-    if augment.input_settings(labelled, catalogue, config) != settings:
+    excluded = augment.held_out_queries(held_out, config)
+    if (here := augment.input_settings(labelled, catalogue, config, excluded)) != settings:
+        if here.get("held_out") != settings.get("held_out"):
+            raise PairsMismatch(f"{augmented_uri} was made with other held-out queries than "
+                                f"{', '.join(map(str, held_out)) or 'none'} (its title queries leave them out)")
         raise PairsMismatch(f"{augmented_uri} was not made from {train_uri} and {catalogue_uri} as they are now")
     base = augment.base_pairs(labelled)
     n_base = len(base)
@@ -107,7 +113,7 @@ def export_set(augmented_uri: str | Path, train_uri: str, catalogue_uri: str, ta
     new = frame.iloc[n_base:]
     if pairs_digest(frame.iloc[:n_base]) != base_digest or (new[schema.SOURCE] == augment.LABELLED).any():
         raise PairsMismatch(f"{augmented_uri} does not start with the {n_base} training pairs of {train_uri}")
-    pool = augment.query_pool(base, catalogue, config)
+    pool = augment.query_pool(base, catalogue, config, excluded)
     sources = [*augment.RETRIEVERS, augment.TITLE]
     q = pd.Index(pool[schema.QUERY_ID]).get_indexer(new[schema.QUERY_ID])
     doc = pd.Index(catalogue[schema.PRODUCT_ID]).get_indexer(new[schema.PRODUCT_ID].astype(str))
@@ -176,30 +182,34 @@ def find_archived(data_dir: str | Path, multiple: float) -> Path | None:
     return folder if (folder / RECORD).is_file() else None
 
 
-def use_archived(stored: str | Path, train_uri: str, catalogue_uri: str, target: str, config) -> dict:
+def use_archived(stored: str | Path, train_uri: str, catalogue_uri: str, target: str, config,
+                 held_out: Iterable[str] = ()) -> dict:
     """Write the augmented set `target` from a stored pair set; its summary (as augment_pairs returns one).
 
-    Raises PairsMismatch, naming what differs, when this folder's training pairs, catalogue or the
-    augmentation settings `config` are not the ones the set was made with, or when the pairs rebuilt
-    from them do not have the recorded digest. A target already written from this set is left as it is.
+    `held_out`: the tables (validation, test) whose queries title queries leave out, as for `augment_pairs`.
+    Raises PairsMismatch, naming what differs, when this folder's training pairs, catalogue, held-out
+    queries (where title queries are made) or the augmentation settings `config` are not the ones the set
+    was made with, or when the pairs rebuilt from them do not have the recorded digest. A target already
+    written from this set is left as it is.
     """
-    from components.augment import ATTRS_KEY, base_pairs, input_settings, pair_rows, query_pool, read_inputs
+    from components import augment
     from components.data import write_table
 
     record = check_stored(stored)
     name = Path(stored).name
-    labelled, catalogue = read_inputs(train_uri, catalogue_uri)
-    here = input_settings(labelled, catalogue, config)
+    labelled, catalogue = augment.read_inputs(train_uri, catalogue_uri)
+    excluded = augment.held_out_queries(held_out, config)
+    here = augment.input_settings(labelled, catalogue, config, excluded)
     if differ := sorted(k for k in {*here, *record["settings"]} if here.get(k) != record["settings"].get(k)):
-        named = {"labelled": "training pairs", "catalogue": "catalogue"}
+        named = {"labelled": "training pairs", "catalogue": "catalogue", "held_out": "held-out queries"}
         raise PairsMismatch(f"the archived pairs {name} were made with other "
                             f"{', '.join(named.get(k, k) for k in differ)} than this folder's augmentation")
     summary = {**record["made"], "output": str(target), "archived": True, "skipped": False}
     if storage.exists(target) and holds(target, record):
         log.info("augmented pairs already in %s (from the archived set %s)", target, name)
         return {**summary, "skipped": True}
-    base = base_pairs(labelled)
-    pool = query_pool(base, catalogue, config)
+    base = augment.base_pairs(labelled)
+    pool = augment.query_pool(base, catalogue, config, excluded)
     pairs = pd.read_parquet(Path(stored, PAIRS))
     q, doc, src = (pairs[c].to_numpy(dtype=np.int64) for c in COLUMNS)
     for what, values, bound in (("query", q, len(pool)), ("product", doc, len(catalogue)),
@@ -207,13 +217,13 @@ def use_archived(stored: str | Path, train_uri: str, catalogue_uri: str, target:
         if len(values) and (values.min() < 0 or values.max() >= bound):
             raise PairsMismatch(f"the archived pairs {name} name {what} positions up to {int(values.max())}; "
                                 f"this folder has {bound}")
-    frame = pd.concat([base, pair_rows(pool, catalogue, q, doc, np.array(record["sources"])[src])],
+    frame = pd.concat([base, augment.pair_rows(pool, catalogue, q, doc, np.array(record["sources"])[src])],
                       ignore_index=True)[schema.UNLABELLED_COLUMNS]
     if (digest := pairs_digest(frame)) != record["pairs_digest"]:
         raise PairsMismatch(f"the archived pairs {name} rebuilt here give digest {digest[:12]}, not the recorded "
                             f"{record['pairs_digest'][:12]}")
-    frame.attrs[ATTRS_KEY] = json.dumps({"settings": {**record["settings"], "encoder_id": ENCODER_MARK + digest},
-                                         "summary": summary})
+    settings = {**record["settings"], "encoder_id": ENCODER_MARK + digest}
+    frame.attrs[augment.ATTRS_KEY] = json.dumps({"settings": settings, "summary": summary})
     write_table(frame, target)
     log.info("augmented set %s written from the archived pairs %s (%d pairs): no augmentation needed",
              target, name, len(frame))

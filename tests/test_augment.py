@@ -245,3 +245,98 @@ def test_a_set_with_title_queries_is_stored_and_rebuilt_exactly(inputs, first_ru
     summary = pair_sets.use_archived(tmp_path / "stored", inputs["pairs"], inputs["catalogue"], str(rebuilt), config)
     assert summary["archived"] and not summary["skipped"]
     pd.testing.assert_frame_equal(data.read_table(str(rebuilt)), frame)
+
+
+# A six-product catalogue where every title makes a query of its own (two words: the same with or without the
+# brand), one training query, and held-out tables holding the queries two of those titles make.
+TINY = AugmentConfig(multiple=5.0, biencoder_k=0, bm25_k=2, random_per_query=1, title_queries=10.0)
+TINY_TITLES = ["Cordless Drill", "Garden Hose", "Claw Hammer", "Tile Saw", "Paint Roller", "Drill Bits"]
+
+
+@pytest.fixture
+def tiny(tmp_path) -> dict[str, str]:
+    def write(frame: pd.DataFrame, name: str) -> str:
+        return data.write_table(frame, str(tmp_path / f"{name}.parquet"))
+
+    def queries(*texts: str) -> pd.DataFrame:
+        return pd.DataFrame({schema.QUERY_ID: [schema.query_id(t) for t in texts], schema.QUERY: list(texts)})
+
+    catalogue = pd.DataFrame({schema.PRODUCT_ID: [f"p{i}" for i in range(len(TINY_TITLES))],
+                              schema.PRODUCT_TEXT: TINY_TITLES})
+    train = queries("hammer", "hammer").assign(**{schema.PRODUCT_ID: ["p2", "p3"],
+                                                    schema.PRODUCT_TEXT: ["Claw Hammer", "Tile Saw"]})
+    return {"root": str(tmp_path), "catalogue": write(catalogue, "catalogue"), "train": write(train, "train"),
+            "val": write(queries("cordless drill"), "val"), "test": write(queries("Garden  Hose"), "test")}
+
+
+def _title_ids(path: str) -> set[str]:
+    frame = data.read_table(path)
+    return set(frame.loc[frame[schema.SOURCE] == augment.TITLE, schema.QUERY_ID])
+
+
+def test_title_queries_skip_the_held_out_queries(tiny, caplog):
+    assert {augment.title_query(t, with_brand=b) for t in TINY_TITLES[:2] for b in (False, True)} == \
+        {"cordless drill", "garden hose"}
+    leaked = {schema.query_id("cordless drill"), schema.query_id("garden hose")}
+    config = replace(TINY, cache_dir=tiny["root"])
+    plain = os.path.join(tiny["root"], "plain.parquet")
+    with caplog.at_level("WARNING"):
+        augment.augment_pairs(tiny["train"], tiny["catalogue"], plain, config)
+    assert "without held-out queries" in caplog.text and "held_out=" in caplog.text
+    assert leaked <= _title_ids(plain) and len(_title_ids(plain)) == len(TINY_TITLES)
+
+    caplog.clear()
+    kept = os.path.join(tiny["root"], "kept.parquet")
+    with caplog.at_level("WARNING"):
+        summary = augment.augment_pairs(tiny["train"], tiny["catalogue"], kept, config,
+                                        held_out=(tiny["val"], tiny["test"]))
+    assert "held-out" not in caplog.text
+    assert _title_ids(kept) == _title_ids(plain) - leaked and summary["title_queries"] == len(TINY_TITLES) - 2
+    assert not leaked & set(data.read_table(kept)[schema.QUERY_ID])
+    assert augment.made_with(kept)["settings"]["held_out"] == augment._fingerprint(*sorted(leaked))
+    assert "held_out" not in augment.made_with(plain)["settings"]
+
+
+def test_held_out_queries_change_nothing_without_title_queries(tiny):
+    """Sets without title queries (every profile's, and every archived one) keep their settings."""
+    held = (tiny["val"], tiny["test"])
+    out = os.path.join(tiny["root"], "plain.parquet")
+    config = replace(TINY, title_queries=0.0, cache_dir=tiny["root"])
+    augment.augment_pairs(tiny["train"], tiny["catalogue"], out, config)
+    missing = os.path.join(tiny["root"], "missing.parquet")  # not read: nothing it holds could matter
+    again = augment.augment_pairs(tiny["train"], tiny["catalogue"], out, config, held_out=(*held, missing))
+    assert again["skipped"]
+    labelled, catalogue = augment.read_inputs(tiny["train"], tiny["catalogue"])
+    ids = augment.held_out_queries(held, TINY)
+    assert len(ids) == 2 and augment.held_out_queries(held, config) == frozenset()
+    assert augment.input_settings(labelled, catalogue, config, ids) == \
+        augment.input_settings(labelled, catalogue, config)
+    # with title queries they count: a set made without them is made again
+    titled = os.path.join(tiny["root"], "titled.parquet")
+    augment.augment_pairs(tiny["train"], tiny["catalogue"], titled, replace(TINY, cache_dir=tiny["root"]))
+    assert not augment.augment_pairs(tiny["train"], tiny["catalogue"], titled, replace(TINY, cache_dir=tiny["root"]),
+                                     held_out=held)["skipped"]
+
+
+def test_a_title_set_with_held_out_queries_is_archived_with_them(tiny, tmp_path):
+    from pipelines import pair_sets
+
+    held = (tiny["val"], tiny["test"])
+    made = os.path.join(tiny["root"], "made.parquet")
+    augment.augment_pairs(tiny["train"], tiny["catalogue"], made, replace(TINY, cache_dir=tiny["root"]),
+                          held_out=held)
+    inputs = (tiny["train"], tiny["catalogue"])
+    for other in ((tiny["val"],), ()):
+        with pytest.raises(pair_sets.PairsMismatch, match="other held-out queries than"):
+            pair_sets.export_set(made, *inputs, tmp_path / "refused", held_out=other)
+    record = pair_sets.export_set(made, *inputs, tmp_path / "stored", held_out=held)
+    assert record["settings"]["held_out"] == augment.made_with(made)["settings"]["held_out"]
+    rebuilt = tmp_path / "rebuilt.parquet"
+    summary = pair_sets.use_archived(tmp_path / "stored", *inputs, str(rebuilt), TINY, held_out=held)
+    assert summary["archived"] and not summary["skipped"]
+    pd.testing.assert_frame_equal(data.read_table(str(rebuilt)), data.read_table(made))
+    for other in ((tiny["test"],), ()):
+        with pytest.raises(pair_sets.PairsMismatch, match="made with other held-out queries than"):
+            pair_sets.use_archived(tmp_path / "stored", *inputs, str(tmp_path / "other.parquet"), TINY,
+                                   held_out=other)
+    assert not (tmp_path / "other.parquet").exists()

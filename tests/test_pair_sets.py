@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from components import augment
 from components.augment import ATTRS_KEY, AugmentConfig, augment_pairs
 from components.flow import get_profile
 from pipelines import pair_sets
@@ -219,3 +220,26 @@ def test_the_first_rows_of_a_set_are_stored_as_a_set_of_their_own(finished, tmp_
         with pytest.raises(pair_sets.PairsMismatch, match=f"has {len(keys)} pairs; its first {bad} were asked for"):
             pair_sets.export_set(*args, tmp_path / f"bad-{bad}", rows=bad)
         assert not (tmp_path / f"bad-{bad}").exists()
+
+
+def test_a_run_with_title_queries_leaves_out_its_held_out_queries_and_archives_with_them(tmp_path):
+    import dataclasses
+
+    from kdrank_testing import write_homedepot_csv
+
+    runner = Runner("test", write_homedepot_csv(tmp_path / "train.csv"), str(tmp_path / "runs"), fmt="homedepot")
+    runner.profile = dataclasses.replace(runner.profile, augment={**runner.profile.augment, "title_queries": 1.0})
+    made = Path(runner.augmented())
+    held = set().union(*(pd.read_parquet(path)["query_id"] for path in runner.held_out()))
+    frame = pd.read_parquet(made)
+    assert (frame["source"] == augment.TITLE).any() and not held & set(frame["query_id"])
+    assert augment.made_with(str(made))["settings"]["held_out"] == augment._fingerprint(*sorted(held))
+    # stored with them, the set is written from the archive instead of augmenting
+    paths = runner.paths()
+    pair_sets.export_set(made, paths["train"], paths["catalogue"],
+                         Path(paths["train"]).parent / pair_sets.ARCHIVED / pair_sets.set_name(runner.top),
+                         held_out=runner.held_out())
+    made.unlink()
+    assert runner.augmented() == str(made)
+    assert augment.made_with(str(made))["settings"]["encoder_id"].startswith(pair_sets.ENCODER_MARK)
+    pd.testing.assert_frame_equal(pd.read_parquet(made), frame)

@@ -1,7 +1,8 @@
 """Augmentation step: unlabelled (query, product) pairs for the teacher to label.
 
 Queries of the train split against the catalogue: bi-encoder and BM25 retrieval, random negatives.
-Validation and test queries are left out, so the student never trains on the queries it is scored on.
+Validation and test queries are left out, so the student never trains on the queries it is scored on: they
+are not in the train split, and queries made from titles (`title_queries`) skip them.
 """
 
 from kfp.dsl import Dataset, Input, Output
@@ -31,5 +32,6 @@ def augment_pairs(
     tables = dataset_paths(data.path)
     config = AugmentConfig(**resolve_profile(profile, overrides={"augment": settings}).augment)
     Path(pairs.path).mkdir(parents=True, exist_ok=True)
-    summary = augment(tables["train"], tables["catalogue"], str(Path(pairs.path, PAIRS_FILE)), config)
+    summary = augment(tables["train"], tables["catalogue"], str(Path(pairs.path, PAIRS_FILE)), config,
+                      held_out=(tables["val"], tables["test"]))
     pairs.metadata.update(scalar_metadata(summary))

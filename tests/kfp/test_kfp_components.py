@@ -182,6 +182,19 @@ def test_augment_adds_unlabelled_pairs_from_train_queries_only(pairs, prepared):
     assert (frame[schema.SOURCE] != "labelled").sum() > 0
 
 
+def test_augment_keeps_title_queries_apart_from_the_validation_and_test_queries(work, prepared, tiny_encoder):
+    from components.augment import made_with
+
+    out = artifact(Dataset, work, "titled-pairs")
+    augment.augment_pairs.python_func(data=prepared, pairs=out, profile=PROFILE,
+                                      settings={**tiny_encoder, "title_queries": 1.0})
+    frame = pd.read_parquet(Path(out.path, augment.PAIRS_FILE))
+    tables = dataset_paths(prepared.path)
+    held = set(pd.read_parquet(tables["val"])[schema.QUERY_ID]) | set(pd.read_parquet(tables["test"])[schema.QUERY_ID])
+    assert (frame[schema.SOURCE] == "title").any() and not held & set(frame[schema.QUERY_ID])
+    assert "held_out" in made_with(str(Path(out.path, augment.PAIRS_FILE)))["settings"]
+
+
 def test_label_shards_split_the_pairs_exactly(shards, pairs):
     pool = pd.read_parquet(Path(pairs.path, augment.PAIRS_FILE))
     parts = [pd.read_parquet(sorted(Path(s.path).rglob("*.parquet"))[0]) for s in shards]
