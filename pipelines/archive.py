@@ -369,9 +369,10 @@ def restore_runs(archive_dir: str | Path, runs_dir: str | Path) -> list[str]:
 
     `runs_dir` must hold the archive's test split (same pairs in the same order). Each run's metrics
     are recomputed from its scores and must equal the archived ones. Runs the folder has are left as
-    they are; nothing is written unless every run to restore passes. The archive's teacher label sets
-    go to data/archived-labels/ (checked against their records first); whether a set fits this folder's
-    teacher and augmented set is checked where a distillation run uses it.
+    they are (with a warning where the archive's row of that name has other metrics); nothing is written
+    unless every run to restore passes. The archive's teacher label sets go to data/archived-labels/
+    (checked against their records first); whether a set fits this folder's teacher and augmented set is
+    checked where a distillation run uses it.
     """
     from components.evaluate import SCORE, SCORE_GRADE, ranking_metrics
 
@@ -382,9 +383,9 @@ def restore_runs(archive_dir: str | Path, runs_dir: str | Path) -> list[str]:
         raise ArchiveError(f"{runs_dir}'s test split ({len(test)} pairs, digest {digest[:12]}) is not the archive's "
                            f"({manifest['test_pairs']} pairs, digest {manifest['test_digest'][:12]}): make it "
                            f"with the archived rows' data and profile '{manifest['profile']}'")
-    have = {r["run"] for r in read_results(runs_dir)}
+    present = {r["run"]: r for r in read_results(runs_dir)}
     archived = read_results(archive_dir)
-    todo = [r for r in archived if r["run"] not in have]
+    todo = [r for r in archived if r["run"] not in present]
     label_sets = sorted(p for p in (archive_dir / "labels").glob("*") if p.is_dir())
     try:
         records = {folder.name: teacher_labels.check_stored(folder) for folder in label_sets}
@@ -425,6 +426,15 @@ def restore_runs(archive_dir: str | Path, runs_dir: str | Path) -> list[str]:
         if pair_sets.read_record(target) != pair_records[folder.name]:
             pair_sets.copy_set(folder, target)
             log.info("pair set %s restored into %s", folder.name, target.parent)
-    for name in sorted(have & {r["run"] for r in archived}):
-        log.info("%s: already in %s; left as it is", name, runs_dir)
+    for row in archived:
+        if (mine := present.get(row["run"])) is None:
+            continue
+        if mine.get("metrics") == row.get("metrics"):
+            log.info("%s: already in %s; left as it is", row["run"], runs_dir)
+        else:  # two archives with one name, or a row made here again: the folder's stands, and the reader is told
+            key = "pairwise_accuracy"
+            log.warning("%s: %s already holds a row of this name with other metrics (%s %s, the archive's %s); "
+                        "the folder's row is kept, not the archive's (restore the archive into a folder of "
+                        "its own to compare the two)", row["run"], runs_dir, key,
+                        mine.get("metrics", {}).get(key), row.get("metrics", {}).get(key))
     return [r["run"] for r in todo]

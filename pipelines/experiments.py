@@ -83,13 +83,14 @@ def cpu_bf16() -> bool:
 
 
 def hardware() -> str:
-    """The accelerator if one is used, else the CPU model and core count, and bf16 where KDRANK_CPU_BF16 asks
-    for it (fp32 is the CPU's default and goes unsaid)."""
+    """The accelerator if one is used (fp32 named where it has no native bf16), else the CPU model and core
+    count, and bf16 where KDRANK_CPU_BF16 asks for it (fp32 is the CPU's default and goes unsaid)."""
     import torch
 
-    if torch.cuda.is_available():
-        return f"1x {torch.cuda.get_device_name()}"
-    from components.runtime import cpu_model
+    from components.runtime import cpu_model, precision
+
+    if torch.cuda.is_available():  # a GPU without native bf16 runs in fp32, which is said
+        return f"1x {torch.cuda.get_device_name()}{' (fp32)' if precision(torch.device('cuda')) == 'fp32' else ''}"
 
     return f"{cpu_model()}, {os.cpu_count()} cores (CPU only{', bf16 autocast' if cpu_bf16() else ''})"
 

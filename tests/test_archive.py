@@ -49,6 +49,25 @@ def test_restore_gives_back_every_row_and_the_same_report(finished, tmp_path):
     assert restore_runs(archive, here) == []  # a second restore adds nothing
 
 
+def test_a_row_of_the_same_name_with_other_metrics_is_kept_and_named(finished, tmp_path, caplog):
+    """Two archives with one run name restored into one folder: the first row stands, and the reader is told."""
+    runner, rows, root = finished
+    archive = tmp_path / "archive"
+    archive_runs(root / "runs", archive)
+    here = _fresh_split(finished, tmp_path / "here")
+    restore_runs(archive, here)
+    kept = read_results(here)
+    results = archive / "results.jsonl"
+    other = [json.loads(line) for line in results.read_text().splitlines()]
+    other[0]["metrics"]["pairwise_accuracy"] += 0.25
+    results.write_text("".join(json.dumps(r) + "\n" for r in other))
+    with caplog.at_level("INFO", logger="pipelines.archive"):
+        assert restore_runs(archive, here) == []
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and warned[0].startswith(f"{other[0]['run']}: ") and "other metrics" in warned[0]
+    assert read_results(here) == kept
+
+
 def test_restore_replaces_a_label_set_whose_probabilities_changed_under_an_equal_record(finished, tmp_path):
     runner, rows, root = finished
     archive = tmp_path / "archive"

@@ -834,3 +834,18 @@ def test_a_run_stopped_by_sigterm_exits_143_and_the_same_command_resumes_it(tmp_
     assert cli.main(["experiment", "report", "--runs", str(tmp_path / "runs"), "--output", str(tmp_path / "r.md")]) == 0
     assert "resumed from its saved state (the same model; train time is the sum of the parts): teacher-hard at " \
            "batch 3." in (tmp_path / "r.md").read_text()
+
+
+def test_a_row_names_a_gpu_that_runs_in_fp32(monkeypatch):
+    """A GPU without native bf16 runs in fp32 (components.runtime); its rows say so, a bf16 GPU's as before."""
+    import torch
+
+    from components import runtime
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    monkeypatch.setattr(runtime, "_warned_cuda", set())
+    monkeypatch.setattr(runtime, "cuda_capability", lambda device: (7, 5))
+    assert experiments.hardware() == "1x Tesla T4 (fp32)"
+    monkeypatch.setattr(runtime, "cuda_capability", lambda device: (9, 0))
+    assert experiments.hardware() == "1x Tesla T4"
