@@ -2,7 +2,9 @@
 
 Every step runs as a subprocess of this Python environment (SubprocessRunner without a venv per task),
 exactly the component code a cluster runs. Finished steps are cached under the output folder, so a
-failed or repeated run redoes only what did not finish (labelling shards included). This is what
+failed or repeated run redoes only what did not finish (labelling shards included), and the teacher and
+student steps keep the state of training cut short in one folder there (`STATE_DIR`), so the next run goes
+on from its last save (every KDRANK_STATE_EVERY seconds, 600 by default; components/resume.py). This is what
 `kdrank run` and `kdrank pipeline run --local` both call.
 """
 
@@ -25,19 +27,26 @@ PIPELINE_FILE = "distill.yaml"
 PENDING_FILE = "distill.pending.yaml"  # the YAML of a run under way; it becomes PIPELINE_FILE when the run succeeds
 ROOT_DIR = "pipeline-root"
 SUMMARY_FILE = "run.json"
+STATE_DIR = ".training-state"  # under ROOT_DIR: the teacher's and student's state of training cut short
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 @contextlib.contextmanager
-def _step_environment() -> Iterator[None]:
-    """Environment the step subprocesses inherit: this project importable, no model-hub access, and
+def _step_environment(state_root: Path | None = None) -> Iterator[None]:
+    """Environment the step subprocesses inherit: this project importable, no model-hub access, training
+    state kept under `state_root` (a folder of the output, the same in every run: kfp.local gives each run
+    new artifact paths, so a training step cut short goes on from its last save in the next run), and
     tokenizers free to use every core (the default of a step's container on a cluster). Each step is
     its own process and forks nothing after tokenising. The label and teacher steps tokenise every
     prompt of their pairs (hundreds of thousands in the full profile); single-threaded, the student
     step's tokenising of 372k pairs took 59 s on a 16-core GPU machine (docs/results.md)."""
-    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM")}
+    from components.kfp.common import STATE_ROOT
+
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM", STATE_ROOT)}
     paths = [str(PROJECT_ROOT), *filter(None, (saved["PYTHONPATH"] or "").split(os.pathsep))]
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    if state_root is not None:
+        os.environ[STATE_ROOT] = str(state_root)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     try:
@@ -155,7 +164,7 @@ def _run_compiled(pending: str, output: Path, defaults, cache: bool, quiet: bool
     pipeline = load_component_from_file(pending)
     log.info("running %s (profile %s, %d labelling shards) from %s", PIPELINE_NAME, defaults.profile,
              defaults.num_shards, pending)
-    with _step_environment(), warnings.catch_warnings():
+    with _step_environment(output / ROOT_DIR / STATE_DIR), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")  # the kdrank image is Python
         warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")  # pod settings
         try:
@@ -163,7 +172,8 @@ def _run_compiled(pending: str, output: Path, defaults, cache: bool, quiet: bool
         except RuntimeError as err:
             message = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # kfp.local colours its messages
             raise RuntimeError(f"{message} Its log is above; run the same command again to resume: finished "
-                               f"steps are cached under {output / ROOT_DIR}.") from err
+                               f"steps are cached under {output / ROOT_DIR}, and training cut short goes on "
+                               "from its last save.") from err
     artifacts = _artifact_paths(task.outputs, TrainingOutputs._fields)
     metrics = json.loads(Path(artifacts["metrics"]).read_text())
     table = Path(artifacts["table"]).read_text()

@@ -54,11 +54,22 @@ def with_image(component, image: str):
     return dsl.component(component.python_func, base_image=resolve_image(image), install_kfp_package=False)
 
 
+STATE_ROOT = "KDRANK_STATE_ROOT"  # set by `kdrank run`: one state folder per output, the same in every run
+
+
 def state_location(artifact) -> str:
-    """Where a training step keeps the state of training cut short (components.resume): under its output
-    artifact's gs:// URI, which the driver gives every retry of the task, so a retried pod (a preempted
-    node, `ClusterSettings.train_retries`) goes on from it; else beside the artifact's local path (a local
-    run, or a pipeline root on other storage, where only a rerun on the same disk finds it)."""
+    """Where a training step keeps the state of training cut short (components.resume).
+
+    Under $KDRANK_STATE_ROOT, by the artifact's name, where that is set: `kdrank run` sets it to a folder of
+    its output, because kfp.local gives every run new artifact paths, so that a step cut short goes on in
+    the next run of the same command (the state's identity keeps other training from taking it). Else under
+    its output artifact's gs:// URI, which the driver gives every retry of the task, so a retried pod (a
+    preempted node, `ClusterSettings.train_retries`) goes on from it; else beside the artifact's local path
+    (a pipeline root on other storage, where only a rerun on the same disk finds it)."""
+    if root := os.environ.get(STATE_ROOT, ""):
+        from components import storage
+
+        return storage.join(root, artifact.name)
     uri = str(getattr(artifact, "uri", "") or "")
     if uri.startswith("gs://"):
         return uri.rstrip("/") + ".state"

@@ -31,12 +31,16 @@ def shards_folder(artifact) -> str:
     """A local folder for `gather_shards`, at the same path on every attempt of one step.
 
     The student's resume identity holds the path it trains on, so a retried pod (same output artifact,
-    fresh temporary directory) would otherwise never find its saved state and train from the start.
+    fresh temporary directory), or the next `kdrank run` after one cut short (same state location, other
+    artifact), would otherwise never find its saved state and train from the start. Keyed on where the
+    step keeps its state (`common.state_location`), which is what both have in common with the first try.
     """
     import hashlib
     import tempfile
 
-    key = str(getattr(artifact, "uri", "") or artifact.path).rstrip("/")
+    from components.kfp.common import state_location
+
+    key = state_location(artifact).rstrip("/")
     digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
     return str(Path(tempfile.gettempdir(), f"kdrank-shards-{digest}"))
 

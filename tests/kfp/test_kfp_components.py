@@ -314,11 +314,62 @@ def test_a_preempted_teacher_step_resumes_on_its_retry(tmp_path, prepared, tiny_
     assert not Path(common.state_location(retry)).exists()
 
 
-def test_training_state_goes_under_a_gs_artifact_uri_else_beside_the_local_path(tmp_path):
+def test_training_state_goes_under_a_gs_artifact_uri_else_beside_the_local_path(tmp_path, monkeypatch):
+    monkeypatch.delenv(common.STATE_ROOT, raising=False)
     remote = Model(name="teacher", uri="gs://bucket/root/run-1/train-teacher/teacher", metadata={})
     assert common.state_location(remote) == "gs://bucket/root/run-1/train-teacher/teacher.state"
     local = artifact(Model, tmp_path, "student")
     assert common.state_location(local) == str(tmp_path / "student") + ".state"
+    # `kdrank run` names one folder for every run of its output: by the artifact's name, whatever its path
+    monkeypatch.setenv(common.STATE_ROOT, str(tmp_path / "state"))
+    assert common.state_location(remote) == str(tmp_path / "state" / "teacher")
+    assert common.state_location(local) == str(tmp_path / "state" / "student")
+    other_run = artifact(Model, tmp_path / "run-2", "student")
+    assert student.shards_folder(other_run) == student.shards_folder(local)
+
+
+def test_a_teacher_step_cut_short_goes_on_in_the_next_local_run(tmp_path, prepared, tiny_teacher_dir, teacher_model,
+                                                                monkeypatch):
+    # kfp.local gives the rerun's step other artifact paths; the state root `kdrank run` sets is the same
+    import torch
+    from safetensors.torch import load_file
+
+    import components.teacher as teacher_module
+    from components.resume import TrainingInterrupted
+
+    monkeypatch.setenv(common.STATE_ROOT, str(tmp_path / "state"))
+    real = _preempt_at_the_second_batch(monkeypatch, teacher_module, "soft_target_cross_entropy")
+    out = artifact(Model, tmp_path / "run-1", "teacher")
+    with pytest.raises(TrainingInterrupted):
+        teacher.train_teacher.python_func(data=prepared, teacher=out, profile=PROFILE, teacher_base=tiny_teacher_dir)
+    assert Path(tmp_path, "state", "teacher", "state.pt").is_file()
+    monkeypatch.setattr(teacher_module, "soft_target_cross_entropy", real)
+    rerun = artifact(Model, tmp_path / "run-2", "teacher")
+    teacher.train_teacher.python_func(data=prepared, teacher=rerun, profile=PROFILE, teacher_base=tiny_teacher_dir)
+    assert read_info(rerun.path).training["summary"]["resumed_at_batch"] == [2]
+    whole, resumed = (load_file(str(Path(m.path, "model.safetensors"))) for m in (teacher_model, rerun))
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    assert not Path(tmp_path, "state", "teacher").exists()
+
+
+def test_a_student_step_cut_short_goes_on_in_the_next_local_run(tmp_path, prepared, shards, tiny_student_dir,
+                                                                monkeypatch):
+    import components.student as student_module
+    from components.resume import TrainingInterrupted
+
+    monkeypatch.setenv(common.STATE_ROOT, str(tmp_path / "state"))
+    real = _preempt_at_the_second_batch(monkeypatch, student_module, "margin_mse_loss")
+    out = artifact(Model, tmp_path / "run-1", "student")
+    with pytest.raises(TrainingInterrupted):
+        student.train_student.python_func(data=prepared, labels=shards, student=out, profile=PROFILE,
+                                          student_base=tiny_student_dir)
+    assert Path(tmp_path, "state", "student", "state.pt").is_file()
+    monkeypatch.setattr(student_module, "margin_mse_loss", real)
+    rerun = artifact(Model, tmp_path / "run-2", "student")
+    student.train_student.python_func(data=prepared, labels=shards, student=rerun, profile=PROFILE,
+                                      student_base=tiny_student_dir)
+    assert read_info(rerun.path).training["summary"]["resumed_at_step"] == [2]
+    assert not Path(tmp_path, "state", "student").exists()
 
 
 def test_a_preempted_student_step_resumes_on_its_retry(tmp_path, prepared, shards, tiny_student_dir, monkeypatch,

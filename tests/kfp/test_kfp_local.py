@@ -164,3 +164,20 @@ def test_gpu_merge_takes_the_pipelines_rows_and_names_an_overridden_teacher(loca
     assert merge.main(["--runs", str(short), fast]) == 2
     assert "not merged" in capsys.readouterr().err
     assert not (short / "results.jsonl").exists() and not (short / "eval").exists()
+
+
+def test_the_steps_keep_their_training_state_in_one_folder_of_the_output(tmp_path, monkeypatch):
+    """kfp.local gives each run new artifact paths: the state root the steps inherit is what stays the same."""
+    import os
+
+    from components.kfp.common import STATE_ROOT
+    from pipelines.local import _step_environment
+
+    monkeypatch.delenv(STATE_ROOT, raising=False)
+    with _step_environment(tmp_path / "state"):
+        assert os.environ[STATE_ROOT] == str(tmp_path / "state")
+    assert STATE_ROOT not in os.environ
+    monkeypatch.setenv(STATE_ROOT, "elsewhere")
+    with _step_environment(tmp_path / "state"):
+        assert os.environ[STATE_ROOT] == str(tmp_path / "state")
+    assert os.environ[STATE_ROOT] == "elsewhere"
