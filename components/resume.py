@@ -121,9 +121,12 @@ class Resumer:
                  self._last - start)
 
     def clear(self) -> None:
-        """Remove the state, and its folder when that is local and now empty."""
+        """Remove the state, any part of one whose save was killed (SIGKILL, the OOM killer: a teacher's is
+        over a GB), and the folder when that is local and now empty."""
         if storage.exists(self.uri):
             storage.remove(self.uri)
+        if not storage.is_gcs(self.uri):
+            storage.sweep_orphans(self.uri)
         remove_empty(self.directory)
 
     @contextlib.contextmanager

@@ -12,7 +12,7 @@ import pytest
 import torch
 from kdrank_testing import WORDS, make_labelled
 
-from components import data, pairs, schema
+from components import data, pairs, schema, storage
 from components.checkpoint import read_info
 from components.losses import margin_mse_loss
 from components.scoring import PairScorer, load_classifier
@@ -274,6 +274,7 @@ def test_training_cut_short_resumes_to_the_same_student(tmp_path, tiny_student_d
     # again goes on from the saved step, dropout included, to the student an uninterrupted run makes.
     import os
     import signal
+    import socket
 
     import components.student as student_module
     from components.resume import TrainingInterrupted, state_dir
@@ -302,6 +303,9 @@ def test_training_cut_short_resumes_to_the_same_student(tmp_path, tiny_student_d
         train_student(path, None, out, config)
     monkeypatch.setattr(student_module, "batch_loss", real)
     assert not Path(out).exists() and (Path(state_dir(out)) / "state.pt").is_file()
+    dead = next(pid for pid in range(4_000_000, 4_100_000) if not storage._alive(pid))
+    torn = Path(state_dir(out), f".state.pt.{socket.gethostname()}-{dead}.x1y2.tmp")  # a save killed midway
+    torn.write_bytes(b"part of a state")
 
     resumed = train_student(path, None, out, config)
     assert resumed["resumed_at_step"] == [stop_at if how == "sigterm" else stop_at - 1]
