@@ -8,7 +8,8 @@ elsewhere (`state_dir=` of the training functions): a Kubeflow step keeps it und
 URI, which every retry of the task is given, so a retried pod goes on. It is written
 
 - every KDRANK_STATE_EVERY seconds of training (default 600; 0 turns the timed saves off), and
-- at the first step boundary after SIGTERM; the loop then raises `TrainingInterrupted`.
+- at the first step boundary after SIGTERM, or after a first Ctrl-C (SIGINT; a second one stops at once,
+  unsaved); the loop then raises `TrainingInterrupted`.
 
 A rerun of the same training (the same identity: data contents and settings) loads the state and goes on
 with the very batches it would have drawn, so the finished model is the one an uninterrupted run makes.
@@ -40,7 +41,12 @@ VERSION = 1  # of the state's layout (the first states had no field: 1); a state
 
 
 class TrainingInterrupted(RuntimeError):
-    """Training stopped on SIGTERM after saving its state; the same command again resumes it."""
+    """Training stopped on SIGTERM or Ctrl-C after saving its state; the same command again resumes it.
+    `signum`: the signal that stopped it (a CLI exits with 128 + signum, as a process killed by it)."""
+
+    def __init__(self, message: str, signum: int = signal.SIGTERM):
+        super().__init__(message)
+        self.signum = int(signum)
 
 
 def state_dir(output_dir: str) -> str:
@@ -73,6 +79,7 @@ class Resumer:
         self.identity = identity
         self.every = save_every() if every is None else every
         self.stop_requested = False
+        self.stop_signal = signal.SIGTERM
         self._last = time.monotonic()
 
     def load(self, device: torch.device) -> dict | None:
@@ -107,8 +114,8 @@ class Resumer:
         self.save(state)
         if self.stop_requested:
             raise TrainingInterrupted(
-                f"stopped by SIGTERM at batch {state['done']} of {state['total']}; the state is saved at "
-                f"{self.uri}, and the same command again resumes from it")
+                f"stopped by {signal.Signals(self.stop_signal).name} at batch {state['done']} of {state['total']}; "
+                f"the state is saved at {self.uri}, and the same command again resumes from it", self.stop_signal)
 
     def save(self, state: dict) -> None:
         import torch
@@ -131,21 +138,27 @@ class Resumer:
 
     @contextlib.contextmanager
     def watch(self) -> Iterator[None]:
-        """Within: SIGTERM asks the loop to save and stop at its next step instead of killing it at once.
-        Signals can only be caught on the main thread; elsewhere only the timed saves run."""
+        """Within: SIGTERM, or a first Ctrl-C (SIGINT), asks the loop to save and stop at its next step instead
+        of killing it at once; a second Ctrl-C stops it at once, unsaved (KeyboardInterrupt). Signals can only
+        be caught on the main thread; elsewhere only the timed saves run."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
 
         def request_stop(signum, frame):
-            log.warning("SIGTERM: saving the training state at the end of this step, then stopping")
-            self.stop_requested = True
+            if signum == signal.SIGINT and self.stop_requested:
+                raise KeyboardInterrupt
+            extra = " (Ctrl-C again stops at once, unsaved)" if signum == signal.SIGINT else ""
+            log.warning("%s: saving the training state at the end of this step, then stopping%s",
+                        signal.Signals(signum).name, extra)
+            self.stop_requested, self.stop_signal = True, signum
 
-        previous = signal.signal(signal.SIGTERM, request_stop)
+        previous = {signum: signal.signal(signum, request_stop) for signum in (signal.SIGTERM, signal.SIGINT)}
         try:
             yield
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
 def remove_empty(directory: str) -> None:

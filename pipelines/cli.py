@@ -149,9 +149,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.handler(args) or 0)
-    except TrainingInterrupted as err:  # SIGTERM: the state is saved; 128 + 15, as a process killed by it
+    except TrainingInterrupted as err:  # SIGTERM or Ctrl-C, the state saved: 143 or 130, as a process killed by it
         print(f"kdrank {args.command}: {err}", file=sys.stderr)
-        return 143
+        return 128 + err.signum
     except (DataError, OSError, ValueError, RuntimeError) as err:  # OSError: a bad path (a file, not a folder...)
         print(f"kdrank {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2

@@ -802,8 +802,9 @@ def test_step_6_students_are_the_ensembles_and_its_best_member_on_validation_los
         pick(tmp_path, "test", "teacher-soft")
 
 
-def test_a_run_stopped_by_sigterm_exits_143_and_the_same_command_resumes_it(tmp_path, tiny_teacher_dir,
-                                                                               tiny_student_dir, monkeypatch, capsys):
+@pytest.mark.parametrize("signame, code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_run_stopped_by_sigterm_or_ctrl_c_exits_128_plus_it_and_the_same_command_resumes_it(
+        tmp_path, tiny_teacher_dir, tiny_student_dir, monkeypatch, capsys, signame, code):
     import os
     import signal
 
@@ -815,16 +816,16 @@ def test_a_run_stopped_by_sigterm_exits_143_and_the_same_command_resumes_it(tmp_
                "--student-model", tiny_student_dir]
     real, calls = teacher_module.soft_target_cross_entropy, []
 
-    def preempted(*args, **kwargs):  # the pod's SIGTERM arrives during the third training batch
+    def preempted(*args, **kwargs):  # the pod's SIGTERM, or a Ctrl-C, arrives during the third training batch
         calls.append(__import__("torch").is_grad_enabled())
         if calls.count(True) == 3 and calls[-1]:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), getattr(signal, signame))
         return real(*args, **kwargs)
 
     monkeypatch.setenv("KDRANK_STATE_EVERY", "0")
     monkeypatch.setattr(teacher_module, "soft_target_cross_entropy", preempted)
-    assert cli.main(command) == 143
-    assert "stopped by SIGTERM at batch 3 of" in capsys.readouterr().err
+    assert cli.main(command) == code
+    assert f"stopped by {signame} at batch 3 of" in capsys.readouterr().err
     assert read_results(tmp_path / "runs") == []
     monkeypatch.setattr(teacher_module, "soft_target_cross_entropy", real)
     assert cli.main(command) == 0
@@ -849,3 +850,21 @@ def test_a_row_names_a_gpu_that_runs_in_fp32(monkeypatch):
     assert experiments.hardware() == "1x Tesla T4 (fp32)"
     monkeypatch.setattr(runtime, "cuda_capability", lambda device: (9, 0))
     assert experiments.hardware() == "1x Tesla T4"
+
+
+def test_a_second_ctrl_c_stops_training_at_once(tmp_path):
+    """The first Ctrl-C asks for a save at the end of the step; a second one does not wait for it."""
+    import os
+    import signal
+
+    from components.resume import Resumer
+
+    resumer = Resumer(str(tmp_path / "state"), "identity", every=0)
+    previous = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt), resumer.watch():
+        os.kill(os.getpid(), signal.SIGINT)
+        assert resumer.stop_requested and resumer.stop_signal == signal.SIGINT
+        os.kill(os.getpid(), signal.SIGINT)
+        raise AssertionError("a second Ctrl-C must interrupt at once")
+    assert signal.getsignal(signal.SIGINT) is previous
+    assert not (tmp_path / "state").exists()
