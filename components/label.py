@@ -2,12 +2,15 @@
 
 A pair's shard depends only on its query id, so each shard holds whole queries and can be labelled
 on its own machine. Input Parquet is streamed in chunks (memory stays flat as the set grows); each
-shard is written whole under a temporary name and renamed, and a rerun skips finished shards.
+shard is written whole under a temporary name and renamed, and a rerun skips finished shards. A shard
+records which teacher labelled it (`LABEL_MARK` in its Parquet metadata: a digest of the teacher's
+kdrank.json), so one that another teacher labelled is labelled again, not taken as finished.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 import time
@@ -20,6 +23,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from components import pairs, schema, storage
+from components.checkpoint import META_FILE
 from components.scoring import PairScorer
 
 log = logging.getLogger(__name__)
@@ -27,6 +31,7 @@ log = logging.getLogger(__name__)
 SHARD_PATTERN = re.compile(r"^shard-(\d{5})-of-(\d{5})\.parquet$")
 LABEL_COLUMNS = (schema.TEACHER_PROBS, schema.TEACHER_SCORE)
 UNKNOWN_SOURCE = "unknown"
+LABEL_MARK = b"kdrank_labels"  # Parquet metadata of a shard: {"teacher": teacher_mark(...)}
 
 
 def shard_name(shard_index: int, num_shards: int) -> str:
@@ -51,14 +56,15 @@ def label_shard(pairs_uri: str, teacher_dir: str, output_dir: str, shard_index: 
     _check_args(shard_index, num_shards, batch_size, chunk_rows)
     target = storage.join(output_dir, shard_name(shard_index, num_shards))
     _check_shard_count(output_dir, num_shards)
-    if storage.exists(target):
+    mark = teacher_mark(teacher_dir)
+    if _finished(target, mark):
         log.info("%s exists; skipping shard %d of %d", target, shard_index, num_shards)
         return target
     files = input_files(pairs_uri)
     scorer = load_teacher(teacher_dir, device)
     try:
         return _write_shard(scorer, files, target, shard_index, num_shards, batch_size=batch_size,
-                            chunk_rows=chunk_rows, progress=progress)
+                            chunk_rows=chunk_rows, progress=progress, mark=mark)
     finally:
         scorer.close()
 
@@ -70,7 +76,8 @@ def label_pairs(pairs_uri: str, teacher_dir: str, output_dir: str, *, num_shards
     _check_args(0, num_shards, batch_size, chunk_rows)
     _check_shard_count(output_dir, num_shards)
     targets = [storage.join(output_dir, shard_name(i, num_shards)) for i in range(num_shards)]
-    todo = [i for i, target in enumerate(targets) if not storage.exists(target)]
+    mark = teacher_mark(teacher_dir)
+    todo = [i for i, target in enumerate(targets) if not _finished(target, mark)]
     log.info("%d of %d shard(s) already labelled in %s", num_shards - len(todo), num_shards, output_dir)
     if not todo:
         return targets
@@ -79,7 +86,7 @@ def label_pairs(pairs_uri: str, teacher_dir: str, output_dir: str, *, num_shards
     try:
         for i in todo:
             _write_shard(scorer, files, targets[i], i, num_shards, batch_size=batch_size,
-                         chunk_rows=chunk_rows, progress=progress)
+                         chunk_rows=chunk_rows, progress=progress, mark=mark)
     finally:
         scorer.close()
     return targets
@@ -114,6 +121,39 @@ def write_labels(pairs_uri: str, probs: np.ndarray, output_dir: str) -> str:
         if done != len(probs):
             raise ValueError(f"{pairs_uri} has {done} pairs; {len(probs)} probabilities were given")
     return target
+
+
+def teacher_mark(teacher_dir: str) -> str:
+    """Which teacher labels: the sha256 of its checkpoint's kdrank.json (its data, recipe and base, and its
+    training's own record, so a teacher trained again has another mark), read without loading the model."""
+    meta = storage.join(teacher_dir, META_FILE)
+    if not storage.exists(meta):
+        raise FileNotFoundError(f"{teacher_dir} is not a kdrank checkpoint: {META_FILE} is missing")
+    return hashlib.sha256(storage.read_bytes(meta)).hexdigest()
+
+
+def labelled_by(shard_uri: str) -> str | None:
+    """The teacher mark a shard was labelled with, or None for a shard from before shards recorded one."""
+    with storage.local_file(shard_uri) as path:
+        raw = (pq.read_schema(path).metadata or {}).get(LABEL_MARK)
+    return json.loads(raw)["teacher"] if raw else None
+
+
+def _finished(target: str, mark: str) -> bool:
+    """Whether shard `target` is done: it exists and this teacher (`mark`) labelled it. A shard of another
+    teacher, or one that cannot be read, is labelled again (replaced whole); an unmarked one is kept."""
+    if not storage.exists(target):
+        return False
+    try:
+        found = labelled_by(target)
+    except (OSError, ValueError, KeyError, pa.ArrowException) as err:
+        log.warning("%s cannot be read (%s); labelling it again", target, err)
+        return False
+    if found is not None and found != mark:
+        log.warning("%s was labelled by another teacher (mark %s, this one %s); labelling it again",
+                    target, found[:12], mark[:12])
+        return False
+    return True
 
 
 def load_teacher(teacher_dir: str, device: str | None = None) -> PairScorer:
@@ -200,10 +240,10 @@ def _row_count(files: list[str]) -> int | None:
 
 
 def _write_shard(scorer: PairScorer, files: list[str], target: str, shard_index: int, num_shards: int, *,
-                 batch_size: int, chunk_rows: int, progress: bool) -> str:
+                 batch_size: int, chunk_rows: int, progress: bool, mark: str) -> str:
     with storage.local_file(files[0]) as first:
         input_schema = pq.read_schema(first)
-    out_schema = _output_schema(input_schema, files[0])
+    out_schema = _output_schema(input_schema, files[0]).with_metadata({LABEL_MARK: json.dumps({"teacher": mark})})
     columns = [c for c in input_schema.names if c not in LABEL_COLUMNS]  # old labels are replaced
     labelled, start = 0, time.perf_counter()
     bar = tqdm(total=_row_count(files), desc=f"labelling shard {shard_index + 1}/{num_shards}",

@@ -82,6 +82,40 @@ def test_resume_after_one_shard_skips_it_and_matches_a_fresh_run(tiny_teacher_di
         pd.testing.assert_frame_equal(pd.read_parquet(mine), pd.read_parquet(theirs))
 
 
+def test_a_shard_another_teacher_labelled_is_labelled_again(tiny_teacher_dir, unlabelled, tmp_path, caplog):
+    """A finished shard is skipped only when this teacher labelled it (a teacher trained again has another
+    kdrank.json, so another mark); a shard written before shards were marked is kept as it was."""
+    import json
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from components.label import labelled_by, teacher_mark
+
+    uri, _ = unlabelled
+    out = tmp_path / "labels"
+    first, = label_pairs(uri, tiny_teacher_dir, str(out), progress=False)
+    assert labelled_by(first) == teacher_mark(tiny_teacher_dir)
+    stamp = Path(first).stat().st_mtime_ns
+    other = tmp_path / "teacher-again"
+    shutil.copytree(tiny_teacher_dir, other)
+    meta = json.loads((other / "kdrank.json").read_text())
+    meta["training"] = {**meta.get("training", {}), "summary": {"final_train_loss": 0.5}}
+    (other / "kdrank.json").write_text(json.dumps(meta))
+    with caplog.at_level("WARNING", logger="components.label"):
+        again, = label_pairs(uri, str(other), str(out), progress=False)
+    assert Path(again).stat().st_mtime_ns != stamp and labelled_by(again) == teacher_mark(str(other))
+    assert "labelled by another teacher" in caplog.text
+    stamp = Path(again).stat().st_mtime_ns
+    assert label_shard(uri, str(other), str(out), 0, 1) == again and Path(again).stat().st_mtime_ns == stamp
+    table = pq.read_table(again)  # as an older kdrank wrote it: no mark
+    pq.write_table(table.replace_schema_metadata({}), again)
+    stamp = Path(again).stat().st_mtime_ns
+    assert labelled_by(again) is None
+    label_pairs(uri, tiny_teacher_dir, str(out), progress=False)
+    assert Path(again).stat().st_mtime_ns == stamp
+
+
 def test_streaming_chunks_and_directories_give_the_same_labels(tiny_teacher_dir, unlabelled, tmp_path):
     uri, frame = unlabelled
     whole = read_table(label_pairs(uri, tiny_teacher_dir, str(tmp_path / "whole"), progress=False)[0])
