@@ -289,23 +289,34 @@ def _preempt_at_the_second_batch(monkeypatch, module, loss: str):
     return real
 
 
-def test_a_preempted_teacher_step_resumes_on_its_retry(tmp_path, prepared, tiny_teacher_dir, teacher_model,
-                                                       monkeypatch):
-    # The pod's SIGTERM (a preempted node) stops the step after saving its state beside the artifact; the
-    # retry, with the same artifact, goes on from it to the teacher the uninterrupted step made.
+def _attempts(tmp_path, monkeypatch, rerun: str, name: str) -> tuple[Model, Model]:
+    """The output artifacts of a step's first attempt and of the one that resumes it: a Kubeflow retry, given
+    the same artifact, or the next `kdrank run`, given other artifact paths and the same state root."""
+    if rerun == "retry":
+        monkeypatch.delenv(common.STATE_ROOT, raising=False)
+        return artifact(Model, tmp_path, name), artifact(Model, tmp_path, name)
+    monkeypatch.setenv(common.STATE_ROOT, str(tmp_path / "state"))
+    return artifact(Model, tmp_path / "run-1", name), artifact(Model, tmp_path / "run-2", name)
+
+
+@pytest.mark.parametrize("rerun", ["retry", "next local run"])
+def test_a_preempted_teacher_step_resumes_on_its_retry_or_in_the_next_local_run(
+        tmp_path, prepared, tiny_teacher_dir, teacher_model, monkeypatch, rerun):
+    # The pod's SIGTERM (a preempted node) stops the step after saving its state where the step keeps it; the
+    # retry, with the same artifact (or the next `kdrank run`, with the same state root), goes on from it to
+    # the teacher the uninterrupted step made.
     import torch
     from safetensors.torch import load_file
 
     import components.teacher as teacher_module
     from components.resume import TrainingInterrupted
 
+    out, retry = _attempts(tmp_path, monkeypatch, rerun, "teacher")
     real = _preempt_at_the_second_batch(monkeypatch, teacher_module, "soft_target_cross_entropy")
-    out = artifact(Model, tmp_path, "teacher")
     with pytest.raises(TrainingInterrupted):
         teacher.train_teacher.python_func(data=prepared, teacher=out, profile=PROFILE, teacher_base=tiny_teacher_dir)
     assert Path(common.state_location(out), "state.pt").is_file()
     monkeypatch.setattr(teacher_module, "soft_target_cross_entropy", real)
-    retry = artifact(Model, tmp_path, "teacher")
     teacher.train_teacher.python_func(data=prepared, teacher=retry, profile=PROFILE, teacher_base=tiny_teacher_dir)
     assert retry.metadata["role"] == "teacher"
     assert read_info(retry.path).training["summary"]["resumed_at_batch"] == [2]
@@ -328,52 +339,9 @@ def test_training_state_goes_under_a_gs_artifact_uri_else_beside_the_local_path(
     assert student.shards_folder(other_run) == student.shards_folder(local)
 
 
-def test_a_teacher_step_cut_short_goes_on_in_the_next_local_run(tmp_path, prepared, tiny_teacher_dir, teacher_model,
-                                                                monkeypatch):
-    # kfp.local gives the rerun's step other artifact paths; the state root `kdrank run` sets is the same
-    import torch
-    from safetensors.torch import load_file
-
-    import components.teacher as teacher_module
-    from components.resume import TrainingInterrupted
-
-    monkeypatch.setenv(common.STATE_ROOT, str(tmp_path / "state"))
-    real = _preempt_at_the_second_batch(monkeypatch, teacher_module, "soft_target_cross_entropy")
-    out = artifact(Model, tmp_path / "run-1", "teacher")
-    with pytest.raises(TrainingInterrupted):
-        teacher.train_teacher.python_func(data=prepared, teacher=out, profile=PROFILE, teacher_base=tiny_teacher_dir)
-    assert Path(tmp_path, "state", "teacher", "state.pt").is_file()
-    monkeypatch.setattr(teacher_module, "soft_target_cross_entropy", real)
-    rerun = artifact(Model, tmp_path / "run-2", "teacher")
-    teacher.train_teacher.python_func(data=prepared, teacher=rerun, profile=PROFILE, teacher_base=tiny_teacher_dir)
-    assert read_info(rerun.path).training["summary"]["resumed_at_batch"] == [2]
-    whole, resumed = (load_file(str(Path(m.path, "model.safetensors"))) for m in (teacher_model, rerun))
-    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
-    assert not Path(tmp_path, "state", "teacher").exists()
-
-
-def test_a_student_step_cut_short_goes_on_in_the_next_local_run(tmp_path, prepared, shards, tiny_student_dir,
-                                                                monkeypatch):
-    import components.student as student_module
-    from components.resume import TrainingInterrupted
-
-    monkeypatch.setenv(common.STATE_ROOT, str(tmp_path / "state"))
-    real = _preempt_at_the_second_batch(monkeypatch, student_module, "margin_mse_loss")
-    out = artifact(Model, tmp_path / "run-1", "student")
-    with pytest.raises(TrainingInterrupted):
-        student.train_student.python_func(data=prepared, labels=shards, student=out, profile=PROFILE,
-                                          student_base=tiny_student_dir)
-    assert Path(tmp_path, "state", "student", "state.pt").is_file()
-    monkeypatch.setattr(student_module, "margin_mse_loss", real)
-    rerun = artifact(Model, tmp_path / "run-2", "student")
-    student.train_student.python_func(data=prepared, labels=shards, student=rerun, profile=PROFILE,
-                                      student_base=tiny_student_dir)
-    assert read_info(rerun.path).training["summary"]["resumed_at_step"] == [2]
-    assert not Path(tmp_path, "state", "student").exists()
-
-
-def test_a_preempted_student_step_resumes_on_its_retry(tmp_path, prepared, shards, tiny_student_dir, monkeypatch,
-                                                       caplog):
+@pytest.mark.parametrize("rerun", ["retry", "next local run"])
+def test_a_preempted_student_step_resumes_on_its_retry_or_in_the_next_local_run(
+        tmp_path, prepared, shards, tiny_student_dir, monkeypatch, caplog, rerun):
     # The retry gathers the shards again: into the same folder as the first attempt, since the student's
     # resume identity holds that path (a fresh temporary folder made every retry train from the start).
     import logging
@@ -381,15 +349,14 @@ def test_a_preempted_student_step_resumes_on_its_retry(tmp_path, prepared, shard
     import components.student as student_module
     from components.resume import TrainingInterrupted
 
+    out, retry = _attempts(tmp_path, monkeypatch, rerun, "student")
     real = _preempt_at_the_second_batch(monkeypatch, student_module, "margin_mse_loss")
-    out = artifact(Model, tmp_path, "student")
     with pytest.raises(TrainingInterrupted):
         student.train_student.python_func(data=prepared, labels=shards, student=out, profile=PROFILE,
                                           student_base=tiny_student_dir)
     assert Path(common.state_location(out), "state.pt").is_file()
     assert not Path(student.shards_folder(out)).exists()  # the links are cleaned up; the path stays the same
     monkeypatch.setattr(student_module, "margin_mse_loss", real)
-    retry = artifact(Model, tmp_path, "student")
     with caplog.at_level(logging.INFO, logger="components.resume"):
         student.train_student.python_func(data=prepared, labels=shards, student=retry, profile=PROFILE,
                                           student_base=tiny_student_dir)
