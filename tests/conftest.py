@@ -19,7 +19,14 @@ os.environ.setdefault("KDRANK_CACHE", str(Path(__file__).resolve().parents[1] / 
 import pandas as pd
 import pytest
 import torch
-from kdrank_testing import free_port, make_labelled, save_tiny_student, save_tiny_teacher, write_homedepot_csv
+from kdrank_testing import (
+    free_port,
+    make_labelled,
+    save_tiny_student,
+    save_tiny_teacher,
+    split_only,
+    write_homedepot_csv,
+)
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -77,3 +84,16 @@ def finished(tmp_path_factory, tiny_teacher_dir, tiny_student_dir):
                     student_model=tiny_student_dir)
     rows = runner.run()
     return runner, rows, root
+
+
+@pytest.fixture
+def archived(finished, tmp_path):
+    """(archive of the finished test plan, a fresh runs folder holding its split with the archive restored into it)."""
+    from pipelines.archive import archive_runs, restore_runs
+
+    _, _, root = finished
+    archive = tmp_path / "archive"
+    archive_runs(root / "runs", archive)
+    here = split_only(root, tmp_path / "here")
+    restore_runs(archive, here)
+    return archive, here

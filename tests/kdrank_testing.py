@@ -7,6 +7,7 @@ own so that a conftest.py in a sub-folder can never shadow it.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -198,3 +199,12 @@ def patch_test_plan(monkeypatch, **settings) -> None:
     test = flow.PROFILES["test"]
     monkeypatch.setitem(flow.PROFILES, "test",
                         dataclasses.replace(test, experiments={**test.experiments, **settings}))
+
+
+def split_only(root: Path, where: Path) -> Path:
+    """A runs folder holding only the split of `root`/runs (no augmented or labelled sets), as a new session's
+    `prepare_data` writes it."""
+    (where / "data").mkdir(parents=True)
+    for name in ("train.parquet", "val.parquet", "test.parquet", "catalogue.parquet", "summary.json"):
+        shutil.copy(root / "runs" / "data" / name, where / "data" / name)
+    return where

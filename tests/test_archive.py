@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from kdrank_testing import load_benchmark
+from kdrank_testing import load_benchmark, split_only
 
 from components import schema
 from pipelines import cli, teacher_labels
@@ -49,13 +49,9 @@ def test_restore_gives_back_every_row_and_the_same_report(finished, tmp_path):
     assert restore_runs(archive, here) == []  # a second restore adds nothing
 
 
-def test_a_row_of_the_same_name_with_other_metrics_is_kept_and_named(finished, tmp_path, caplog):
+def test_a_row_of_the_same_name_with_other_metrics_is_kept_and_named(archived, caplog):
     """Two archives with one run name restored into one folder: the first row stands, and the reader is told."""
-    runner, rows, root = finished
-    archive = tmp_path / "archive"
-    archive_runs(root / "runs", archive)
-    here = _fresh_split(finished, tmp_path / "here")
-    restore_runs(archive, here)
+    archive, here = archived
     kept = read_results(here)
     results = archive / "results.jsonl"
     other = [json.loads(line) for line in results.read_text().splitlines()]
@@ -68,12 +64,8 @@ def test_a_row_of_the_same_name_with_other_metrics_is_kept_and_named(finished, t
     assert read_results(here) == kept
 
 
-def test_restore_replaces_a_label_set_whose_probabilities_changed_under_an_equal_record(finished, tmp_path):
-    runner, rows, root = finished
-    archive = tmp_path / "archive"
-    archive_runs(root / "runs", archive)
-    here = _fresh_split(finished, tmp_path / "here")
-    restore_runs(archive, here)
+def test_restore_replaces_a_label_set_whose_probabilities_changed_under_an_equal_record(archived):
+    archive, here = archived
     name = sorted(p.name for p in (archive / "labels").iterdir())[0]
     # the teacher trained again in another session: the same record, other probabilities
     stored = archive / "labels" / name / teacher_labels.PROBS
@@ -160,15 +152,6 @@ def test_archive_refuses_scores_of_other_pairs(finished, tmp_path):
     assert not (tmp_path / "archive").exists()
 
 
-def _split_only(finished, where: Path) -> Path:
-    """A runs folder holding the split alone (no augmented or labelled sets), as `prepare_data` writes it."""
-    _, _, root = finished
-    (where / "data").mkdir(parents=True)
-    for name in ("train.parquet", "val.parquet", "test.parquet", "catalogue.parquet", "summary.json"):
-        shutil.copy(root / "runs" / "data" / name, where / "data" / name)
-    return where
-
-
 def test_a_restored_teacher_without_its_checkpoint_is_named_before_distilling(finished, tmp_path,
                                                                               tiny_teacher_dir, tiny_student_dir):
     _, _, root = finished
@@ -218,7 +201,7 @@ def test_archived_teacher_labels_stand_in_for_the_teacher(finished, tmp_path, ti
     assert list(probs.columns) == ["p0", "p1", "p2"] and str(probs.dtypes.iloc[0]) == "float32"
 
     # a later session: the split alone, the archive restored, a distilled student rerun with no teacher
-    here = _split_only(finished, tmp_path / "here")
+    here = split_only(finished[2], tmp_path / "here")
     restore_runs(archive, here)
     assert sorted(p.name for p in (here / "data" / "archived-labels").iterdir()) == sets
     runner = _runner(finished, here, tiny_teacher_dir, tiny_student_dir)
@@ -266,7 +249,7 @@ def test_an_ensemble_cut_short_keeps_its_members_sets_and_is_composed_from_them_
         "teacher-ensemble-lr1e-3-2x", "teacher-ensemble-mixed-2x", "teacher-soft-2x", "teacher-soft-lr1e-3-2x",
         "teacher-soft-seed14-2x"]
     # a later session composes the ensemble's labels from its members' archived sets, no teacher trained
-    here = _split_only(finished, tmp_path / "here")
+    here = split_only(finished[2], tmp_path / "here")
     restore_runs(archive, here)
     runner = _runner(finished, here, tiny_teacher_dir, tiny_student_dir)
     row = runner.run(["student-margin-2x-ensemble"], force=True)[0]
@@ -289,7 +272,7 @@ def test_an_archived_ensemble_set_of_other_members_is_named_and_composed_anew(
     archive_runs(root / "runs", archive)
     record = archive / "labels" / "teacher-ensemble-2x" / "labels.json"
     record.write_text(json.dumps({**json.loads(record.read_text()), "identity": "0" * 64}))
-    here = _split_only(finished, tmp_path / "here")
+    here = split_only(finished[2], tmp_path / "here")
     restore_runs(archive, here)
     runner = _runner(finished, here, tiny_teacher_dir, tiny_student_dir)
     # teacher-soft's labels are archived; its other member's were not (the ensemble's set stood for them), and
@@ -312,7 +295,7 @@ def test_archived_labels_that_do_not_fit_are_named_and_not_used(finished, tmp_pa
     _, _, root = finished
     archive = tmp_path / "archive"
     archive_runs(root / "runs", archive)
-    here = _split_only(finished, tmp_path / "here")
+    here = split_only(finished[2], tmp_path / "here")
     restore_runs(archive, here)
     record_path = here / "data" / "archived-labels" / "teacher-soft-2x" / "labels.json"
     record = json.loads(record_path.read_text())

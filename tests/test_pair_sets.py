@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from kdrank_testing import split_only
 
 from components import augment
 from components.augment import ATTRS_KEY, AugmentConfig, augment_pairs
@@ -21,31 +22,12 @@ from pipelines.teacher_labels import pairs_digest
 KEY = ["query_id", "product_id"]
 
 
-def _split_only(root: Path, where: Path) -> Path:
-    """A runs folder holding the split alone, as a new session's `prepare_data` writes it."""
-    (where / "data").mkdir(parents=True)
-    for name in ("train.parquet", "val.parquet", "test.parquet", "catalogue.parquet", "summary.json"):
-        shutil.copy(root / "runs" / "data" / name, where / "data" / name)
-    return where
-
-
 def _digest(path: Path) -> str:
     return pairs_digest(pd.read_parquet(path, columns=KEY))
 
 
 def _config(multiple: float = 2.0, **changes) -> AugmentConfig:
     return AugmentConfig(**{**get_profile("test").augment, "multiple": multiple, **changes})
-
-
-@pytest.fixture
-def archived(finished, tmp_path):
-    """(archive of the finished test plan, a fresh runs folder with the archive restored into it)."""
-    _, _, root = finished
-    archive = tmp_path / "archive"
-    archive_runs(root / "runs", archive)
-    here = _split_only(root, tmp_path / "here")
-    restore_runs(archive, here)
-    return archive, here
 
 
 def test_the_archive_keeps_the_labelled_augmented_set_as_positions(finished, archived):
@@ -143,7 +125,7 @@ def test_restore_refuses_a_pair_set_that_does_not_fit_its_record_and_writes_noth
     archive_runs(root / "runs", archive)
     pairs = archive / "pairs" / "augmented-2x" / "pairs.parquet"
     pd.read_parquet(pairs).iloc[1:].to_parquet(pairs)
-    here = _split_only(root, tmp_path / "here")
+    here = split_only(root, tmp_path / "here")
     with pytest.raises(ArchiveError, match=r"pairs.parquet has \d+ rows .* names \d+ new pairs"):
         restore_runs(archive, here)
     assert not (here / "results.jsonl").exists() and not (here / "data" / "archived-pairs").exists()
