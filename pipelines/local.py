@@ -4,8 +4,9 @@ Every step runs as a subprocess of this Python environment (SubprocessRunner wit
 exactly the component code a cluster runs. Finished steps are cached under the output folder, so a
 failed or repeated run redoes only what did not finish (labelling shards included), and the teacher and
 student steps keep the state of training cut short in one folder there (`STATE_DIR`), so the next run goes
-on from its last save (every KDRANK_STATE_EVERY seconds, 600 by default; components/resume.py). This is what
-`kdrank run` and `kdrank pipeline run --local` both call.
+on from its last save (every KDRANK_STATE_EVERY seconds, 600 by default; components/resume.py). A first
+Ctrl-C or SIGTERM lets the running step save its state before the run stops (pipelines/stopping.py). This is
+what `kdrank run` and `kdrank pipeline run --local` both call.
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ import json
 import logging
 import os
 import re
+import signal
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 from components import storage
+from components.resume import TrainingInterrupted
+from pipelines.stopping import StepStopper, stopped
 
 log = logging.getLogger(__name__)
 
@@ -164,12 +168,22 @@ def _run_compiled(pending: str, output: Path, defaults, cache: bool, quiet: bool
     pipeline = load_component_from_file(pending)
     log.info("running %s (profile %s, %d labelling shards) from %s", PIPELINE_NAME, defaults.profile,
              defaults.num_shards, pending)
+    stopper = StepStopper()
     with _step_environment(output / ROOT_DIR / STATE_DIR), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")  # the kdrank image is Python
         warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")  # pod settings
         try:
-            task = pipeline(**run_arguments(defaults))
-        except RuntimeError as err:
+            with stopper.installed():
+                task = pipeline(**run_arguments(defaults))
+        except BaseException as err:
+            if stopped(stopper, err):
+                raise TrainingInterrupted(
+                    f"stopped by {signal.Signals(stopper.signum).name}: finished steps are cached under "
+                    f"{output / ROOT_DIR}, and a training step cut short saved its state in "
+                    f"{output / ROOT_DIR / STATE_DIR}; run the same command again to go on from there",
+                    stopper.signum) from None
+            if not isinstance(err, RuntimeError):
+                raise
             message = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # kfp.local colours its messages
             raise RuntimeError(f"{message} Its log is above; run the same command again to resume: finished "
                                f"steps are cached under {output / ROOT_DIR}, and training cut short goes on "

@@ -8,15 +8,22 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from kdrank_testing import load_benchmark
 
 from components import schema
 from components.checkpoint import read_info
-from pipelines.local import PIPELINE_FILE, ROOT_DIR, SUMMARY_FILE, report, run_local
+from pipelines.local import PIPELINE_FILE, PROJECT_ROOT, ROOT_DIR, STATE_DIR, SUMMARY_FILE, report, run_local
 
 pytestmark = pytest.mark.slow
 
@@ -168,7 +175,6 @@ def test_gpu_merge_takes_the_pipelines_rows_and_names_an_overridden_teacher(loca
 
 def test_the_steps_keep_their_training_state_in_one_folder_of_the_output(tmp_path, monkeypatch):
     """kfp.local gives each run new artifact paths: the state root the steps inherit is what stays the same."""
-    import os
 
     from components.kfp.common import STATE_ROOT
     from pipelines.local import _step_environment
@@ -181,3 +187,33 @@ def test_the_steps_keep_their_training_state_in_one_folder_of_the_output(tmp_pat
     with _step_environment(tmp_path / "state"):
         assert os.environ[STATE_ROOT] == str(tmp_path / "state")
     assert os.environ[STATE_ROOT] == "elsewhere"
+
+
+def test_ctrl_c_lets_the_training_step_save_before_the_run_stops(tmp_path, tiny_teacher_dir, tiny_student_dir):
+    """A terminal's Ctrl-C reaches `kdrank run` and its step alike. The run waits while the teacher step
+    saves its state where the next run looks for it, then ends with 130 (before, it ended at once and took
+    the step down with it, keeping only the last timed save)."""
+    output, log = tmp_path / "run", tmp_path / "run.log"
+    command = [sys.executable, "-m", "pipelines.cli", "run", "--output", str(output), "--profile", "test",
+               "--teacher-model", tiny_teacher_dir, "--student-model", tiny_student_dir,
+               "--set", f"augment.encoder={tiny_student_dir}", "--set", "teacher.epochs=500"]
+    env = {**os.environ, "KDRANK_STATE_EVERY": "0.5", "HF_HUB_OFFLINE": "1"}
+    with log.open("w") as sink:  # a session of its own: its process group is what a terminal signals
+        run = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    state = output / ROOT_DIR / STATE_DIR / "teacher" / "state.pt"
+    try:
+        deadline = time.monotonic() + 600
+        while not state.exists() and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)  # the first timed save: the teacher is inside its training loop
+        assert state.exists(), log.read_text()[-3000:]
+        os.killpg(run.pid, signal.SIGINT)
+        assert run.wait(timeout=120) == 130, log.read_text()[-3000:]
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert text.rstrip().splitlines()[-1].startswith("kdrank run: stopped by SIGINT: finished steps are cached")
+    stop = re.search(r"stopped by SIG(?:INT|TERM) at batch (\d+) of (\d+); the state is saved", text)
+    assert stop and torch.load(state)["done"] == int(stop[1]) < int(stop[2])
+    assert text.count("training teacher on") == 1  # no retry of the step began
