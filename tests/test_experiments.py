@@ -864,6 +864,8 @@ def test_a_second_ctrl_c_stops_training_at_once(tmp_path):
     with pytest.raises(KeyboardInterrupt), resumer.watch():
         os.kill(os.getpid(), signal.SIGINT)
         assert resumer.stop_requested and resumer.stop_signal == signal.SIGINT
+        os.kill(os.getpid(), signal.SIGTERM)  # what `kdrank run` passes on of the same Ctrl-C: the same request
+        assert resumer.stop_signal == signal.SIGINT
         os.kill(os.getpid(), signal.SIGINT)
         raise AssertionError("a second Ctrl-C must interrupt at once")
     assert signal.getsignal(signal.SIGINT) is previous
