@@ -382,8 +382,8 @@ def query_pool(base: pd.DataFrame, catalogue: pd.DataFrame, config: AugmentConfi
 
 def made_with(output_uri: str) -> dict:
     """{"settings", "summary"} that `augment_pairs` stored in an augmented set's Parquet metadata ({} if none)."""
-    with storage.local_file(str(output_uri)) as path:
-        return json.loads(pd.read_parquet(path, columns=[schema.SOURCE]).attrs.get(ATTRS_KEY, "{}"))
+    with storage.open_binary(str(output_uri)) as file:  # on gs://, ranged reads of one column, not the whole set
+        return json.loads(pd.read_parquet(file, columns=[schema.SOURCE]).attrs.get(ATTRS_KEY, "{}"))
 
 
 def _finished(output_uri: str, settings: dict) -> dict | None:

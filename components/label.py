@@ -102,10 +102,9 @@ def write_labels(pairs_uri: str, probs: np.ndarray, output_dir: str) -> str:
     files = input_files(pairs_uri)
     probs = np.asarray(probs, dtype=np.float64)
     total = _row_count(files)
-    if probs.ndim != 2 or probs.shape[1] < 2 or (total is not None and len(probs) != total):
+    if probs.ndim != 2 or probs.shape[1] < 2 or len(probs) != total:
         raise ValueError(f"{pairs_uri} has {total} pairs; the probabilities given have shape {probs.shape}")
-    with storage.local_file(files[0]) as first:
-        input_schema = pq.read_schema(first)
+    input_schema = _schema(files[0])
     out_schema = _output_schema(input_schema, files[0])
     columns = [c for c in input_schema.names if c not in LABEL_COLUMNS]
     target = storage.join(output_dir, shard_name(0, 1))
@@ -133,10 +132,16 @@ def teacher_mark(teacher_dir: str) -> str:
 
 
 def labelled_by(shard_uri: str) -> str | None:
-    """The teacher mark a shard was labelled with, or None for a shard from before shards recorded one."""
-    with storage.local_file(shard_uri) as path:
-        raw = (pq.read_schema(path).metadata or {}).get(LABEL_MARK)
+    """The teacher mark a shard was labelled with, or None for a shard from before shards recorded one.
+    Reads the shard's footer only (on gs:// too)."""
+    raw = (_schema(shard_uri).metadata or {}).get(LABEL_MARK)
     return json.loads(raw)["teacher"] if raw else None
+
+
+def _schema(uri: str) -> pa.Schema:
+    """A Parquet file's schema, from its footer (a ranged read on gs://)."""
+    with storage.open_binary(uri) as file:
+        return pq.read_schema(file)
 
 
 def _finished(target: str, mark: str) -> bool:
@@ -233,16 +238,18 @@ def _chunks(files: list[str], chunk_rows: int, columns: list[str]) -> Iterator[p
             yield from parquet.iter_batches(batch_size=chunk_rows, columns=columns)
 
 
-def _row_count(files: list[str]) -> int | None:
-    if any(storage.is_gcs(f) for f in files):
-        return None
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+def _row_count(files: list[str]) -> int:
+    """Rows in all `files`, from their footers (ranged reads on gs://)."""
+    total = 0
+    for uri in files:
+        with storage.open_binary(uri) as file:
+            total += pq.ParquetFile(file).metadata.num_rows
+    return total
 
 
 def _write_shard(scorer: PairScorer, files: list[str], target: str, shard_index: int, num_shards: int, *,
                  batch_size: int, chunk_rows: int, progress: bool, mark: str) -> str:
-    with storage.local_file(files[0]) as first:
-        input_schema = pq.read_schema(first)
+    input_schema = _schema(files[0])
     out_schema = _output_schema(input_schema, files[0]).with_metadata({LABEL_MARK: json.dumps({"teacher": mark})})
     columns = [c for c in input_schema.names if c not in LABEL_COLUMNS]  # old labels are replaced
     labelled, start = 0, time.perf_counter()

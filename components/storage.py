@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
+from typing import BinaryIO
 
 GCS_PREFIX = "gs://"
 
@@ -239,6 +240,30 @@ def local_dir(uri: str | os.PathLike) -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="kdrank-") as tmpdir:
         download_dir(str(uri), tmpdir)
         yield tmpdir
+
+
+READ_CHUNK = 8 * 1024 * 1024  # least bytes one ranged read of a gs:// object fetches (open_binary)
+
+
+@contextlib.contextmanager
+def open_binary(uri: str | os.PathLike, *, chunk_size: int = READ_CHUNK) -> Iterator[BinaryIO]:
+    """`uri` open for reading, seekable. On gs:// each read fetches only the range it needs (at least
+    `chunk_size` bytes, less at the object's end), all of one generation of the object: a Parquet file's
+    schema or row count costs its footer, and some of its columns cost their column chunks, never the
+    whole object (`local_file` downloads it whole)."""
+    if not is_gcs(uri):
+        with open(uri, "rb") as file:
+            yield file
+        return
+    from google.api_core.exceptions import NotFound
+
+    blob = _blob(str(uri))
+    try:
+        blob.reload()  # its size and generation: every range is read from this version of the object
+    except NotFound as err:
+        raise FileNotFoundError(f"no such object: {uri}") from err
+    with blob.open("rb", chunk_size=chunk_size) as file:
+        yield file
 
 
 @contextlib.contextmanager

@@ -88,8 +88,8 @@ def export_set(augmented_uri: str | Path, train_uri: str, catalogue_uri: str, ta
     with `rows`, of its first `rows` pairs only (the pairs of a `TEACHER@M` run's labels, say)."""
     from components import augment
 
-    with storage.local_file(str(augmented_uri)) as path:  # read once: the pair keys, with the stored settings
-        frame = pd.read_parquet(path, columns=[schema.QUERY_ID, schema.PRODUCT_ID, schema.SOURCE])
+    with storage.open_binary(str(augmented_uri)) as file:  # read once: the pair keys, with the stored settings
+        frame = pd.read_parquet(file, columns=[schema.QUERY_ID, schema.PRODUCT_ID, schema.SOURCE])
     made = json.loads(frame.attrs.get(augment.ATTRS_KEY, "{}"))
     if "settings" not in made:
         raise PairsMismatch(f"{augmented_uri} holds no augmentation settings: not written by augment_pairs")

@@ -60,12 +60,12 @@ def _key_frame(uri: str | Path, *extra: str) -> pd.DataFrame:
     columns = [schema.QUERY_ID, schema.PRODUCT_ID, *extra]
     frames = []
     for path in input_files(str(uri)):
-        with storage.local_file(path) as local:
-            names = pq.read_schema(local).names
+        with storage.open_binary(path) as file:  # on gs://, ranged reads of the key columns only
+            names = pq.read_schema(file).names
             missing = [c for c in columns if c not in names]
             if missing:
                 raise schema.DataError(f"missing column(s) {missing}; found {names}", path=path, column=missing[0])
-            frames.append(pd.read_parquet(local, columns=columns))
+            frames.append(pd.read_parquet(file, columns=columns))
     return pd.concat(frames, ignore_index=True)
 
 

@@ -181,3 +181,6 @@ def test_gcs_input_and_output(gcs_emulator, tiny_teacher_dir, unlabelled, tmp_pa
     for remote, here in zip(paths, local, strict=True):
         pd.testing.assert_frame_equal(read_table(remote), pd.read_parquet(here))
     assert label_pairs(f"{root}/pairs", tiny_teacher_dir, f"{root}/labels", num_shards=2) == paths
+    from components.label import labelled_by, teacher_mark
+
+    assert [labelled_by(p) for p in paths] == [teacher_mark(tiny_teacher_dir)] * 2  # from the footers on gs://
