@@ -32,7 +32,9 @@
 # that the archive step after them still fits in the call; a cut prepare leaves no set, and a run that needs it
 # makes it), KDRANK_SKIP_WHEELS=1 and PYTHON=... for a CPU dry run with this checkout's virtualenv.
 # A runs= step cut by its limit (timeout's SIGTERM) saves its training state (components/resume.py) in $WORK;
-# the same runs= in a later call on the warm machine resumes it.
+# the same runs= in a later call on the warm machine resumes it. So does `pipeline`: `kdrank run` passes the
+# SIGTERM on to its running step and waits while a training step saves (pipelines/stopping.py), and the next
+# `pipeline` on the warm machine goes on from $WORK/pipeline/pipeline-root/.training-state.
 # Writes at most 8 files under $OUT (the device tool's limit), bundling run folders as .tgz: no checkpoints.
 set -euo pipefail
 OUT=${OUT:-/tmp/kdrank-out}
