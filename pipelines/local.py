@@ -179,7 +179,7 @@ def _run_compiled(pending: str, output: Path, defaults, cache: bool, quiet: bool
             if stopped(stopper, err):
                 raise TrainingInterrupted(
                     f"stopped by {signal.Signals(stopper.signum).name}: finished steps are cached under "
-                    f"{output / ROOT_DIR}, and a training step cut short saved its state in "
+                    f"{output / ROOT_DIR}, and training cut short keeps its state in "
                     f"{output / ROOT_DIR / STATE_DIR}; run the same command again to go on from there",
                     stopper.signum) from None
             if not isinstance(err, RuntimeError):

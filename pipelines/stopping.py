@@ -8,8 +8,9 @@ Ctrl-C (or SIGTERM) instead:
 - it sends SIGTERM to every process the run started (the step's shell and Python): a training step saves
   its state at the end of the step it is in and stops; any other step stops at once (its finished parts,
   labelling shards among them, are already written whole);
-- it waits, still printing the step's output, until those processes have ended, then stops the run (no
-  retry of the step starts) with `TrainingInterrupted`: exit 130 for Ctrl-C, 143 for SIGTERM.
+- it waits, still printing the step's output, until those processes have ended and kfp.local has printed
+  the last of it, then stops the run (no retry of the step starts) with `TrainingInterrupted`: exit 130 for
+  Ctrl-C, 143 for SIGTERM.
 
 A second Ctrl-C stops at once (KeyboardInterrupt), as before. The step may get the terminal's own SIGINT as
 well as this SIGTERM; to a training step both are one request to save and stop.
@@ -78,9 +79,13 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
+def _pending(pids: list[int], direct: set[int]) -> bool:
+    """Whether any of `pids` is still to be waited for: one still running, or one of this process's own
+    children (`direct`) not yet reaped. kfp.local reaps its step's process only once it has printed all the
+    step's output (the last lines, a block-buffered log among them, come through the pipe as the step
+    ends), so the run is not stopped before then. Another process's zombie is taken as ended."""
     table = _process_table()
-    return pid in table and table[pid][1] != "Z"
+    return any(pid in table and (pid in direct or table[pid][1] != "Z") for pid in pids)
 
 
 class StepStopper:
@@ -105,15 +110,16 @@ class StepStopper:
             return
         self.signum = signum
         steps = descendants(os.getpid())
+        direct = {pid for pid, (parent, _) in _process_table().items() if parent == os.getpid()}
         log.warning("%s: stopping the running step; a training step saves its state first (seconds; "
                     "Ctrl-C again stops at once, unsaved)", signal.Signals(signum).name)
         for pid in steps:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-        threading.Thread(target=self._wait, args=(steps,), name="kdrank-stop", daemon=True).start()
+        threading.Thread(target=self._wait, args=(steps, direct), name="kdrank-stop", daemon=True).start()
 
-    def _wait(self, steps: list[int]) -> None:
-        while any(_alive(pid) for pid in steps):
+    def _wait(self, steps: list[int], direct: set[int]) -> None:
+        while _pending(steps, direct):
             time.sleep(POLL_SECONDS)
         with self._lock:
             if self._active:

@@ -17,12 +17,13 @@ import pytest
 
 from pipelines.stopping import StepStopper, _proc_table, _ps_table, descendants, stopped
 
-# A step that takes a while to save on SIGTERM, as a training step does, and says what stopped it.
+# A step that takes a while to save on SIGTERM, as a training step does, then writes its last lines through
+# a block-buffered stdout, as a step's log comes when it ends.
 SAVING_STEP = textwrap.dedent("""
     import signal, sys, time
     def save_and_stop(signum, frame):
         time.sleep(1.0)
-        print("saved", flush=True)
+        print("\\n".join(f"saved {i}" for i in range(40)))
         sys.exit(128 + signum)
     signal.signal(signal.SIGTERM, save_and_stop)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -67,20 +68,30 @@ def test_ps_and_proc_give_the_same_parents():
         child.wait()
 
 
+def run_like_kfp_local(step: subprocess.Popen, lines: list[str], per_line: float) -> None:
+    """What kfp.local does with a step: print its output line by line (slowly here), reap it, then wait
+    out a retry's back-off (the step failed and has retries left)."""
+    for line in step.stdout:
+        lines.append(line.strip())
+        time.sleep(per_line)
+    step.wait()
+    time.sleep(30)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_first_signal_lets_the_step_save_then_ends_the_run(signum):
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     stopper = StepStopper()
-    step = start_step()
+    step, lines = start_step(), []
     start = time.monotonic()
     with pytest.raises(BaseException) as raised, stopper.installed():
         os.kill(os.getpid(), signum)
-        time.sleep(30)  # kfp.local waiting out a retry's back-off: the stop breaks it off
+        run_like_kfp_local(step, lines, per_line=0.05)  # the stop breaks off the back-off, not the printing
     waited = time.monotonic() - start
     assert stopped(stopper, raised.value) and stopper.signum == signum
-    # the step got SIGTERM (whatever the run got) and was waited for until it had saved and ended
-    assert step.wait(timeout=5) == 128 + signal.SIGTERM and step.stdout.read().strip() == "saved"
-    assert 1.0 <= waited < 10
+    # the step got SIGTERM (whatever the run got), and the run waited until all it wrote had been printed
+    assert step.returncode == 128 + signal.SIGTERM and lines == [f"saved {i}" for i in range(40)]
+    assert 1.0 + 40 * 0.05 <= waited < 10
     assert {s: signal.getsignal(s) for s in before} == before
 
 
