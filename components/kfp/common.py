@@ -7,6 +7,7 @@ bodies import the installed `components` package, so the image must hold kdrank 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -14,7 +15,7 @@ import math
 import os
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from kfp import dsl
@@ -94,6 +95,20 @@ def start_step(name: str) -> None:
         os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
         os.environ["GOOGLE_APPLICATION_CREDENTIALS"] = path
     log.info("kdrank step '%s' starting", name)
+
+
+@contextlib.contextmanager
+def exit_on_stop() -> Iterator[None]:
+    """Around a training step's work: stopped by SIGTERM or Ctrl-C with its state saved (`TrainingInterrupted`),
+    the step logs that in one line and exits with 128 + the signal's number, as a process the signal killed
+    would, in place of a traceback. The task fails all the same; its retry, or the next `kdrank run`, resumes."""
+    from components.resume import TrainingInterrupted
+
+    try:
+        yield
+    except TrainingInterrupted as err:
+        log.warning("%s", err)
+        raise SystemExit(128 + err.signum) from None
 
 
 def resolve_profile(profile: str, teacher_base: str = "", student_base: str = "",

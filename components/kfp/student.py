@@ -57,7 +57,7 @@ def train_student(
     """Distil the teacher into the cross-encoder (base: path or gs:// URI; empty = packaged MiniLM-L6)."""
     import shutil
 
-    from components.kfp.common import resolve_profile, scalar_metadata, start_step, state_location
+    from components.kfp.common import exit_on_stop, resolve_profile, scalar_metadata, start_step, state_location
     from components.kfp.data import dataset_paths
     from components.kfp.student import gather_shards, shards_folder
     from components.student import StudentConfig
@@ -70,9 +70,10 @@ def train_student(
     folder = shards_folder(student)
     shutil.rmtree(folder, ignore_errors=True)  # links an earlier attempt left (they are made again)
     try:
-        train_uri = gather_shards([shard.path for shard in labels], folder)
-        summary = train(train_uri, dataset_paths(data.path)["val"], student.path, config,
-                        state_dir=state_location(student))
+        with exit_on_stop():
+            train_uri = gather_shards([shard.path for shard in labels], folder)
+            summary = train(train_uri, dataset_paths(data.path)["val"], student.path, config,
+                            state_dir=state_location(student))
     finally:
         shutil.rmtree(folder, ignore_errors=True)  # links only: the shards themselves stay
     student.metadata.update({"role": "student", "base_model": student_base or "default",
