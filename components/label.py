@@ -101,10 +101,9 @@ def write_labels(pairs_uri: str, probs: np.ndarray, output_dir: str) -> str:
     """
     files = input_files(pairs_uri)
     probs = np.asarray(probs, dtype=np.float64)
-    total = _row_count(files)
+    input_schema, total = _footers(files)
     if probs.ndim != 2 or probs.shape[1] < 2 or len(probs) != total:
         raise ValueError(f"{pairs_uri} has {total} pairs; the probabilities given have shape {probs.shape}")
-    input_schema = _schema(files[0])
     out_schema = _output_schema(input_schema, files[0])
     columns = [c for c in input_schema.names if c not in LABEL_COLUMNS]
     target = storage.join(output_dir, shard_name(0, 1))
@@ -134,14 +133,8 @@ def teacher_mark(teacher_dir: str) -> str:
 def labelled_by(shard_uri: str) -> str | None:
     """The teacher mark a shard was labelled with, or None for a shard from before shards recorded one.
     Reads the shard's footer only (on gs:// too)."""
-    raw = (_schema(shard_uri).metadata or {}).get(LABEL_MARK)
+    raw = (_footers([shard_uri])[0].metadata or {}).get(LABEL_MARK)
     return json.loads(raw)["teacher"] if raw else None
-
-
-def _schema(uri: str) -> pa.Schema:
-    """A Parquet file's schema, from its footer (a ranged read on gs://)."""
-    with storage.open_binary(uri) as file:
-        return pq.read_schema(file)
 
 
 def _finished(target: str, mark: str) -> bool:
@@ -238,22 +231,25 @@ def _chunks(files: list[str], chunk_rows: int, columns: list[str]) -> Iterator[p
             yield from parquet.iter_batches(batch_size=chunk_rows, columns=columns)
 
 
-def _row_count(files: list[str]) -> int:
-    """Rows in all `files`, from their footers (ranged reads on gs://)."""
-    total = 0
+def _footers(files: list[str]) -> tuple[pa.Schema, int]:
+    """The first file's schema and the rows of all `files`, from their Parquet footers alone (ranged reads on
+    gs://), each read once."""
+    first, total = None, 0
     for uri in files:
         with storage.open_binary(uri) as file:
-            total += pq.ParquetFile(file).metadata.num_rows
-    return total
+            parquet = pq.ParquetFile(file)
+            first = parquet.schema_arrow if first is None else first
+            total += parquet.metadata.num_rows
+    return first, total
 
 
 def _write_shard(scorer: PairScorer, files: list[str], target: str, shard_index: int, num_shards: int, *,
                  batch_size: int, chunk_rows: int, progress: bool, mark: str) -> str:
-    input_schema = _schema(files[0])
+    input_schema, total = _footers(files)
     out_schema = _output_schema(input_schema, files[0]).with_metadata({LABEL_MARK: json.dumps({"teacher": mark})})
     columns = [c for c in input_schema.names if c not in LABEL_COLUMNS]  # old labels are replaced
     labelled, start = 0, time.perf_counter()
-    bar = tqdm(total=_row_count(files), desc=f"labelling shard {shard_index + 1}/{num_shards}",
+    bar = tqdm(total=total, desc=f"labelling shard {shard_index + 1}/{num_shards}",
                unit="row", disable=not progress)
     with storage.atomic_path(target) as tmp, pq.ParquetWriter(tmp, out_schema) as writer:
         for chunk in _chunks(files, chunk_rows, columns):

@@ -148,8 +148,10 @@ class Resumer:
         def request_stop(signum, frame):
             if signum == signal.SIGINT and self.stop_requested:
                 raise KeyboardInterrupt
-            if self.stop_requested:  # SIGTERM after a request is the same request: `kdrank run` passes a
-                return  # terminal's Ctrl-C on to its step so, and the step had that Ctrl-C too
+            # SIGTERM after a request is the same request: `kdrank run` passes a terminal's Ctrl-C on to its
+            # step so, and the step had that Ctrl-C too
+            if self.stop_requested:
+                return
             extra = " (Ctrl-C again stops at once, unsaved)" if signum == signal.SIGINT else ""
             log.warning("%s: saving the training state at the end of this step, then stopping%s",
                         signal.Signals(signum).name, extra)

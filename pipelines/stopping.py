@@ -63,11 +63,12 @@ def _ps_table() -> dict[int, tuple[int, str]]:
     return {int(pid): (int(ppid), state[0]) for pid, ppid, state, *_ in map(str.split, listing.splitlines())}
 
 
-def descendants(pid: int) -> list[int]:
-    """Every live process below `pid` (children, their children...), parents first; zombies left out."""
+def descendants(pid: int, table: dict[int, tuple[int, str]] | None = None) -> list[int]:
+    """Every live process below `pid` (children, their children...), parents first; zombies left out.
+    `table`: a `_process_table()` already read."""
     children: dict[int, list[int]] = {}
     states = {}
-    for child, (parent, state) in _process_table().items():
+    for child, (parent, state) in (_process_table() if table is None else table).items():
         children.setdefault(parent, []).append(child)
         states[child] = state
     found, todo = [], list(children.get(pid, ()))
@@ -109,8 +110,9 @@ class StepStopper:
                 raise KeyboardInterrupt  # a second Ctrl-C: at once, unsaved
             return
         self.signum = signum
-        steps = descendants(os.getpid())
-        direct = {pid for pid, (parent, _) in _process_table().items() if parent == os.getpid()}
+        table = _process_table()
+        steps = descendants(os.getpid(), table)
+        direct = {pid for pid, (parent, _) in table.items() if parent == os.getpid()}
         log.warning("%s: stopping the running step; a training step saves its state first (seconds; "
                     "Ctrl-C again stops at once, unsaved)", signal.Signals(signum).name)
         for pid in steps:
